@@ -1,0 +1,202 @@
+"""Names -> optimizers, losses and schedules, matched case-insensitively.
+
+``"sgd"``, ``"SGD"``, ``"AdamW"``, ``"adam_w"`` all resolve; so do ``"CrossEntropyLoss"``,
+``"cross_entropy"`` and ``"ce"``. An unknown name raises a ``ValueError`` that lists
+what exists and suggests the closest match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ignitrain.config import ConfigError, suggest
+
+__all__ = [
+    "normalize",
+    "optimizer_class",
+    "build_optimizer",
+    "loss_class",
+    "build_loss",
+    "SCHEDULE_NAMES",
+    "canonical_schedule_name",
+    "check_schedule_name",
+    "has_momentum",
+]
+
+
+def normalize(name: str) -> str:
+    """Lower-case and drop ``_``, ``-`` and spaces: ``"Cross_Entropy"`` -> ``"crossentropy"``."""
+    return "".join(ch for ch in str(name).lower() if ch not in "_- ")
+
+
+_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    normalize(cls.__name__): cls
+    for cls in (
+        torch.optim.SGD,
+        torch.optim.Adam,
+        torch.optim.AdamW,
+        torch.optim.RMSprop,
+        torch.optim.Adagrad,
+        torch.optim.Adadelta,
+        torch.optim.Adamax,
+        torch.optim.NAdam,
+        torch.optim.RAdam,
+        torch.optim.LBFGS,
+    )
+}
+
+_LOSSES: dict[str, type[nn.Module]] = {
+    "crossentropy": nn.CrossEntropyLoss,
+    "crossentropyloss": nn.CrossEntropyLoss,
+    "ce": nn.CrossEntropyLoss,
+    "nll": nn.NLLLoss,
+    "nllloss": nn.NLLLoss,
+    "mse": nn.MSELoss,
+    "mseloss": nn.MSELoss,
+    "l2": nn.MSELoss,
+    "l1": nn.L1Loss,
+    "l1loss": nn.L1Loss,
+    "mae": nn.L1Loss,
+    "smoothl1": nn.SmoothL1Loss,
+    "smoothl1loss": nn.SmoothL1Loss,
+    "huber": nn.HuberLoss,
+    "huberloss": nn.HuberLoss,
+    "bce": nn.BCELoss,
+    "bceloss": nn.BCELoss,
+    "bcewithlogits": nn.BCEWithLogitsLoss,
+    "bcewithlogitsloss": nn.BCEWithLogitsLoss,
+    "kldiv": nn.KLDivLoss,
+    "kldivloss": nn.KLDivLoss,
+}
+
+#: Canonical schedule names; ``handlers.schedules`` builds them.
+SCHEDULE_NAMES: tuple[str, ...] = (
+    "constant",
+    "step",
+    "multistep",
+    "exponential",
+    "cosine",
+    "cosine_restarts",
+    "linear",
+    "polynomial",
+    "onecycle",
+    "piecewise_linear",
+    "plateau",
+    "cyclic_momentum",
+)
+
+_SCHEDULE_ALIASES = {
+    "steplr": "step",
+    "multisteplr": "multistep",
+    "exp": "exponential",
+    "exponentiallr": "exponential",
+    "cosineannealing": "cosine",
+    "cosineannealinglr": "cosine",
+    "cosinewarmrestarts": "cosine_restarts",
+    "cosineannealingwarmrestarts": "cosine_restarts",
+    "sgdr": "cosine_restarts",
+    "linearlr": "linear",
+    "poly": "polynomial",
+    "polynomiallr": "polynomial",
+    "onecyclelr": "onecycle",
+    "piecewise": "piecewise_linear",
+    "reduceonplateau": "plateau",
+    "reducelronplateau": "plateau",
+    "none": "constant",
+}
+
+
+def _lookup(name: Any, table: dict[str, Any], field: str, kind: str) -> Any:
+    if not isinstance(name, str):
+        raise TypeError(f"{field}={name!r} is not allowed: expected a {kind} name")
+    key = normalize(name)
+    if key in table:
+        return table[key]
+    names = sorted(set(table))
+    raise ConfigError(
+        f"TrainConfig.{field}={name!r} is not a known {kind}.{suggest(key, names)} "
+        f"Known {kind}s: {', '.join(names)}"
+    )
+
+
+def optimizer_class(name: str, *, field: str = "optimizer") -> type[torch.optim.Optimizer]:
+    """The ``torch.optim`` class for ``name`` (``"sgd"``, ``"AdamW"``...)."""
+    return _lookup(name, _OPTIMIZERS, field, "optimizer")
+
+
+def has_momentum(name: str) -> bool:
+    """Whether the optimizer named ``name`` has ``momentum`` or ``betas``."""
+    cls = optimizer_class(name)
+    return cls in (torch.optim.SGD, torch.optim.RMSprop) or "betas" in cls.__init__.__code__.co_varnames
+
+
+def build_optimizer(
+    spec: Any,
+    params: Iterable[Any],
+    *,
+    lr: float,
+    momentum: float | None = None,
+    weight_decay: float = 0.0,
+    extra: dict[str, Any] | None = None,
+) -> torch.optim.Optimizer:
+    """Build an optimizer from a name or factory, or pass an instance through.
+
+    ``momentum`` maps to SGD/RMSprop ``momentum`` and to ``betas[0]`` of Adam-family
+    optimizers, so one config option drives both.
+    """
+    if isinstance(spec, torch.optim.Optimizer):
+        return spec
+    params = list(params)
+    if not isinstance(spec, str):
+        return spec(params)
+    cls = optimizer_class(spec)
+    kwargs: dict[str, Any] = {"lr": lr}
+    if weight_decay:
+        kwargs["weight_decay"] = weight_decay
+    if momentum is not None:
+        if cls in (torch.optim.SGD, torch.optim.RMSprop):
+            kwargs["momentum"] = momentum
+        elif "betas" in cls.__init__.__code__.co_varnames:
+            kwargs["betas"] = (momentum, 0.999)
+        else:
+            raise ConfigError(
+                f"TrainConfig.momentum={momentum!r} is not allowed for optimizer={spec!r}: "
+                f"{cls.__name__} has no momentum or betas"
+            )
+    kwargs.update(extra or {})
+    return cls(params, **kwargs)
+
+
+def loss_class(name: str, *, field: str = "loss") -> type[nn.Module]:
+    """The ``torch.nn`` loss class for ``name``."""
+    return _lookup(name, _LOSSES, field, "loss")
+
+
+def build_loss(spec: Any, default: Callable[[], Callable] | None = None) -> Callable:
+    """A loss callable from a name, a module/callable, or the flavor's ``default``."""
+    if spec is None:
+        if default is None:
+            raise ConfigError("TrainConfig.loss=None is not allowed here: this flavor needs a loss")
+        return default()
+    if isinstance(spec, str):
+        return loss_class(spec)()
+    if isinstance(spec, type) and issubclass(spec, nn.Module):
+        return spec()
+    return spec
+
+
+def canonical_schedule_name(name: str, *, field: str = "lr_scheduler") -> str:
+    """``"CosineAnnealingLR"`` -> ``"cosine"``; raises with suggestions when unknown."""
+    table = {normalize(n): n for n in SCHEDULE_NAMES}
+    table.update(_SCHEDULE_ALIASES)
+    kind = "schedule"
+    return _lookup(name, table, field, kind)
+
+
+def check_schedule_name(name: str, *, field: str = "lr_scheduler") -> None:
+    """Raise when ``name`` is not a known schedule."""
+    canonical_schedule_name(name, field=field)
