@@ -1,6 +1,20 @@
-"""ignitrain: training flavors built from ordinary PyTorch-Ignite engines and handlers."""
+"""ignitrain: training flavors built from ordinary PyTorch-Ignite engines and handlers.
+
+Importing the package only defines names: it seeds nothing, configures no logging and
+probes no device.
+"""
 
 from ignitrain.config import TrainConfig
+from ignitrain.flavors.classification import create_classification_trainer
+from ignitrain.flavors.regression import create_regression_trainer
+from ignitrain.handlers.history import History
+from ignitrain.trainer import Trainer
 
-__all__ = ["TrainConfig"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "History",
+    "create_classification_trainer",
+    "create_regression_trainer",
+]
 __version__ = "0.1.0"

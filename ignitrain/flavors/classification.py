@@ -1,0 +1,105 @@
+"""``create_classification_trainer``: ``model(x) -> logits`` trained with cross-entropy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ignite.metrics import Accuracy, Fbeta, Metric, Precision, Recall, TopKCategoricalAccuracy
+from torch import nn
+
+from ignitrain.config import ConfigError, suggest
+from ignitrain.flavors.supervised import build_supervised_trainer, loss_metric
+from ignitrain.trainer import Trainer
+
+__all__ = ["create_classification_trainer", "classification_metrics"]
+
+_EXTRA = ("top2", "top3", "top5", "top10", "precision", "recall", "f1")
+
+
+def classification_metrics(loss_fn: Callable, extra: list[str] | tuple[str, ...] = ()) -> dict[str, Metric]:
+    """Accuracy and loss, plus ``extra`` by name: ``topK``, ``precision``, ``recall``, ``f1``.
+
+    Precision, recall and F1 are macro averages over classes.
+    """
+    metrics: dict[str, Metric] = {"accuracy": Accuracy(), "loss": loss_metric(loss_fn)}
+    for name in extra:
+        if name.startswith("top") and name[3:].isdigit():
+            metrics[name] = TopKCategoricalAccuracy(k=int(name[3:]))
+        elif name == "precision":
+            metrics[name] = Precision(average=True)
+        elif name == "recall":
+            metrics[name] = Recall(average=True)
+        elif name == "f1":
+            precision, recall = Precision(average=False), Recall(average=False)
+            metrics[name] = Fbeta(1.0, average=True, precision=precision, recall=recall)
+        else:
+            raise ConfigError(
+                f"TrainConfig.metrics contains {name!r}, not a classification metric.{suggest(name, _EXTRA)} "
+                f"Allowed: topK (e.g. 'top5'), 'precision', 'recall', 'f1'"
+            )
+    return metrics
+
+
+def create_classification_trainer(
+    model: nn.Module,
+    config: Any,
+    train_data: Any,
+    val_data: Any = None,
+    *,
+    optimizer: Any = None,
+    loss: Any = None,
+    metrics: Mapping[str, Metric] | None = None,
+) -> Trainer:
+    """Build a trainer for ``model(x) -> logits`` over batches ``(x, y)`` of class indices.
+
+    The loop it runs::
+
+        for epoch in 1..num_epochs:
+            for x, y in train_loader:                 # order fixed by (seed, epoch)
+                with autocast:  loss = cross_entropy(model(x), y)
+                backward(loss / group_size)           # accumulation, no_sync under DDP
+                if end of group: clip; optimizer.step(); schedules
+            if epoch % validate_every == 0:           # after the epoch, not interleaved
+                metrics = evaluate(model, val_loader)  # accuracy, loss (+ extras)
+            history, stop rules, TensorBoard, checkpoints
+
+    Attached to ``trainer.engine``: epoch sync of the data order (``EPOCH_STARTED``);
+    epoch mean of the loss; schedules (``ITERATION_STARTED``/``EPOCH_COMPLETED``);
+    validation, History, stop rules, summary, checkpoints (``EPOCH_COMPLETED``);
+    periodic checkpoints (``ITERATION_COMPLETED``); last checkpoint (``COMPLETED``).
+
+    Args:
+        model: ``nn.Module`` returning logits of shape ``(N, C)``.
+        config: A :class:`~ignitrain.TrainConfig` (or a mapping of its options).
+        train_data: A ``Dataset`` (loaders are built from the config) or a loader.
+        val_data: Validation ``Dataset``/loader; ``None`` skips validation.
+        optimizer: Optimizer object or factory, overriding ``config.optimizer``.
+        loss: Loss overriding ``config.loss`` (default: cross-entropy).
+        metrics: Extra Ignite metrics for evaluation, by name.
+
+    Returns:
+        A :class:`~ignitrain.Trainer`; metrics are ``accuracy`` and ``loss``.
+
+    Example:
+        >>> trainer = create_classification_trainer(model, TrainConfig(num_epochs=5), train_ds, val_ds)
+        >>> history = trainer.train()
+        >>> trainer.evaluate(test_ds)["accuracy"]
+    """
+    from ignitrain.flavors._recipe import check_config
+
+    config = check_config(config)
+    extra = tuple(config.metrics)
+    classification_metrics(lambda a, b: a, extra)  # validate the names before building anything
+    return build_supervised_trainer(
+        model,
+        config,
+        train_data,
+        val_data,
+        default_loss=nn.CrossEntropyLoss,
+        flavor_metrics=lambda loss_fn: classification_metrics(loss_fn, extra),
+        default_best_metric="accuracy",
+        optimizer=optimizer,
+        loss=loss,
+        metrics=metrics,
+    )

@@ -1,0 +1,298 @@
+"""The optimisation step shared by every flavor: AMP, accumulation, clipping, NaN guard.
+
+A flavor's update function computes its loss under :meth:`OptimizerStep.autocast` and
+hands it to :meth:`OptimizerStep.backward`; everything about *how* the gradient becomes
+an update lives here, once::
+
+    model.train()
+    with opt_step.autocast():
+        loss = loss_fn(model(x), y)
+    opt_step.backward(engine, loss)      # scale, backward, maybe clip + step
+
+Accumulation groups restart at every epoch: with ``k`` micro-batches per step and an
+epoch of ``L`` iterations, the last group of the epoch has ``L mod k`` micro-batches and
+each of its losses is divided by that true size, so every optimizer step sees the mean
+gradient of the samples in its group. Under DDP the gradient all-reduce is skipped
+(``no_sync``) for all but the group's last micro-batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine
+from torch import nn
+
+__all__ = [
+    "StepOptions",
+    "OptimizerStep",
+    "resolve_amp",
+    "supervised_update",
+    "supervised_evaluate",
+    "to_device",
+    "NON_FINITE_LOSS",
+]
+
+#: ``engine.state.stop_reason`` when a non-finite loss stopped training.
+NON_FINITE_LOSS = "non_finite_loss"
+
+
+def resolve_amp(amp: Any, device: torch.device) -> str | None:
+    """``False`` -> ``None``; ``True``/``"auto"`` -> fp16 on CUDA, bf16 elsewhere."""
+    if amp is False or amp is None:
+        return None
+    if amp is True or amp == "auto":
+        return "fp16" if device.type == "cuda" else "bf16"
+    return amp
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How gradients become updates (built from ``TrainConfig`` by the flavors)."""
+
+    accumulation_steps: int = 1
+    max_grad_norm: float | None = None
+    grad_clip_value: float | None = None
+    amp: str | None = None  # None, "bf16" or "fp16"
+    stop_on_nan: bool = True
+
+    @classmethod
+    def from_config(cls, config: Any, device: torch.device) -> StepOptions:
+        return cls(
+            accumulation_steps=config.grad_accumulation_steps,
+            max_grad_norm=config.max_grad_norm,
+            grad_clip_value=config.grad_clip_value,
+            amp=resolve_amp(config.amp, device),
+            stop_on_nan=config.stop_on_nan,
+        )
+
+
+class OptimizerStep:
+    """Backward and (every ``k`` micro-batches) step of one optimizer.
+
+    Args:
+        optimizer: The optimizer to step.
+        models: The modules whose gradients it steps (for ``no_sync`` and clipping).
+        options: Accumulation, clipping, AMP and NaN options.
+        device: Where the model lives (selects the autocast device type).
+
+    The object is checkpointable: ``state_dict`` holds the GradScaler state and, when
+    saved in the middle of an accumulation group, the gradients accumulated so far.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        models: nn.Module | Sequence[nn.Module],
+        options: StepOptions,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.models = [models] if isinstance(models, nn.Module) else list(models)
+        self.options = options
+        self.device = torch.device(device)
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[options.amp]
+        use_scaler = options.amp == "fp16"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler) if use_scaler else None
+        self._pending = False  # gradients accumulated but not yet stepped
+
+    # -- autocast -------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast context for the forward pass (a no-op without AMP)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    # -- accumulation bookkeeping -----------------------------------------------------
+    def group(self, engine: Engine) -> tuple[int, bool, bool]:
+        """``(group size, first micro-batch?, last micro-batch?)`` for this iteration."""
+        k = self.options.accumulation_steps
+        length = engine.state.epoch_length
+        if k == 1:
+            return 1, True, True
+        if length:
+            pos = (engine.state.iteration - 1) % length
+            start = pos - pos % k
+            size = min(k, length - start)
+        else:  # unknown epoch length: group by global iteration
+            pos = engine.state.iteration - 1
+            start, size = pos - pos % k, k
+        return size, pos == start, pos == start + size - 1
+
+    def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        if last:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for model in self.models:
+            if isinstance(model, nn.parallel.DistributedDataParallel):
+                stack.enter_context(model.no_sync())
+        return stack
+
+    # -- the step ---------------------------------------------------------------------
+    def backward(self, engine: Engine, loss: torch.Tensor) -> bool:
+        """Scale, backward and, at the end of a group, clip and step.
+
+        Returns:
+            ``True`` when the optimizer stepped. ``False`` while accumulating, or when
+            the loss is not finite: then no update is applied, the gradients are
+            dropped and the engine is terminated with ``stop_reason`` set.
+        """
+        size, first, last = self.group(engine)
+        if first:
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.options.stop_on_nan and not _all_finite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._pending = False
+            _stop_non_finite(engine, loss)
+            return False
+        scaled = loss / size if size > 1 else loss
+        if self.scaler is not None:
+            scaled = self.scaler.scale(scaled)
+        with self._no_sync(last):
+            scaled.backward()
+        self._pending = not last
+        if not last:
+            return False
+        self._apply()
+        return True
+
+    def _apply(self) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        self._clip()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
+    def _clip(self) -> None:
+        if self.options.max_grad_norm is None and self.options.grad_clip_value is None:
+            return
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.options.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(params, self.options.max_grad_norm)
+        else:
+            nn.utils.clip_grad_value_(params, self.options.grad_clip_value)
+
+    # -- checkpointing ----------------------------------------------------------------
+    def _params(self) -> Iterator[torch.Tensor]:
+        for group in self.optimizer.param_groups:
+            yield from group["params"]
+
+    def state_dict(self) -> dict[str, Any]:
+        """GradScaler state and any gradients accumulated mid-group."""
+        state: dict[str, Any] = {"pending": self._pending}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        if self._pending:
+            state["grads"] = [
+                p.grad.detach().clone() if p.grad is not None else torch.empty(0)
+                for p in self._params()
+            ]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self._pending = bool(state.get("pending", False))
+        if self._pending:
+            for p, g in zip(self._params(), state["grads"], strict=True):
+                p.grad = g.to(p.device) if g.numel() or p.numel() == 0 else None
+
+
+def _all_finite(loss: torch.Tensor) -> bool:
+    finite = torch.isfinite(loss.detach()).all()
+    if idist.get_world_size() > 1:
+        # every rank must skip the backward together, or DDP's all-reduce hangs
+        flag = idist.all_reduce(finite.to(torch.float32), op="MIN")
+        return bool(flag.item() > 0)
+    return bool(finite)
+
+
+def _stop_non_finite(engine: Engine, loss: torch.Tensor) -> None:
+    engine.state.stop_reason = NON_FINITE_LOSS
+    engine.logger.warning(
+        "Stopping at iteration %d: the loss is %s; the update was not applied.",
+        engine.state.iteration,
+        loss.detach().float().mean().item(),
+    )
+    engine.terminate()
+
+
+# -- supervised (x, y) steps, used by classification and regression -------------------
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move tensors in nested tuples/lists/dicts to ``device`` (non-blocking)."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, channels_last) for v in batch)
+    return batch
+
+
+def _split(batch: Any) -> tuple[Any, Any]:
+    if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+        raise ValueError(
+            "supervised flavors expect batches of (input, target); got "
+            f"{type(batch).__name__}{'' if not isinstance(batch, (list, tuple)) else f' of length {len(batch)}'}"
+        )
+    return batch[0], batch[1]
+
+
+def supervised_update(
+    model: nn.Module,
+    opt_step: OptimizerStep,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    device: torch.device,
+    *,
+    channels_last: bool = False,
+) -> Callable[[Engine, Any], dict[str, float]]:
+    """The training process function of ``model(x) -> y_pred`` flavors.
+
+    Returns ``{"loss": float}``: the true (unscaled) loss of the micro-batch.
+    """
+
+    def update(engine: Engine, batch: Any) -> dict[str, float]:
+        model.train()
+        x, y = _split(to_device(batch, device, channels_last))
+        with opt_step.autocast():
+            y_pred = model(x)
+            loss = loss_fn(y_pred, y)
+        opt_step.backward(engine, loss)
+        return {"loss": loss.item()}
+
+    return update
+
+
+def supervised_evaluate(
+    model: nn.Module,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    *,
+    channels_last: bool = False,
+) -> Callable[[Engine, Any], tuple[torch.Tensor, torch.Tensor]]:
+    """The evaluation process function: ``(y_pred as float32, y)`` for Ignite metrics."""
+
+    @torch.no_grad()
+    def evaluate(engine: Engine, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        model.eval()
+        x, y = _split(to_device(batch, device, channels_last))
+        with autocast():
+            y_pred = model(x)
+        return y_pred.float(), y
+
+    return evaluate

@@ -1,0 +1,176 @@
+"""``Trainer``: what every flavor factory returns — a thin holder of Ignite engines.
+
+All behaviour lives in ordinary Ignite handlers attached to ``trainer.engine`` and
+``trainer.evaluators``; this class only keeps references and offers the four verbs a
+script needs: ``train()``, ``evaluate(data)``, ``resume(...)``, ``save_checkpoint(...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine
+from torch import nn
+
+from ignitrain.config import TrainConfig
+from ignitrain.data import make_eval_loader
+from ignitrain.handlers.history import History
+
+__all__ = ["Trainer"]
+
+logger = logging.getLogger("ignitrain")
+
+
+class Trainer:
+    """The engines, models and state of one training run.
+
+    Attributes:
+        engine: The training ``Engine``; attach your own handlers to it.
+        evaluators: Evaluation engines by name (``"val"`` runs after training epochs).
+        history: The run's :class:`~ignitrain.History`.
+        config: The validated :class:`~ignitrain.TrainConfig`.
+        models: Models by name (``"model"``; GAN: ``"generator"``, ``"discriminator"``).
+        optimizers: Optimizers by name, keyed like ``models``.
+        train_loader: The training data as the engine iterates it.
+        val_loader: The validation data, or ``None``.
+        checkpointables: Everything a checkpoint saves and a resume restores, by name.
+        checkpoints: The checkpoint handler (``None`` without ``output_dir``).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        config: TrainConfig,
+        models: Mapping[str, nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        history: History,
+        make_evaluator: Callable[[], Engine],
+        train_loader: Any,
+        val_loader: Any = None,
+        evaluators: Mapping[str, Engine] | None = None,
+        train_step: Callable[[Engine, Any], Any] | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.models = dict(models)
+        self.optimizers = dict(optimizers)
+        self.history = history
+        self.evaluators = dict(evaluators or {})
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.train_step = train_step
+        self.device = device
+        self.make_evaluator = make_evaluator
+        self.checkpointables: dict[str, Any] = {}
+        self.checkpoints: Any = None
+        self._resumed = False
+
+    # -- the single-model view ---------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        """The model (the first one for flavors with several)."""
+        return self.models.get("model", next(iter(self.models.values())))
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer (the first one for flavors with several)."""
+        return self.optimizers.get("optimizer", next(iter(self.optimizers.values())))
+
+    # -- verbs -----------------------------------------------------------------------
+    def train(self) -> History:
+        """Run the training engine to ``config.num_epochs`` and return the History.
+
+        With ``config.resume`` set, the run first continues from that checkpoint. A
+        run that is already complete is not restarted.
+        """
+        if self.config.resume is not None and not self._resumed:
+            self.resume(self.config.resume)
+        state = self.engine.state
+        if state.max_epochs is not None and state.epoch >= self.config.num_epochs and state.iteration:
+            logger.warning(
+                "Training already reached epoch %d of %d: nothing to do. Raise num_epochs to train on.",
+                state.epoch,
+                self.config.num_epochs,
+            )
+            return self.history
+        self.engine.run(self.train_loader, max_epochs=self.config.num_epochs)
+        return self.history
+
+    def evaluate(self, data: Any) -> dict[str, float]:
+        """Evaluate on ``data`` (a ``Dataset`` or a loader) with the validation metrics.
+
+        Runs a fresh evaluation engine, so validation history is untouched. Under
+        several processes each rank evaluates its shard and the metrics are reduced:
+        every rank returns the same numbers.
+        """
+        loader = make_eval_loader(data, self.config)
+        evaluator = self.make_evaluator()
+        state = evaluator.run(loader)
+        return {k: _to_float(v) for k, v in state.metrics.items() if _to_float(v) is not None}
+
+    def resume(self, path: str | os.PathLike = "latest") -> Trainer:
+        """Restore models, optimizers, schedules, engine and history from a checkpoint.
+
+        Args:
+            path: ``"latest"`` (the newest valid checkpoint in ``output_dir``) or a file.
+
+        ``"latest"`` with no checkpoint saved yet starts fresh (with a warning); an
+        explicit path never does.
+
+        Raises:
+            FileNotFoundError: an explicit ``path`` does not exist.
+            CheckpointError: the file is corrupt or does not match the models.
+        """
+        from ignitrain.resume import resume_from
+
+        resume_from(self, path)
+        self._resumed = True
+        return self
+
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+        """Write a checkpoint of the current state to ``path`` (atomically)."""
+        from ignitrain.handlers.checkpoint import build_payload, save_atomic
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = build_payload(self.checkpointables, self.checkpoint_extra())
+        save_atomic(payload, path)
+        return path
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """Plain metadata stored beside the state: config, model description, progress."""
+        from ignitrain.flavors._describe import describe_model
+
+        return {
+            "config": self.config.to_dict(),
+            "model_description": {name: describe_model(m) for name, m in self.models.items()},
+            "iteration": int(self.engine.state.iteration),
+            "epoch": int(self.engine.state.epoch),
+            "world_size": idist.get_world_size(),
+        }
+
+    def find_lr(self, **kwargs: Any) -> Any:
+        """Run :func:`ignitrain.find_lr` on this trainer's model, optimizer and data."""
+        from ignitrain.lr_finder import find_lr
+
+        return find_lr(self.model, self.optimizer, self.train_step, self.train_loader, **kwargs)
+
+    def __repr__(self) -> str:
+        names = ", ".join(self.models)
+        return f"Trainer(models=[{names}], evaluators={list(self.evaluators)}, epoch={self.engine.state.epoch})"
+
+
+def _to_float(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
