@@ -10,6 +10,7 @@ global RNG (which would shift dropout masks between a resumed and an uninterrupt
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -69,6 +70,17 @@ def _generator(seed: int) -> torch.Generator:
     return gen
 
 
+def quiet_ignite_auto_loggers() -> None:
+    """Let Ignite's ``auto_*`` helpers log through normal propagation.
+
+    Ignite's ``setup_logger`` gives a *new* logger its own INFO stream handler (every
+    loader creation then prints its kwargs); a logger that already exists is left as
+    it is, so creating them first keeps them quiet unless the user asks for INFO.
+    """
+    for name in ("auto_dataloader", "auto_model", "auto_optim"):
+        logging.getLogger(f"ignite.distributed.auto.{name}")
+
+
 def make_train_loader(data: Any, config: Any) -> Any:
     """A training loader from a ``Dataset`` (built from ``config``) or the user's own.
 
@@ -77,6 +89,7 @@ def make_train_loader(data: Any, config: Any) -> Any:
     """
     if not is_dataset(data):
         return data
+    quiet_ignite_auto_loggers()
     seed = config.seed or 0
     kwargs: dict[str, Any] = {
         "batch_size": config.batch_size,

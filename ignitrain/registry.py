@@ -119,7 +119,7 @@ def _lookup(name: Any, table: dict[str, Any], field: str, kind: str) -> Any:
     names = sorted(set(table))
     raise ConfigError(
         f"TrainConfig.{field}={name!r} is not a known {kind}.{suggest(key, names)} "
-        f"Known {kind}s: {', '.join(names)}"
+        f"Known {kind} names: {', '.join(names)}"
     )
 
 

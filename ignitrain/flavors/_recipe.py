@@ -28,7 +28,7 @@ from ignite.metrics import Metric
 from torch import nn
 
 from ignitrain.config import TrainConfig
-from ignitrain.data import attach_epoch_sync, loader_length, make_eval_loader, make_train_loader
+from ignitrain.data import quiet_ignite_auto_loggers, attach_epoch_sync, loader_length, make_eval_loader, make_train_loader
 from ignitrain.handlers.history import attach_history, infer_mode
 from ignitrain.handlers.logging import attach_epoch_summary, attach_progress_bar, attach_tensorboard
 from ignitrain.handlers.metrics import attach_epoch_mean
@@ -133,6 +133,7 @@ def place_model(model: nn.Module, config: TrainConfig, device: torch.device) -> 
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if idist.get_world_size() > 1:
+        quiet_ignite_auto_loggers()
         net = idist.auto_model(model)
     else:
         net = model.to(device)
@@ -239,6 +240,8 @@ def attach_handlers(
     _attach_schedules(trainer, objects, val, best_metric, best_mode)
     if val is not None:
         attach_validation(engine, val, trainer.val_loader, every=config.validate_every)
+    # before History's own COMPLETED save, so history.json holds the stop reason
+    engine.add_event_handler(Events.COMPLETED, _report_stop, trainer.history)
     attach_history(
         engine,
         trainer.history,
@@ -253,7 +256,6 @@ def attach_handlers(
         attach_tensorboard(engine, trainer.history, out_dir / "tb")
     attach_progress_bar(engine, enabled=config.progress_bar)
     attach_epoch_summary(engine, trainer.history)
-    engine.add_event_handler(Events.COMPLETED, _report_stop)
     _attach_checkpoints(trainer, objects, val, best_metric, best_mode, out_dir)
 
 
@@ -350,7 +352,9 @@ def _attach_checkpoints(
     attach_preemption(trainer.engine, lambda: trainer.checkpoints.save_now("preempt", f"iter{trainer.engine.state.iteration:08d}"))
 
 
-def _report_stop(engine: Engine) -> None:
+def _report_stop(engine: Engine, history: Any) -> None:
     reason = getattr(engine.state, "stop_reason", None)
+    history.meta["stop_reason"] = reason or "completed"
+    history.meta["stopped_at"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
     if reason:
         logger.info("Training stopped early at epoch %d, iteration %d: %s", engine.state.epoch, engine.state.iteration, reason)

@@ -1,0 +1,35 @@
+"""Shared fixtures: real data (scikit-learn's bundled digits and diabetes) and tiny models."""
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from ignitrain import datasets
+
+
+@pytest.fixture(scope="session")
+def digits_flat():
+    """Digits as flat 64-feature vectors: (train, val, test) TensorDatasets."""
+    return datasets.digits(seed=0, image=False)
+
+
+@pytest.fixture(scope="session")
+def diabetes_splits():
+    return datasets.diabetes(seed=0)
+
+
+def make_mlp(in_features=64, hidden=64, out=10, dropout=0.1, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out))
+
+
+@pytest.fixture
+def mlp():
+    return make_mlp()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs(caplog):
+    caplog.set_level(logging.INFO, logger="ignitrain")

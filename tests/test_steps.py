@@ -1,0 +1,149 @@
+"""The shared optimizer step: accumulation, clipping, AMP, NaN guard, checkpoint state."""
+
+import copy
+import math
+
+import pytest
+import torch
+from ignite.engine import Engine
+from torch import nn
+
+from ignitrain.steps import NON_FINITE_LOSS, OptimizerStep, StepOptions, resolve_amp
+
+
+def _setup(options, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, opt, OptimizerStep(opt, model, options)
+
+
+def _run(model, opt_step, batches, epochs=1, record=None, max_iters=None):
+    def update(engine, batch):
+        x, y = batch
+        with opt_step.autocast():
+            loss = nn.functional.cross_entropy(model(x), y)
+        stepped = opt_step.backward(engine, loss)
+        if record is not None and stepped:
+            record.append([p.detach().clone() for p in model.parameters()])
+        return {"loss": loss.item()}
+
+    engine = Engine(update)
+    if max_iters:
+        engine.run(batches, max_iters=max_iters)
+    else:
+        engine.run(batches, max_epochs=epochs)
+    return engine
+
+
+def _batches(n, size, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 6, generator=g), torch.randint(0, 3, (size,), generator=g)) for _ in range(n)]
+
+
+def test_accumulation_equals_one_big_batch():
+    k, b = 4, 5
+    small = _batches(8, b)  # two groups of 4
+    big = [(torch.cat([x for x, _ in small[i:i + k]]), torch.cat([y for _, y in small[i:i + k]]))
+           for i in (0, 4)]
+    m1, _, s1 = _setup(StepOptions(accumulation_steps=k))
+    m2, _, s2 = _setup(StepOptions())
+    r1, r2 = [], []
+    _run(m1, s1, small, record=r1)
+    _run(m2, s2, big, record=r2)
+    assert len(r1) == len(r2) == 2
+    for a, b_ in zip(r1, r2):
+        for p, q in zip(a, b_):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_trailing_partial_group_is_stepped_and_scaled_by_its_size():
+    # epoch of 6 micro-batches with k=4: groups of 4 and 2, restarting each epoch
+    small = _batches(6, 5)
+    m1, _, s1 = _setup(StepOptions(accumulation_steps=4))
+    r1 = []
+    _run(m1, s1, small, epochs=2, record=r1)
+    assert len(r1) == 4  # 2 steps per epoch, the partial group included
+    m2, _, s2 = _setup(StepOptions())
+    big = [(torch.cat([x for x, _ in small[:4]]), torch.cat([y for _, y in small[:4]])),
+           (torch.cat([x for x, _ in small[4:]]), torch.cat([y for _, y in small[4:]]))]
+    r2 = []
+    _run(m2, s2, big, epochs=2, record=r2)
+    for a, b_ in zip(r1, r2):
+        for p, q in zip(a, b_):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_group_positions():
+    _, _, step = _setup(StepOptions(accumulation_steps=3))
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch_length = 7
+    seen = []
+    for it in range(1, 15):
+        engine.state.iteration = it
+        seen.append(step.group(engine))
+    # per epoch: sizes 3,3,3 | 3,3,3 | 1 ; last flags at positions 3, 6, 7
+    assert [s for s, _, _ in seen[:7]] == [3, 3, 3, 3, 3, 3, 1]
+    assert [i + 1 for i, (_, _, last) in enumerate(seen[:7]) if last] == [3, 6, 7]
+    assert seen[7:] == seen[:7]
+
+
+def test_clip_by_norm_applies_once_per_step():
+    model, opt, step = _setup(StepOptions(max_grad_norm=0.01))
+    _run(model, step, _batches(1, 5))
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert norm.item() == pytest.approx(0.01, rel=1e-4)
+
+
+def test_clip_by_value():
+    model, _, step = _setup(StepOptions(grad_clip_value=1e-3))
+    _run(model, step, _batches(1, 5))
+    assert max(p.grad.abs().max().item() for p in model.parameters()) <= 1e-3 + 1e-9
+
+
+def test_non_finite_loss_stops_before_the_update():
+    model, _, step = _setup(StepOptions())
+    before = copy.deepcopy(model.state_dict())
+    batches = _batches(3, 5)
+    batches[0] = (torch.full((5, 6), math.nan), batches[0][1])
+    engine = _run(model, step, batches)
+    assert engine.state.stop_reason == NON_FINITE_LOSS
+    assert engine.state.iteration == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_bf16_autocast_on_cpu_trains():
+    model, _, step = _setup(StepOptions(amp="bf16"))
+    with step.autocast():
+        out = model(torch.randn(2, 6))
+    assert out.dtype == torch.bfloat16
+    engine = _run(model, step, _batches(4, 5))
+    assert math.isfinite(engine.state.output["loss"])
+
+
+def test_fp16_uses_a_grad_scaler_whose_state_is_saved():
+    model, _, step = _setup(StepOptions(amp="fp16"))
+    assert step.scaler is not None
+    state = step.state_dict()
+    assert "scaler" in state and not state["pending"]
+
+
+def test_mid_group_state_carries_accumulated_gradients():
+    model, opt, step = _setup(StepOptions(accumulation_steps=4))
+    engine = _run(model, step, _batches(8, 5), max_iters=2)  # 2 of 4 micro-batches done
+    state = step.state_dict()
+    assert state["pending"] and len(state["grads"]) == 4
+    model2, opt2, step2 = _setup(StepOptions(accumulation_steps=4), seed=5)
+    step2.load_state_dict(state)
+    for p, g in zip(model2.parameters(), state["grads"]):
+        assert torch.equal(p.grad, g)
+    assert engine.state.iteration == 2
+
+
+def test_resolve_amp_and_bad_optimizer():
+    assert resolve_amp(False, torch.device("cpu")) is None
+    assert resolve_amp(True, torch.device("cpu")) == "bf16"
+    assert resolve_amp("auto", torch.device("cuda")) == "fp16"
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer, got str"):
+        OptimizerStep("sgd", nn.Linear(1, 1), StepOptions())
