@@ -29,7 +29,8 @@ from torch import nn
 
 from ignitrain.config import TrainConfig
 from ignitrain.data import quiet_ignite_auto_loggers, attach_epoch_sync, loader_length, make_eval_loader, make_train_loader
-from ignitrain.handlers.history import attach_history, infer_mode
+from ignitrain.handlers._modes import infer_mode
+from ignitrain.handlers.history import attach_history
 from ignitrain.handlers.logging import attach_epoch_summary, attach_progress_bar, attach_tensorboard
 from ignitrain.handlers.metrics import attach_epoch_mean
 from ignitrain.trainer import Trainer

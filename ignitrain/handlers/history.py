@@ -28,16 +28,11 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["History", "attach_history", "infer_mode"]
+from ignitrain.handlers._modes import infer_mode
+
+__all__ = ["History", "attach_history"]
 
 Listener = Callable[[str, float, int], None]
-
-
-def infer_mode(name: str) -> str:
-    """``"min"`` for names that contain "loss" or "error" (or "mae"/"mse"...), else ``"max"``."""
-    lowered = name.lower()
-    minimised = ("loss", "error", "mae", "mse", "rmse", "perplexity", "time")
-    return "min" if any(word in lowered for word in minimised) else "max"
 
 
 class History:

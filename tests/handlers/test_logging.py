@@ -1,0 +1,64 @@
+"""TensorBoard logs read back with TensorBoard's own reader equal the History."""
+
+import logging
+
+import pytest
+from ignite.engine import Engine, Events
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import ignitrain
+from ignitrain import History, TrainConfig
+from ignitrain.handlers.logging import attach_epoch_summary, attach_progress_bar, attach_tensorboard
+from tests.conftest import make_mlp
+
+
+def _read(log_dir):
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_scalars_equal_history(digits_flat, tmp_path, caplog):
+    cfg = TrainConfig(num_epochs=3, batch_size=64, log_every=4, lr_scheduler="cosine",
+                      output_dir=str(tmp_path), progress_bar=False)
+    trainer = ignitrain.create_classification_trainer(make_mlp(), cfg, digits_flat.train, digits_flat.val)
+    history = trainer.train()
+    scalars = _read(tmp_path / "tb")
+    assert {"train/batch_loss", "lr", "train/loss", "val/accuracy", "val/loss"} <= set(scalars)
+    for name in ("train/batch_loss", "lr", "train/loss", "val/accuracy", "val/loss"):
+        # float32 in the event file
+        assert [v for _, v in scalars[name]] == pytest.approx(history[name], rel=1e-6), name
+    # one x axis: the training iteration, never going backwards
+    steps = [s for s, _ in scalars["val/accuracy"]]
+    assert steps == sorted(steps) and steps[-1] == trainer.engine.state.iteration
+    assert [s for s, _ in scalars["train/batch_loss"]] == history.steps("train/batch_loss")
+    # the LR really follows the cosine schedule (decreasing)
+    lrs = history["lr"]
+    assert lrs[0] > lrs[-1]
+    # one summary line per epoch
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Epoch ")]
+    assert len(lines) == 3 and "val/accuracy" in lines[-1] and "train/loss" in lines[-1]
+
+
+def test_tensorboard_handler_on_a_plain_engine(tmp_path):
+    engine = Engine(lambda e, b: None)
+    history = History()
+    attach_tensorboard(engine, history, tmp_path / "tb")
+
+    @engine.on(Events.ITERATION_COMPLETED)
+    def log(e):
+        history.log("custom/value", e.state.iteration * 0.5, e.state.iteration)
+
+    engine.run([0] * 4, max_epochs=1)
+    assert _read(tmp_path / "tb")["custom/value"] == [(1, 0.5), (2, 1.0), (3, 1.5), (4, 2.0)]
+
+
+def test_progress_bar_off_without_a_terminal_and_summary_logs(caplog):
+    engine = Engine(lambda e, b: {"loss": 1.0})
+    assert attach_progress_bar(engine, enabled=True) is None  # pytest's stderr is not a TTY
+    history = History()
+    attach_epoch_summary(engine, history)
+    with caplog.at_level(logging.INFO, logger="ignitrain"):
+        engine.run([0, 0], max_epochs=2)
+    assert [r.getMessage().split(" |")[0] for r in caplog.records if r.name == "ignitrain"] == [
+        "Epoch 1/2", "Epoch 2/2"]
