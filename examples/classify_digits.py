@@ -77,9 +77,7 @@ def run(local_rank: int, args: argparse.Namespace) -> None:
         seed=0,
     )
     torch.manual_seed(0)  # the same initial weights in every process and every run
-    trainer = ignitrain.create_classification_trainer(
-        DigitsCNN(), config, splits.train, splits.val
-    )
+    trainer = ignitrain.create_classification_trainer(DigitsCNN(), config, splits.train, splits.val)
 
     @trainer.engine.on(Events.COMPLETED)  # plain Ignite: add whatever you like
     def announce(engine):

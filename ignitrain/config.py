@@ -282,7 +282,11 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    target = value if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__") else type(value)
+    target = (
+        value
+        if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__")
+        else type(value)
+    )
     return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
 
 
@@ -311,8 +315,14 @@ def _int(cfg: TrainConfig, name: str, minimum: int, *, optional: bool = False) -
         _fail(name, value, f"an integer >= {minimum}" + (" or None" if optional else ""))
 
 
-def _float(cfg: TrainConfig, name: str, *, positive: bool = False, optional: bool = False,
-           upper: float | None = None) -> None:
+def _float(
+    cfg: TrainConfig,
+    name: str,
+    *,
+    positive: bool = False,
+    optional: bool = False,
+    upper: float | None = None,
+) -> None:
     value = getattr(cfg, name)
     if optional and value is None:
         return
@@ -336,8 +346,14 @@ def _bool(cfg: TrainConfig, name: str) -> None:
 
 
 def _validate(cfg: TrainConfig) -> None:
-    for name in ("num_epochs", "batch_size", "log_every", "validate_every", "n_saved",
-                 "grad_accumulation_steps"):
+    for name in (
+        "num_epochs",
+        "batch_size",
+        "log_every",
+        "validate_every",
+        "n_saved",
+        "grad_accumulation_steps",
+    ):
         _int(cfg, name, 1)
     for name in ("num_workers", "warmup_steps"):
         _int(cfg, name, 0)
@@ -346,7 +362,12 @@ def _validate(cfg: TrainConfig) -> None:
     _int(cfg, "early_stopping_patience", 1, optional=True)
     _int(cfg, "seed", 0, optional=True)
     if not _is_int(cfg.save_every):
-        _fail("save_every", cfg.save_every, "an integer: N iterations, -1 every epoch, 0 never", TypeError)
+        _fail(
+            "save_every",
+            cfg.save_every,
+            "an integer: N iterations, -1 every epoch, 0 never",
+            TypeError,
+        )
     if cfg.save_every < -1:
         _fail("save_every", cfg.save_every, "an integer: N iterations, -1 every epoch, 0 never")
     _float(cfg, "lr", positive=True)
@@ -357,8 +378,17 @@ def _validate(cfg: TrainConfig) -> None:
     _float(cfg, "grad_clip_value", positive=True, optional=True)
     _float(cfg, "time_limit", positive=True, optional=True)
     _float(cfg, "dist_timeout", positive=True)
-    for name in ("shuffle", "drop_last", "save_best", "stop_on_nan", "compile", "channels_last",
-                 "deterministic", "progress_bar", "tensorboard"):
+    for name in (
+        "shuffle",
+        "drop_last",
+        "save_best",
+        "stop_on_nan",
+        "compile",
+        "channels_last",
+        "deterministic",
+        "progress_bar",
+        "tensorboard",
+    ):
         _bool(cfg, name)
     _validate_choices(cfg)
     _validate_containers(cfg)
@@ -368,13 +398,22 @@ def _validate(cfg: TrainConfig) -> None:
 def _validate_choices(cfg: TrainConfig) -> None:
     if isinstance(cfg.amp, str):
         cfg.amp = cfg.amp.lower()
-    if cfg.amp not in _AMP_CHOICES or (cfg.amp == 1 and cfg.amp is not True) or (
-        cfg.amp == 0 and cfg.amp is not False
+    if (
+        cfg.amp not in _AMP_CHOICES
+        or (cfg.amp == 1 and cfg.amp is not True)
+        or (cfg.amp == 0 and cfg.amp is not False)
     ):
-        _fail("amp", cfg.amp, "False, True, 'auto', 'bf16' or 'fp16'"
-              + suggest(cfg.amp, ["bf16", "fp16", "auto"]))
+        _fail(
+            "amp",
+            cfg.amp,
+            "False, True, 'auto', 'bf16' or 'fp16'" + suggest(cfg.amp, ["bf16", "fp16", "auto"]),
+        )
     if cfg.best_mode not in _MODES:
-        _fail("best_mode", cfg.best_mode, "'min', 'max' or None" + suggest(cfg.best_mode, ["min", "max"]))
+        _fail(
+            "best_mode",
+            cfg.best_mode,
+            "'min', 'max' or None" + suggest(cfg.best_mode, ["min", "max"]),
+        )
     if not isinstance(cfg.device, str):
         import torch
 
@@ -388,8 +427,12 @@ def _validate_choices(cfg: TrainConfig) -> None:
         try:
             torch.device(cfg.device)
         except (RuntimeError, ValueError):
-            _fail("device", cfg.device, "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-                  + suggest(cfg.device, ["auto", "cpu", "cuda", "mps"]))
+            _fail(
+                "device",
+                cfg.device,
+                "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+                + suggest(cfg.device, ["auto", "cpu", "cuda", "mps"]),
+            )
     for name in ("best_metric", "output_dir", "resume"):
         value = getattr(cfg, name)
         if isinstance(value, os.PathLike):
@@ -399,9 +442,17 @@ def _validate_choices(cfg: TrainConfig) -> None:
             _fail(name, value, "a non-empty string or None", TypeError)
     if cfg.resume is not None and cfg.resume != "latest" and cfg.output_dir is None:
         if not Path(cfg.resume).exists():
-            _fail("resume", cfg.resume, "'latest' (with output_dir set) or the path of an existing checkpoint")
+            _fail(
+                "resume",
+                cfg.resume,
+                "'latest' (with output_dir set) or the path of an existing checkpoint",
+            )
     if cfg.resume == "latest" and cfg.output_dir is None:
-        _fail("resume", cfg.resume, "output_dir to be set: 'latest' means the newest checkpoint in output_dir")
+        _fail(
+            "resume",
+            cfg.resume,
+            "output_dir to be set: 'latest' means the newest checkpoint in output_dir",
+        )
 
 
 def _validate_containers(cfg: TrainConfig) -> None:
@@ -410,14 +461,26 @@ def _validate_containers(cfg: TrainConfig) -> None:
     cfg.optimizer_kwargs = dict(cfg.optimizer_kwargs)
     if isinstance(cfg.metrics, str):
         cfg.metrics = [cfg.metrics]
-    if not isinstance(cfg.metrics, (list, tuple)) or not all(isinstance(m, str) for m in cfg.metrics):
+    if not isinstance(cfg.metrics, (list, tuple)) or not all(
+        isinstance(m, str) for m in cfg.metrics
+    ):
         _fail("metrics", cfg.metrics, "a list of metric names, e.g. ['top5', 'f1']", TypeError)
     cfg.metrics = list(cfg.metrics)
     if not isinstance(cfg.stop_when, Mapping):
-        _fail("stop_when", cfg.stop_when, "a mapping metric -> target, e.g. {'accuracy': 0.99}", TypeError)
+        _fail(
+            "stop_when",
+            cfg.stop_when,
+            "a mapping metric -> target, e.g. {'accuracy': 0.99}",
+            TypeError,
+        )
     for metric, target in cfg.stop_when.items():
         if not isinstance(metric, str) or not _is_number(target) or not math.isfinite(target):
-            _fail("stop_when", dict(cfg.stop_when), "a mapping of metric names to finite numbers", TypeError)
+            _fail(
+                "stop_when",
+                dict(cfg.stop_when),
+                "a mapping of metric names to finite numbers",
+                TypeError,
+            )
     cfg.stop_when = {k: float(v) for k, v in cfg.stop_when.items()}
     if cfg.max_grad_norm is not None and cfg.grad_clip_value is not None:
         raise ConfigError(
@@ -434,25 +497,47 @@ def _validate_objects(cfg: TrainConfig) -> None:
     if isinstance(cfg.optimizer, str):
         registry.optimizer_class(cfg.optimizer, field="optimizer")
     elif not (isinstance(cfg.optimizer, torch.optim.Optimizer) or callable(cfg.optimizer)):
-        _fail("optimizer", cfg.optimizer, "an optimizer name, a torch.optim.Optimizer or a callable params -> Optimizer", TypeError)
+        _fail(
+            "optimizer",
+            cfg.optimizer,
+            "an optimizer name, a torch.optim.Optimizer or a callable params -> Optimizer",
+            TypeError,
+        )
     if isinstance(cfg.loss, str):
         registry.loss_class(cfg.loss, field="loss")
     elif cfg.loss is not None and not callable(cfg.loss):
-        _fail("loss", cfg.loss, "a loss name, an nn.Module or a callable (y_pred, y) -> loss", TypeError)
+        _fail(
+            "loss",
+            cfg.loss,
+            "a loss name, an nn.Module or a callable (y_pred, y) -> loss",
+            TypeError,
+        )
     for name in ("lr_scheduler", "momentum_scheduler"):
         spec = getattr(cfg, name)
         if isinstance(spec, str):
             registry.check_schedule_name(spec, field=name)
         elif isinstance(spec, Mapping):
             if "name" not in spec:
-                _fail(name, dict(spec), "a spec mapping with a 'name' key, e.g. {'name': 'step', 'step_size': 10}")
+                _fail(
+                    name,
+                    dict(spec),
+                    "a spec mapping with a 'name' key, e.g. {'name': 'step', 'step_size': 10}",
+                )
             registry.check_schedule_name(spec["name"], field=name)
         elif spec is not None and not callable(spec) and not hasattr(spec, "state_dict"):
-            _fail(name, spec, "None, a schedule name, a spec mapping, a factory callable or a scheduler", TypeError)
+            _fail(
+                name,
+                spec,
+                "None, a schedule name, a spec mapping, a factory callable or a scheduler",
+                TypeError,
+            )
     if cfg.momentum_scheduler is not None and isinstance(cfg.optimizer, str):
         if not registry.has_momentum(cfg.optimizer):
-            _fail("momentum_scheduler", cfg.momentum_scheduler,
-                  f"an optimizer with momentum or betas (optimizer={cfg.optimizer!r} has neither)")
+            _fail(
+                "momentum_scheduler",
+                cfg.momentum_scheduler,
+                f"an optimizer with momentum or betas (optimizer={cfg.optimizer!r} has neither)",
+            )
 
 
 # keep Callable importable for type checkers reading annotations above

@@ -131,7 +131,10 @@ def optimizer_class(name: str, *, field: str = "optimizer") -> type[torch.optim.
 def has_momentum(name: str) -> bool:
     """Whether the optimizer named ``name`` has ``momentum`` or ``betas``."""
     cls = optimizer_class(name)
-    return cls in (torch.optim.SGD, torch.optim.RMSprop) or "betas" in cls.__init__.__code__.co_varnames
+    return (
+        cls in (torch.optim.SGD, torch.optim.RMSprop)
+        or "betas" in cls.__init__.__code__.co_varnames
+    )
 
 
 def build_optimizer(

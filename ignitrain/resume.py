@@ -27,8 +27,10 @@ def find_checkpoint(trainer: Any, path: str | os.PathLike) -> Path | None:
     if str(path) == "latest":
         if trainer.config.output_dir is None:
             raise ValueError("resume('latest') needs TrainConfig.output_dir to look in")
-        store = trainer.checkpoints.store if trainer.checkpoints is not None else CheckpointStore(
-            Path(trainer.config.output_dir) / "checkpoints"
+        store = (
+            trainer.checkpoints.store
+            if trainer.checkpoints is not None
+            else CheckpointStore(Path(trainer.config.output_dir) / "checkpoints")
         )
         return store.latest_path()
     path = Path(path)
@@ -56,7 +58,10 @@ def resume_from(trainer: Any, path: str | os.PathLike) -> Path | None:
 
     found = find_checkpoint(trainer, path)
     if found is None:
-        logger.warning("resume='latest': no checkpoint in %s yet; starting a new run", trainer.config.output_dir)
+        logger.warning(
+            "resume='latest': no checkpoint in %s yet; starting a new run",
+            trainer.config.output_dir,
+        )
         return None
     payload = safe_load(found)
     saved_world = payload.get("world_size")

@@ -93,14 +93,18 @@ class OptimizerStep:
         device: torch.device | str = "cpu",
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
         self.optimizer = optimizer
         self.models = [models] if isinstance(models, nn.Module) else list(models)
         self.options = options
         self.device = torch.device(device)
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[options.amp]
         use_scaler = options.amp == "fp16"
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler) if use_scaler else None
+        self.scaler = (
+            torch.amp.GradScaler(self.device.type, enabled=use_scaler) if use_scaler else None
+        )
         self._pending = False  # gradients accumulated but not yet stepped
 
     # -- autocast -------------------------------------------------------------------

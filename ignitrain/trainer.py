@@ -94,7 +94,11 @@ class Trainer:
         if self.config.resume is not None and not self._resumed:
             self.resume(self.config.resume)
         state = self.engine.state
-        if state.max_epochs is not None and state.epoch >= self.config.num_epochs and state.iteration:
+        if (
+            state.max_epochs is not None
+            and state.epoch >= self.config.num_epochs
+            and state.iteration
+        ):
             logger.warning(
                 "Training already reached epoch %d of %d: nothing to do. Raise num_epochs to train on.",
                 state.epoch,

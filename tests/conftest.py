@@ -22,7 +22,9 @@ def diabetes_splits():
 
 def make_mlp(in_features=64, hidden=64, out=10, dropout=0.1, seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out))
+    return nn.Sequential(
+        nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out)
+    )
 
 
 @pytest.fixture

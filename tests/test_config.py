@@ -6,13 +6,16 @@ import pytest
 import torch
 
 from ignitrain import TrainConfig
-from ignitrain.config import ConfigError
 
 BAD = [
     # (kwargs, exception, message fragment)
     ({"lrr": 0.1}, TypeError, r"unknown option 'lrr'\. Did you mean 'lr'\?"),
     ({"num_epoch": 3}, TypeError, r"Did you mean 'num_epochs'\?"),
-    ({"lr": "fast"}, TypeError, r"TrainConfig\.lr='fast' is not allowed: expected a positive number"),
+    (
+        {"lr": "fast"},
+        TypeError,
+        r"TrainConfig\.lr='fast' is not allowed: expected a positive number",
+    ),
     ({"lr": -0.1}, ValueError, r"TrainConfig\.lr=-0\.1 is not allowed"),
     ({"lr": float("nan")}, ValueError, r"TrainConfig\.lr=nan"),
     ({"num_epochs": 0}, ValueError, r"num_epochs=0 is not allowed: expected an integer >= 1"),
@@ -21,9 +24,17 @@ BAD = [
     ({"momentum": 1.5}, ValueError, r"momentum=1\.5 .* <= 1\.0"),
     ({"save_every": -2}, ValueError, r"save_every=-2 .* -1 every epoch, 0 never"),
     ({"shuffle": "yes"}, TypeError, r"shuffle='yes' .* True or False"),
-    ({"optimizer": "adamm"}, ValueError, r"optimizer='adamm' is not a known optimizer\. Did you mean 'adam'\?"),
+    (
+        {"optimizer": "adamm"},
+        ValueError,
+        r"optimizer='adamm' is not a known optimizer\. Did you mean 'adam'\?",
+    ),
     ({"optimizer": 3}, TypeError, r"optimizer=3"),
-    ({"loss": "cross_entropyy"}, ValueError, r"loss='cross_entropyy' .* Did you mean 'crossentropy'\?"),
+    (
+        {"loss": "cross_entropyy"},
+        ValueError,
+        r"loss='cross_entropyy' .* Did you mean 'crossentropy'\?",
+    ),
     ({"amp": "bf61"}, ValueError, r"amp='bf61' .* Did you mean 'bf16'\?"),
     ({"best_mode": "maximum"}, ValueError, r"best_mode='maximum' .* 'min', 'max' or None"),
     ({"device": "gpu"}, ValueError, r"device='gpu'"),
@@ -32,16 +43,26 @@ BAD = [
     ({"stop_when": {"accuracy": "high"}}, TypeError, r"stop_when=.*finite numbers"),
     ({"stop_when": ["accuracy"]}, TypeError, r"stop_when=\['accuracy'\]"),
     ({"metrics": 5}, TypeError, r"metrics=5"),
-    ({"max_grad_norm": 1.0, "grad_clip_value": 0.5}, ValueError, r"clip by norm or by value, not both"),
+    (
+        {"max_grad_norm": 1.0, "grad_clip_value": 0.5},
+        ValueError,
+        r"clip by norm or by value, not both",
+    ),
     ({"resume": "latest"}, ValueError, r"resume='latest' .* output_dir"),
     ({"resume": "/no/such/file.pt"}, ValueError, r"resume='/no/such/file\.pt'"),
-    ({"momentum_scheduler": "cosine", "optimizer": "adagrad"}, ValueError, r"momentum_scheduler=.*adagrad"),
+    (
+        {"momentum_scheduler": "cosine", "optimizer": "adagrad"},
+        ValueError,
+        r"momentum_scheduler=.*adagrad",
+    ),
     ({"output_dir": ""}, TypeError, r"output_dir=''"),
     ({"early_stopping_patience": 0}, ValueError, r"early_stopping_patience=0"),
 ]
 
 
-@pytest.mark.parametrize("kwargs, exc, match", BAD, ids=[next(iter(k)) + str(i) for i, (k, _, _) in enumerate(BAD)])
+@pytest.mark.parametrize(
+    "kwargs, exc, match", BAD, ids=[next(iter(k)) + str(i) for i, (k, _, _) in enumerate(BAD)]
+)
 def test_bad_values_raise_one_clear_error(kwargs, exc, match, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(exc, match=match):
@@ -64,9 +85,15 @@ def test_defaults_and_normalisation():
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_file_round_trip(tmp_path, suffix):
-    cfg = TrainConfig(num_epochs=3, optimizer="SGD", lr=0.05, momentum=0.9,
-                      lr_scheduler={"name": "step", "step_size": 2}, stop_when={"accuracy": 0.99},
-                      output_dir=str(tmp_path / "run"))
+    cfg = TrainConfig(
+        num_epochs=3,
+        optimizer="SGD",
+        lr=0.05,
+        momentum=0.9,
+        lr_scheduler={"name": "step", "step_size": 2},
+        stop_when={"accuracy": 0.99},
+        output_dir=str(tmp_path / "run"),
+    )
     path = tmp_path / f"cfg{suffix}"
     cfg.to_file(path)
     again = TrainConfig.from_file(path)
@@ -94,7 +121,9 @@ def test_from_file_errors_name_file_and_line(tmp_path):
 
 
 def test_objects_become_import_paths_in_to_dict():
-    cfg = TrainConfig(loss=torch.nn.SmoothL1Loss(), optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
+    cfg = TrainConfig(
+        loss=torch.nn.SmoothL1Loss(), optimizer=lambda params: torch.optim.SGD(params, lr=0.1)
+    )
     data = cfg.to_dict()
     assert data["loss"] == "torch.nn.modules.loss.SmoothL1Loss"
     assert data["optimizer"].endswith("<lambda>")

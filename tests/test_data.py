@@ -6,7 +6,13 @@ from ignite.engine import Engine
 from torch.utils.data import TensorDataset
 
 from ignitrain import TrainConfig
-from ignitrain.data import ResumableSampler, ShardSampler, attach_epoch_sync, make_eval_loader, make_train_loader
+from ignitrain.data import (
+    ResumableSampler,
+    ShardSampler,
+    attach_epoch_sync,
+    make_eval_loader,
+    make_train_loader,
+)
 
 DATA = TensorDataset(torch.arange(50).float().unsqueeze(1), torch.arange(50))
 
@@ -27,7 +33,7 @@ def test_resume_continues_the_same_batches(num_workers, stop_at):
     config = TrainConfig(batch_size=8, seed=3, num_workers=num_workers)
     full = _record(make_train_loader(DATA, config), config)
     assert len(full) == 21  # 7 batches x 3 epochs
-    epochs = [sorted(i for _, b in full[k * 7:(k + 1) * 7] for i in b) for k in range(3)]
+    epochs = [sorted(i for _, b in full[k * 7 : (k + 1) * 7] for i in b) for k in range(3)]
     assert all(e == list(range(50)) for e in epochs)  # every sample once per epoch
     assert full[0][1] != full[7][1]  # a new order each epoch
     state = {"iteration": stop_at, "epoch_length": 7, "max_epochs": 3}

@@ -7,22 +7,40 @@ from torch import nn
 from ignitrain import registry
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("SGD", torch.optim.SGD),
-                                       ("AdamW", torch.optim.AdamW), ("adam_w", torch.optim.AdamW),
-                                       ("RMSProp", torch.optim.RMSprop)])
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("sgd", torch.optim.SGD),
+        ("SGD", torch.optim.SGD),
+        ("AdamW", torch.optim.AdamW),
+        ("adam_w", torch.optim.AdamW),
+        ("RMSProp", torch.optim.RMSprop),
+    ],
+)
 def test_optimizer_names(name, cls):
     assert registry.optimizer_class(name) is cls
 
 
-@pytest.mark.parametrize("name, cls", [("CrossEntropyLoss", nn.CrossEntropyLoss), ("cross_entropy", nn.CrossEntropyLoss),
-                                       ("ce", nn.CrossEntropyLoss), ("MSE", nn.MSELoss), ("smooth_l1", nn.SmoothL1Loss)])
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("CrossEntropyLoss", nn.CrossEntropyLoss),
+        ("cross_entropy", nn.CrossEntropyLoss),
+        ("ce", nn.CrossEntropyLoss),
+        ("MSE", nn.MSELoss),
+        ("smooth_l1", nn.SmoothL1Loss),
+    ],
+)
 def test_loss_names(name, cls):
     assert registry.loss_class(name) is cls
     assert isinstance(registry.build_loss(name), cls)
 
 
 def test_unknown_names_list_what_exists():
-    with pytest.raises(ValueError, match=r"'sgdd' is not a known optimizer\. Did you mean 'sgd'\?.*Known optimizer names: .*adamw"):
+    with pytest.raises(
+        ValueError,
+        match=r"'sgdd' is not a known optimizer\. Did you mean 'sgd'\?.*Known optimizer names: .*adamw",
+    ):
         registry.optimizer_class("sgdd")
     with pytest.raises(ValueError, match="Known loss names"):
         registry.loss_class("hinge_embedding_thing")
@@ -30,9 +48,16 @@ def test_unknown_names_list_what_exists():
         registry.optimizer_class(3)
 
 
-@pytest.mark.parametrize("alias, canonical", [("CosineAnnealingLR", "cosine"), ("StepLR", "step"),
-                                              ("ReduceLROnPlateau", "plateau"), ("one_cycle", "onecycle"),
-                                              ("piecewise", "piecewise_linear")])
+@pytest.mark.parametrize(
+    "alias, canonical",
+    [
+        ("CosineAnnealingLR", "cosine"),
+        ("StepLR", "step"),
+        ("ReduceLROnPlateau", "plateau"),
+        ("one_cycle", "onecycle"),
+        ("piecewise", "piecewise_linear"),
+    ],
+)
 def test_schedule_aliases(alias, canonical):
     assert registry.canonical_schedule_name(alias) == canonical
 

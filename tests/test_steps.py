@@ -38,14 +38,19 @@ def _run(model, opt_step, batches, epochs=1, record=None, max_iters=None):
 
 def _batches(n, size, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(size, 6, generator=g), torch.randint(0, 3, (size,), generator=g)) for _ in range(n)]
+    return [
+        (torch.randn(size, 6, generator=g), torch.randint(0, 3, (size,), generator=g))
+        for _ in range(n)
+    ]
 
 
 def test_accumulation_equals_one_big_batch():
     k, b = 4, 5
     small = _batches(8, b)  # two groups of 4
-    big = [(torch.cat([x for x, _ in small[i:i + k]]), torch.cat([y for _, y in small[i:i + k]]))
-           for i in (0, 4)]
+    big = [
+        (torch.cat([x for x, _ in small[i : i + k]]), torch.cat([y for _, y in small[i : i + k]]))
+        for i in (0, 4)
+    ]
     m1, _, s1 = _setup(StepOptions(accumulation_steps=k))
     m2, _, s2 = _setup(StepOptions())
     r1, r2 = [], []
@@ -65,8 +70,10 @@ def test_trailing_partial_group_is_stepped_and_scaled_by_its_size():
     _run(m1, s1, small, epochs=2, record=r1)
     assert len(r1) == 4  # 2 steps per epoch, the partial group included
     m2, _, s2 = _setup(StepOptions())
-    big = [(torch.cat([x for x, _ in small[:4]]), torch.cat([y for _, y in small[:4]])),
-           (torch.cat([x for x, _ in small[4:]]), torch.cat([y for _, y in small[4:]]))]
+    big = [
+        (torch.cat([x for x, _ in small[:4]]), torch.cat([y for _, y in small[:4]])),
+        (torch.cat([x for x, _ in small[4:]]), torch.cat([y for _, y in small[4:]])),
+    ]
     r2 = []
     _run(m2, s2, big, epochs=2, record=r2)
     for a, b_ in zip(r1, r2):

@@ -17,7 +17,9 @@ __all__ = ["create_classification_trainer", "classification_metrics"]
 _EXTRA = ("top2", "top3", "top5", "top10", "precision", "recall", "f1")
 
 
-def classification_metrics(loss_fn: Callable, extra: list[str] | tuple[str, ...] = ()) -> dict[str, Metric]:
+def classification_metrics(
+    loss_fn: Callable, extra: list[str] | tuple[str, ...] = ()
+) -> dict[str, Metric]:
     """Accuracy and loss, plus ``extra`` by name: ``topK``, ``precision``, ``recall``, ``f1``.
 
     Precision, recall and F1 are macro averages over classes.

@@ -59,7 +59,9 @@ def build_supervised_trainer(
         found.update({name: _fresh(m) for name, m in user_metrics.items()})
         return found
 
-    eval_fn = supervised_evaluate(model, device, opt_step.autocast, channels_last=config.channels_last)
+    eval_fn = supervised_evaluate(
+        model, device, opt_step.autocast, channels_last=config.channels_last
+    )
     make_evaluator = recipe.make_evaluator_factory(eval_fn, all_metrics)
     trainer = Trainer(
         engine=engine,
@@ -74,7 +76,9 @@ def build_supervised_trainer(
         train_step=update,
         device=device,
     )
-    recipe.attach_handlers(trainer, opt_steps={"optimizer": opt_step}, default_best_metric=default_best_metric)
+    recipe.attach_handlers(
+        trainer, opt_steps={"optimizer": opt_step}, default_best_metric=default_best_metric
+    )
     return trainer
 
 

@@ -155,7 +155,9 @@ class History:
         except FileNotFoundError:
             raise FileNotFoundError(f"no history at {str(path)!r}") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not a history file ({exc.msg} at line {exc.lineno})") from None
+            raise ValueError(
+                f"{path}: not a history file ({exc.msg} at line {exc.lineno})"
+            ) from None
         history = cls()
         history.load_state_dict(data)
         return history

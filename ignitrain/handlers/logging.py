@@ -80,7 +80,12 @@ def attach_progress_bar(engine: Engine, *, enabled: bool = True) -> Any:
     except ImportError:  # tqdm missing: the epoch summary still reports progress
         return None
     bar = ProgressBar(persist=False)
-    bar.attach(engine, output_transform=lambda out: {"loss": out["loss"]} if isinstance(out, dict) and "loss" in out else None)
+    bar.attach(
+        engine,
+        output_transform=lambda out: (
+            {"loss": out["loss"]} if isinstance(out, dict) and "loss" in out else None
+        ),
+    )
     return bar
 
 

@@ -72,6 +72,8 @@ def _loss_of(output: Any) -> float | None:
     return output
 
 
-def attach_epoch_mean(engine: Engine, name: str = "loss", value_fn: Callable | None = None) -> EpochMean:
+def attach_epoch_mean(
+    engine: Engine, name: str = "loss", value_fn: Callable | None = None
+) -> EpochMean:
     """Attach an :class:`EpochMean` of ``output["loss"]`` (or ``value_fn``) to ``engine``."""
     return EpochMean(name, value_fn).attach(engine)

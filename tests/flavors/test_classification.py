@@ -12,23 +12,33 @@ from tests.conftest import make_mlp
 
 
 def test_learns_digits_and_evaluates(digits_flat, tmp_path):
-    cfg = TrainConfig(num_epochs=4, optimizer="adam", lr=3e-3, batch_size=64, output_dir=str(tmp_path),
-                      metrics=["top3", "precision", "recall", "f1"], log_every=5, progress_bar=False)
-    trainer = ignitrain.create_classification_trainer(make_mlp(), cfg, digits_flat.train, digits_flat.val)
+    cfg = TrainConfig(
+        num_epochs=6,
+        optimizer="adam",
+        lr=1e-2,
+        batch_size=64,
+        output_dir=str(tmp_path),
+        metrics=["top3", "precision", "recall", "f1"],
+        log_every=5,
+        progress_bar=False,
+    )
+    trainer = ignitrain.create_classification_trainer(
+        make_mlp(), cfg, digits_flat.train, digits_flat.val
+    )
     seen = []
     trainer.engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(e.state.epoch))
     history = trainer.train()
-    assert seen == [1, 2, 3, 4]
+    assert seen == [1, 2, 3, 4, 5, 6]
     assert history["val/accuracy"][-1] > 0.9
     assert history["train/loss"][-1] < history["train/loss"][0]
-    assert len(history["val/loss"]) == 4
+    assert len(history["val/loss"]) == 6
     metrics = trainer.evaluate(digits_flat.test)
     assert set(metrics) == {"accuracy", "loss", "top3", "precision", "recall", "f1"}
     assert all(isinstance(v, float) for v in metrics.values())
     assert metrics["accuracy"] > 0.9 and metrics["top3"] >= metrics["accuracy"]
     assert history["val/accuracy"] == ignitrain.History.load(tmp_path)["val/accuracy"]
     # evaluate() used a fresh engine: validation history did not grow
-    assert len(history["val/accuracy"]) == 4
+    assert len(history["val/accuracy"]) == 6
 
 
 def test_evaluate_matches_a_hand_computed_accuracy(digits_flat):
@@ -62,22 +72,52 @@ def test_validate_every_and_user_metrics_and_loaders(digits_flat):
 @pytest.mark.parametrize(
     "call, exc, match",
     [
-        (lambda d: ignitrain.create_classification_trainer("model", TrainConfig(), d.train), TypeError,
-         "model must be a torch.nn.Module, got str"),
-        (lambda d: ignitrain.create_classification_trainer(make_mlp(), "cfg", d.train), TypeError,
-         "config must be an ignitrain.TrainConfig"),
-        (lambda d: ignitrain.create_classification_trainer(make_mlp(), TrainConfig(), None), ValueError,
-         "train_data must be a Dataset"),
-        (lambda d: ignitrain.create_classification_trainer(make_mlp(), TrainConfig(metrics=["top5", "f2"]), d.train),
-         ValueError, "'f2', not a classification metric. Did you mean 'f1'"),
-        (lambda d: ignitrain.create_classification_trainer(make_mlp(), TrainConfig(), d.train, metrics={"a": 1}),
-         TypeError, r"metrics\['a'\] must be an ignite.metrics.Metric"),
-        (lambda d: ignitrain.create_classification_trainer(make_mlp(), TrainConfig(early_stopping_patience=2), d.train),
-         ValueError, "need validation data"),
-        (lambda d: ignitrain.create_classification_trainer(make_mlp(), {"lrr": 1}, d.train), TypeError,
-         "Did you mean 'lr'"),
-        (lambda d: ignitrain.create_classification_trainer(nn.ReLU(), TrainConfig(), d.train), ValueError,
-         "has no parameters"),
+        (
+            lambda d: ignitrain.create_classification_trainer("model", TrainConfig(), d.train),
+            TypeError,
+            "model must be a torch.nn.Module, got str",
+        ),
+        (
+            lambda d: ignitrain.create_classification_trainer(make_mlp(), "cfg", d.train),
+            TypeError,
+            "config must be an ignitrain.TrainConfig",
+        ),
+        (
+            lambda d: ignitrain.create_classification_trainer(make_mlp(), TrainConfig(), None),
+            ValueError,
+            "train_data must be a Dataset",
+        ),
+        (
+            lambda d: ignitrain.create_classification_trainer(
+                make_mlp(), TrainConfig(metrics=["top5", "recal"]), d.train
+            ),
+            ValueError,
+            "'recal', not a classification metric. Did you mean 'recall'",
+        ),
+        (
+            lambda d: ignitrain.create_classification_trainer(
+                make_mlp(), TrainConfig(), d.train, metrics={"a": 1}
+            ),
+            TypeError,
+            r"metrics\['a'\] must be an ignite.metrics.Metric",
+        ),
+        (
+            lambda d: ignitrain.create_classification_trainer(
+                make_mlp(), TrainConfig(early_stopping_patience=2), d.train
+            ),
+            ValueError,
+            "need validation data",
+        ),
+        (
+            lambda d: ignitrain.create_classification_trainer(make_mlp(), {"lrr": 1}, d.train),
+            TypeError,
+            "Did you mean 'lr'",
+        ),
+        (
+            lambda d: ignitrain.create_classification_trainer(nn.ReLU(), TrainConfig(), d.train),
+            ValueError,
+            "has no parameters",
+        ),
     ],
 )
 def test_bad_arguments(digits_flat, call, exc, match):
@@ -87,6 +127,8 @@ def test_bad_arguments(digits_flat, call, exc, match):
 
 def test_wrong_batch_structure_is_explained(digits_flat):
     xs = [digits_flat.train[i][0] for i in range(8)]
-    trainer = ignitrain.create_classification_trainer(make_mlp(), TrainConfig(progress_bar=False), [torch.stack(xs)])
+    trainer = ignitrain.create_classification_trainer(
+        make_mlp(), TrainConfig(progress_bar=False), [torch.stack(xs)]
+    )
     with pytest.raises(ValueError, match=r"batches of \(input, target\); got Tensor"):
         trainer.train()

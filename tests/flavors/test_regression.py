@@ -15,8 +15,9 @@ def _model(n):
 
 def test_learns_diabetes(diabetes_splits):
     cfg = TrainConfig(num_epochs=30, optimizer="adamw", lr=1e-2, batch_size=32, progress_bar=False)
-    trainer = ignitrain.create_regression_trainer(_model(diabetes_splits.num_features), cfg,
-                                                  diabetes_splits.train, diabetes_splits.val)
+    trainer = ignitrain.create_regression_trainer(
+        _model(diabetes_splits.num_features), cfg, diabetes_splits.train, diabetes_splits.val
+    )
     history = trainer.train()
     assert history["val/loss"][-1] < history["val/loss"][0] * 0.7
     metrics = trainer.evaluate(diabetes_splits.test)
@@ -27,4 +28,6 @@ def test_learns_diabetes(diabetes_splits):
 
 def test_regression_rejects_classification_metric_names(diabetes_splits):
     with pytest.raises(ValueError, match="metrics=\\['f1'\\] is not allowed for regression"):
-        ignitrain.create_regression_trainer(_model(10), TrainConfig(metrics=["f1"]), diabetes_splits.train)
+        ignitrain.create_regression_trainer(
+            _model(10), TrainConfig(metrics=["f1"]), diabetes_splits.train
+        )

@@ -86,8 +86,14 @@ def test_attach_history_on_a_plain_ignite_engine(tmp_path):
         ev.state.metrics["score"] = float(trainer.state.epoch)
 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(data[:2]))
-    h = attach_history(trainer, History(), evaluators={"val": evaluator}, optimizer=opt,
-                       log_every=2, path=tmp_path / "history.json")
+    h = attach_history(
+        trainer,
+        History(),
+        evaluators={"val": evaluator},
+        optimizer=opt,
+        log_every=2,
+        path=tmp_path / "history.json",
+    )
     trainer.run(data, max_epochs=2)
     assert h.steps("train/batch_loss") == [2, 4, 6, 8, 10, 12]
     assert h["lr"] == [0.1] * 6

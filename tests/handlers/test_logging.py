@@ -19,9 +19,17 @@ def _read(log_dir):
 
 
 def test_tensorboard_scalars_equal_history(digits_flat, tmp_path, caplog):
-    cfg = TrainConfig(num_epochs=3, batch_size=64, log_every=4, lr_scheduler="cosine",
-                      output_dir=str(tmp_path), progress_bar=False)
-    trainer = ignitrain.create_classification_trainer(make_mlp(), cfg, digits_flat.train, digits_flat.val)
+    cfg = TrainConfig(
+        num_epochs=3,
+        batch_size=64,
+        log_every=4,
+        lr_scheduler="cosine",
+        output_dir=str(tmp_path),
+        progress_bar=False,
+    )
+    trainer = ignitrain.create_classification_trainer(
+        make_mlp(), cfg, digits_flat.train, digits_flat.val
+    )
     history = trainer.train()
     scalars = _read(tmp_path / "tb")
     assert {"train/batch_loss", "lr", "train/loss", "val/accuracy", "val/loss"} <= set(scalars)
@@ -61,4 +69,6 @@ def test_progress_bar_off_without_a_terminal_and_summary_logs(caplog):
     with caplog.at_level(logging.INFO, logger="ignitrain"):
         engine.run([0, 0], max_epochs=2)
     assert [r.getMessage().split(" |")[0] for r in caplog.records if r.name == "ignitrain"] == [
-        "Epoch 1/2", "Epoch 2/2"]
+        "Epoch 1/2",
+        "Epoch 2/2",
+    ]
