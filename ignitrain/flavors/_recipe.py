@@ -28,7 +28,13 @@ from ignite.metrics import Metric
 from torch import nn
 
 from ignitrain.config import TrainConfig
-from ignitrain.data import quiet_ignite_auto_loggers, attach_epoch_sync, loader_length, make_eval_loader, make_train_loader
+from ignitrain.data import (
+    attach_epoch_sync,
+    loader_length,
+    make_eval_loader,
+    make_train_loader,
+    quiet_ignite_auto_loggers,
+)
 from ignitrain.handlers._modes import infer_mode
 from ignitrain.handlers.history import attach_history
 from ignitrain.handlers.logging import attach_epoch_summary, attach_progress_bar, attach_tensorboard
@@ -77,10 +83,14 @@ def check_metrics(metrics: Any) -> dict[str, Metric]:
     if metrics is None:
         return {}
     if not isinstance(metrics, Mapping):
-        raise TypeError(f"metrics must be a mapping name -> ignite.metrics.Metric, got {type(metrics).__name__}")
+        raise TypeError(
+            f"metrics must be a mapping name -> ignite.metrics.Metric, got {type(metrics).__name__}"
+        )
     for name, metric in metrics.items():
         if not isinstance(metric, Metric):
-            raise TypeError(f"metrics[{name!r}] must be an ignite.metrics.Metric, got {type(metric).__name__}")
+            raise TypeError(
+                f"metrics[{name!r}] must be an ignite.metrics.Metric, got {type(metric).__name__}"
+            )
     return dict(metrics)
 
 
@@ -92,7 +102,9 @@ def resolve_device(name: str) -> torch.device:
     if name != "auto":
         device = torch.device(name)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"TrainConfig.device={name!r} is not allowed: CUDA is not available here")
+            raise ValueError(
+                f"TrainConfig.device={name!r} is not allowed: CUDA is not available here"
+            )
         return device
     if torch.cuda.is_available():
         return idist.device()
@@ -118,7 +130,9 @@ def setup_run(config: TrainConfig) -> torch.device:
 def make_loaders(train_data: Any, val_data: Any, config: TrainConfig) -> tuple[Any, Any]:
     """Loaders from Datasets (built from the config) or the user's own iterables."""
     if train_data is None:
-        raise ValueError("train_data must be a Dataset, a DataLoader or an iterable of batches, got None")
+        raise ValueError(
+            "train_data must be a Dataset, a DataLoader or an iterable of batches, got None"
+        )
     train_loader = make_train_loader(train_data, config)
     if loader_length(train_loader) == 0:
         raise ValueError(
@@ -128,7 +142,9 @@ def make_loaders(train_data: Any, val_data: Any, config: TrainConfig) -> tuple[A
     return train_loader, make_eval_loader(val_data, config)
 
 
-def place_model(model: nn.Module, config: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module]:
+def place_model(
+    model: nn.Module, config: TrainConfig, device: torch.device
+) -> tuple[nn.Module, nn.Module]:
     """``(net, model)``: ``net`` runs the training forward (DDP-wrapped, compiled);
     ``model`` is the user's module, which checkpoints and evaluation use."""
     if config.channels_last:
@@ -143,7 +159,9 @@ def place_model(model: nn.Module, config: TrainConfig, device: torch.device) -> 
     return net, model
 
 
-def make_optimizer(config: TrainConfig, model: nn.Module, optimizer: Any = None) -> torch.optim.Optimizer:
+def make_optimizer(
+    config: TrainConfig, model: nn.Module, optimizer: Any = None
+) -> torch.optim.Optimizer:
     """The optimizer named in the config (or given), over ``model``'s parameters."""
     from ignitrain.registry import build_optimizer
 
@@ -157,11 +175,15 @@ def make_optimizer(config: TrainConfig, model: nn.Module, optimizer: Any = None)
         extra=config.optimizer_kwargs,
     )
     if not isinstance(opt, torch.optim.Optimizer):
-        raise TypeError(f"optimizer factory must return a torch.optim.Optimizer, got {type(opt).__name__}")
+        raise TypeError(
+            f"optimizer factory must return a torch.optim.Optimizer, got {type(opt).__name__}"
+        )
     return idist.auto_optim(opt)
 
 
-def make_engine(update_fn: Callable[[Engine, Any], Any], train_loader: Any, config: TrainConfig) -> Engine:
+def make_engine(
+    update_fn: Callable[[Engine, Any], Any], train_loader: Any, config: TrainConfig
+) -> Engine:
     """The training ``Engine`` with its data order tied to the epoch (registered first)."""
     engine = Engine(update_fn)
     engine.logger = _engine_logger("train")
@@ -271,9 +293,15 @@ def _key(name: str) -> Callable[[Any], Any]:
     return value
 
 
-def _attach_schedules(trainer: Trainer, objects: dict, val: Engine | None, metric: str, mode: str) -> None:
+def _attach_schedules(
+    trainer: Trainer, objects: dict, val: Engine | None, metric: str, mode: str
+) -> None:
     config = trainer.config
-    if config.lr_scheduler is None and config.momentum_scheduler is None and not config.warmup_steps:
+    if (
+        config.lr_scheduler is None
+        and config.momentum_scheduler is None
+        and not config.warmup_steps
+    ):
         return
     from ignitrain.handlers.schedules import attach_schedule, build_schedule
 
@@ -299,7 +327,9 @@ def _attach_schedules(trainer: Trainer, objects: dict, val: Engine | None, metri
             objects[f"{name}_{param}_schedule"] = schedule
 
 
-def _attach_stopping(trainer: Trainer, objects: dict, val: Engine | None, metric: str, mode: str) -> None:
+def _attach_stopping(
+    trainer: Trainer, objects: dict, val: Engine | None, metric: str, mode: str
+) -> None:
     config, engine = trainer.config, trainer.engine
     needs_val = config.early_stopping_patience is not None or config.stop_when
     if needs_val and val is None:
@@ -328,8 +358,14 @@ def _attach_stopping(trainer: Trainer, objects: dict, val: Engine | None, metric
 
 
 def _attach_checkpoints(
-    trainer: Trainer, objects: dict, val: Engine | None, metric: str, mode: str, out_dir: Path | None
+    trainer: Trainer,
+    objects: dict,
+    val: Engine | None,
+    metric: str,
+    mode: str,
+    out_dir: Path | None,
 ) -> None:
+    from ignitrain.distributed import agree_any
     from ignitrain.handlers.checkpoint import CheckpointStore, RNGState, attach_checkpoints
     from ignitrain.handlers.preemption import attach_preemption
 
@@ -350,7 +386,16 @@ def _attach_checkpoints(
         save_last=True,
         extra_fn=trainer.checkpoint_extra,
     )
-    attach_preemption(trainer.engine, lambda: trainer.checkpoints.save_now("preempt", f"iter{trainer.engine.state.iteration:08d}"))
+    # Under several processes every rank must stop at the same iteration: a signal
+    # reaching one rank is agreed over all of them (one small all-reduce per iteration).
+    agree = agree_any if idist.get_world_size() > 1 else None
+    attach_preemption(
+        trainer.engine,
+        lambda: trainer.checkpoints.save_now(
+            "preempt", f"iter{trainer.engine.state.iteration:08d}"
+        ),
+        agree=agree,
+    )
 
 
 def _report_stop(engine: Engine, history: Any) -> None:
@@ -358,4 +403,9 @@ def _report_stop(engine: Engine, history: Any) -> None:
     history.meta["stop_reason"] = reason or "completed"
     history.meta["stopped_at"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
     if reason:
-        logger.info("Training stopped early at epoch %d, iteration %d: %s", engine.state.epoch, engine.state.iteration, reason)
+        logger.info(
+            "Training stopped early at epoch %d, iteration %d: %s",
+            engine.state.epoch,
+            engine.state.iteration,
+            reason,
+        )

@@ -1,0 +1,788 @@
+"""Checkpoints: atomic writes, safe loading, the store, payloads, and the Ignite handler.
+
+Every file here is a real file on disk read back with ``torch.load(weights_only=True)``.
+Disk-full failures are simulated by making ``torch.save`` or ``os.replace`` raise
+``OSError(ENOSPC)``.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import json
+import math
+import os
+import pickle
+import random
+from pathlib import Path
+
+import ignite.distributed as idist
+import numpy as np
+import pytest
+import torch
+from ignite.engine import DeterministicEngine, Engine, Events
+from torch import nn
+
+from ignitrain.handlers.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    RNGState,
+    attach_checkpoints,
+    best_tag,
+    build_payload,
+    capture_rng_state,
+    infer_mode,
+    load_checkpoint,
+    load_objects,
+    restore_rng_state,
+    safe_load,
+    save_atomic,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def tiny(out: int = 3, seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, out))
+
+
+def stepped_adam(model: nn.Module) -> torch.optim.Adam:
+    """An Adam optimizer with state (one real step on random data)."""
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    model(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    return opt
+
+
+def payload_of(model: nn.Module, iteration: int = 1, **objects) -> dict:
+    return build_payload({"model": model, **objects}, {"iteration": iteration, "epoch": 1})
+
+
+def clone_params(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def same_params(module: nn.Module, params: dict[str, torch.Tensor]) -> bool:
+    now = module.state_dict()
+    return now.keys() == params.keys() and all(torch.equal(now[k], params[k]) for k in now)
+
+
+def temps(dirname: Path) -> list[str]:
+    return sorted(p.name for p in Path(dirname).iterdir() if p.name.endswith(".tmp"))
+
+
+def names(dirname: Path, kind: str | None = None) -> list[str]:
+    files = sorted(p.name for p in Path(dirname).glob("*.pt"))
+    return [f for f in files if kind is None or f.startswith(f"checkpoint_{kind}_")]
+
+
+def enospc(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def digits_loader(batch_size: int = 32, n: int = 128):
+    """A real (bundled) data set: the first ``n`` scikit-learn digits, 64 features."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x[:n] / 16.0, dtype=torch.float32)
+    y = torch.tensor(y[:n])
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
+
+
+def training_engine(model: nn.Module, opt: torch.optim.Optimizer, cls=Engine) -> Engine:
+    def step(engine, batch):
+        x, y = batch
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return cls(step)
+
+
+class ValuesEvaluator:
+    """A real evaluator Engine whose metric takes the next scripted value per run."""
+
+    def __init__(self, name: str, values: list[float]):
+        self.values = list(values)
+        self.engine = Engine(lambda e, b: None)
+        self.runs = 0
+
+        @self.engine.on(Events.COMPLETED)
+        def publish(engine):
+            engine.state.metrics[name] = self.values[self.runs]
+            engine.state.metrics["run"] = self.runs + 1
+            self.runs += 1
+
+    def attach_to(self, trainer: Engine) -> None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.engine.run([0]))
+
+
+class Log:
+    """A stateful object (like History) appended to by an EPOCH_COMPLETED handler."""
+
+    def __init__(self):
+        self.entries: list[int] = []
+
+    def state_dict(self):
+        return {"entries": list(self.entries)}
+
+    def load_state_dict(self, state):
+        self.entries = list(state["entries"])
+
+
+# -- atomic writes -------------------------------------------------------------------
+
+
+def test_save_atomic_writes_a_weights_only_loadable_file_and_no_temp(tmp_path):
+    model = tiny()
+    path = save_atomic(payload_of(model), tmp_path / "a.pt")
+    loaded = torch.load(path, weights_only=True)
+    assert torch.equal(loaded["state"]["model"]["0.weight"], model[0].weight)
+    assert temps(tmp_path) == []
+
+
+def test_save_atomic_failure_keeps_the_previous_file_and_removes_the_temp(tmp_path, monkeypatch):
+    model = tiny()
+    path = save_atomic(payload_of(model, 1), tmp_path / "a.pt")
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def partial_then_full(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")  # bytes reach the temp file, then the disk fills
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", partial_then_full)
+    with pytest.raises(OSError) as info:
+        save_atomic(payload_of(model, 2), path)
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.setattr(torch, "save", real_save)
+    assert path.read_bytes() == before
+    assert temps(tmp_path) == []
+    assert safe_load(path)["iteration"] == 1
+
+
+# -- the store: disk full, eviction, pointer -----------------------------------------
+
+
+@pytest.mark.parametrize("failing", ["torch.save", "os.replace"])
+def test_disk_full_on_second_save_keeps_previous_checkpoint_and_latest(
+    tmp_path, monkeypatch, failing
+):
+    model = tiny()
+    store = CheckpointStore(tmp_path, n_saved=1)
+    first = store.save(payload_of(model, 1), "periodic", "iter00000001")
+
+    if failing == "torch.save":
+        monkeypatch.setattr(torch, "save", enospc)
+    else:
+        real_replace = os.replace
+
+        def replace(src, dst):
+            if str(dst).endswith(".pt"):
+                enospc()
+            real_replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError) as info:
+        store.save(payload_of(model, 2), "periodic", "iter00000002")
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+
+    assert names(tmp_path) == [first.name]  # nothing evicted, nothing partial
+    assert temps(tmp_path) == []
+    assert store.latest_path() == first
+    assert safe_load(first)["iteration"] == 1
+
+    # A crash in the middle of a save leaves a temp file; the next good save removes it.
+    (tmp_path / ".checkpoint_periodic_iter00000002.pt.dead.tmp").write_bytes(b"partial")
+    third = store.save(payload_of(model, 3), "periodic", "iter00000003")
+    assert temps(tmp_path) == []
+    assert names(tmp_path) == [third.name]
+    assert store.latest_path() == third
+
+
+def test_eviction_keeps_n_saved_newest_and_only_after_a_successful_write(tmp_path, monkeypatch):
+    model = tiny()
+    store = CheckpointStore(tmp_path, n_saved=2)
+    for it in (1, 2, 3):
+        store.save(payload_of(model, it), "periodic", f"iter{it:08d}")
+    assert names(tmp_path) == [
+        "checkpoint_periodic_iter00000002.pt",
+        "checkpoint_periodic_iter00000003.pt",
+    ]
+    monkeypatch.setattr(torch, "save", enospc)
+    with pytest.raises(OSError):
+        store.save(payload_of(model, 4), "periodic", "iter00000004")
+    monkeypatch.undo()
+    assert len(names(tmp_path)) == 2
+    # Kinds are evicted separately: a "last" file does not push out periodic ones.
+    store.save(payload_of(model, 5), "last", "iter00000005")
+    assert len(names(tmp_path, "periodic")) == 2
+    pointer = json.loads(store.pointer_path.read_text())
+    assert pointer == {
+        "file": "checkpoint_last_iter00000005.pt",
+        "kind": "last",
+        "iteration": 5,
+        "epoch": 1,
+    }
+
+
+def test_store_keeps_the_n_best_scores(tmp_path):
+    model = tiny()
+    store = CheckpointStore(tmp_path, n_saved=2)
+    for it, score in enumerate([0.5, 0.7, 0.6, 0.9], start=1):
+        if store.would_keep_best(score):
+            store.save(payload_of(model, it), "best", best_tag("accuracy", score, it), score)
+    assert store.best_scores() == [0.9, 0.7]
+    assert not store.would_keep_best(0.65)
+    assert not store.would_keep_best(math.nan)
+    # A new store over the same directory (a resumed run) knows the scores on disk.
+    assert CheckpointStore(tmp_path, n_saved=2).best_scores() == [0.9, 0.7]
+
+
+def corrupt(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "bit-flipped":
+        weight = torch.load(path, weights_only=True)["state"]["model"]["0.weight"]
+        find_and_flip(path, weight)
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "missing":
+        path.unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated", "bit-flipped", "empty", "missing"])
+def test_latest_skips_a_corrupt_newest_checkpoint_with_a_warning(tmp_path, how):
+    model = tiny()
+    store = CheckpointStore(tmp_path, n_saved=3)
+    saved = [store.save(payload_of(model, it), "periodic", f"iter{it:08d}") for it in (1, 2, 3)]
+    corrupt(saved[-1], how)
+    with pytest.warns(UserWarning, match="unusable"):
+        assert store.latest_path() == saved[1]
+    with pytest.warns(UserWarning):
+        path, payload = store.load_latest()
+    assert payload["iteration"] == 2
+
+
+def test_latest_falls_back_by_iteration_with_a_broken_pointer_and_none_when_nothing_valid(tmp_path):
+    model = tiny()
+    store = CheckpointStore(tmp_path, n_saved=3)
+    assert store.latest_path() is None  # empty directory
+    for it in (3, 1, 2):  # written out of order: iteration decides, not write time
+        store.save(payload_of(model, it), "periodic", f"iter{it:08d}")
+    store.pointer_path.write_text("{not json")
+    with pytest.warns(UserWarning, match="pointer"):
+        assert store.latest_path().name == "checkpoint_periodic_iter00000003.pt"
+    for path in tmp_path.glob("*.pt"):
+        corrupt(path, "truncated")
+    with pytest.warns(UserWarning):
+        assert store.latest_path() is None
+
+
+def test_background_store_commits_later_and_reports_failures_at_wait(tmp_path, monkeypatch):
+    model = tiny()
+    store = CheckpointStore(tmp_path, n_saved=1, background=True)
+    first = store.save(payload_of(model, 1), "periodic", "iter00000001")
+    store.wait()
+    assert safe_load(first)["iteration"] == 1
+
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(".pt"):
+            enospc()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    store.save(payload_of(model, 2), "periodic", "iter00000002")  # serialised; commit fails later
+    with pytest.raises(OSError):
+        store.wait()
+    monkeypatch.undo()
+    assert store.latest_path() == first
+    assert names(tmp_path) == [first.name] and temps(tmp_path) == []
+
+
+# -- safe loading ------------------------------------------------------------------
+
+
+def find_and_flip(path: Path, marker: torch.Tensor) -> None:
+    """Flip one bit inside ``marker``'s bytes in the file (tensor data, not structure)."""
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(marker.numpy().tobytes())
+    assert at > 0
+    data[at + 5] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+def test_bit_flip_in_tensor_data_is_detected_although_torch_load_accepts_it(tmp_path):
+    marker = torch.full((64,), 1.2345)
+    path = save_atomic(
+        build_payload({"m": nn.ParameterDict()}, {"marker": marker}), tmp_path / "c.pt"
+    )
+    find_and_flip(path, marker)
+    silently = torch.load(path, weights_only=True)  # torch does not check the CRCs
+    assert not torch.equal(silently["marker"], marker)
+    with pytest.raises(CheckpointError, match=rf"{path}.*corrupted"):
+        safe_load(path)
+
+
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("missing", "does not exist"),
+        ("empty", "empty"),
+        ("truncated", "truncated"),
+        ("bit-flipped", "corrupted"),
+        ("json", "JSON"),
+        ("bare state_dict", "not an ignitrain checkpoint"),
+        ("list", "not an ignitrain checkpoint"),
+        ("future version", "format version 2"),
+        ("directory", "directory"),
+    ],
+)
+def test_bad_files_raise_checkpoint_error_naming_the_path(tmp_path, case, reason):
+    model = tiny()
+    path = tmp_path / "bad.pt"
+    if case in ("truncated", "bit-flipped", "empty", "missing"):
+        save_atomic(payload_of(model), path)
+        if case == "bit-flipped":
+            find_and_flip(path, model[0].weight.detach())
+        else:
+            corrupt(path, case)
+    elif case == "json":
+        path.write_text(json.dumps({"ignitrain_format": 1, "state": {}}))
+    elif case == "bare state_dict":
+        torch.save(model.state_dict(), path)
+    elif case == "list":
+        torch.save([1, 2], path)
+    elif case == "future version":
+        torch.save({"ignitrain_format": 2, "state": {}}, path)
+    elif case == "directory":
+        path.mkdir()
+    with pytest.raises(CheckpointError, match=reason) as info:
+        safe_load(path)
+    assert str(path) in str(info.value)
+
+
+class Evil:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    # Control: the payload is really malicious -- plain unpickling runs it.
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(Evil(control), protocol=2))
+    assert control.exists()
+
+    marker = tmp_path / "pwned"
+    evil = {"ignitrain_format": 1, "state": {}, "x": Evil(marker)}
+    torch_file = tmp_path / "evil_torch.pt"
+    torch.save(evil, torch_file)  # a zip checkpoint with a malicious data.pkl
+    raw_file = tmp_path / "evil_raw.pt"
+    raw_file.write_bytes(pickle.dumps(evil, protocol=2))  # a legacy bare pickle
+    for path in (torch_file, raw_file):
+        with pytest.raises(CheckpointError, match="refused as unsafe") as info:
+            load_checkpoint(path, model=tiny())
+        assert str(path) in str(info.value) and "system" in str(info.value)
+    modern = tmp_path / "evil_p5.pt"
+    modern.write_bytes(pickle.dumps(evil, protocol=5))
+    with pytest.raises(CheckpointError, match=str(modern)):
+        safe_load(modern)
+    assert not marker.exists()
+
+
+# -- loading into objects: validation first ----------------------------------------------
+
+
+def test_model_mismatch_lists_keys_and_loads_nothing(tmp_path):
+    source = tiny(out=3, seed=0)
+    path = save_atomic(
+        build_payload({"model": source, "optimizer": stepped_adam(source), "rng": RNGState()}),
+        tmp_path / "c.pt",
+    )
+    target = tiny(out=5, seed=1)
+    target.add_module("head", nn.Linear(5, 2))
+    optimizer = stepped_adam(target)
+    params, opt_state = clone_params(target), optimizer.state_dict()["state"][0]["exp_avg"].clone()
+    torch.manual_seed(123)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, model=target, optimizer=optimizer, rng=RNGState())
+    message = str(info.value)
+    assert str(path) in message and "nothing was loaded" in message
+    assert "missing keys" in message and "head.weight" in message and "head.bias" in message
+    assert "2.weight (model expects (5, 8), checkpoint has (3, 8))" in message
+    assert "2.bias (model expects (5,), checkpoint has (3,))" in message
+    assert "parameter group 0 has 4 parameters in the checkpoint, 6 in the optimizer" in message
+    assert same_params(target, params)
+    assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], opt_state)
+    after_failed_load = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(after_failed_load, torch.rand(3))  # the RNG state was not loaded either
+
+    smaller = nn.Sequential(nn.Linear(4, 8))
+    with pytest.raises(CheckpointError, match=r"unexpected keys .*2\.weight, 2\.bias"):
+        load_checkpoint(path, model=smaller)
+    # strict=False tolerates missing/unexpected keys, never wrong shapes.
+    load_checkpoint(path, model=smaller, strict=False)
+    assert torch.equal(smaller[0].weight, source[0].weight)
+    with pytest.raises(CheckpointError, match="mis-shaped"):
+        load_checkpoint(path, model=tiny(out=5), strict=False)
+
+
+def test_optimizer_state_shapes_and_group_counts_are_checked(tmp_path):
+    model = tiny()
+    path = save_atomic(build_payload({"optimizer": stepped_adam(model)}), tmp_path / "c.pt")
+    other = tiny(out=5)
+    with pytest.raises(CheckpointError, match=r"'exp_avg' of parameter 2 has shape \(3, 8\)"):
+        load_checkpoint(path, optimizer=stepped_adam(other))
+    two_groups = torch.optim.SGD(
+        [{"params": list(other[0].parameters())}, {"params": list(other[2].parameters())}], lr=0.1
+    )
+    with pytest.raises(CheckpointError, match="1 parameter group"):
+        load_checkpoint(path, optimizer=two_groups)
+
+
+def test_named_states_like_a_gan_and_missing_names(tmp_path):
+    g, d = tiny(seed=1), tiny(seed=2)
+    path = save_atomic(build_payload({"generator": g, "discriminator": d}), tmp_path / "gan.pt")
+    with pytest.raises(
+        CheckpointError,
+        match=r"no state named 'model' \(the checkpoint holds: discriminator, generator\)",
+    ):
+        load_checkpoint(path, model=tiny())
+    g2, d2 = tiny(seed=3), tiny(seed=4)
+    payload = load_checkpoint(path, generator=g2, discriminator=d2)
+    assert same_params(g2, clone_params(g)) and same_params(d2, clone_params(d))
+    assert payload["ignitrain_format"] == 1
+    with pytest.warns(UserWarning, match="'model' left as it is"):
+        load_checkpoint(path, model=tiny(), generator=g2, strict=False)
+
+
+def test_wrapped_models_load_both_ways(tmp_path):
+    plain = tiny(seed=0)
+    compiled = torch.compile(tiny(seed=5))  # OptimizedModule; nothing is compiled until called
+    parallel = nn.DataParallel(tiny(seed=6))
+    assert next(iter(compiled.state_dict())).startswith("_orig_mod.")
+    assert next(iter(parallel.state_dict())).startswith("module.")
+
+    path = save_atomic(build_payload({"model": parallel}), tmp_path / "dp.pt")
+    assert "0.weight" in safe_load(path)["state"]["model"]  # saved without the wrapper prefix
+    load_checkpoint(path, model=compiled)
+    assert same_params(compiled._orig_mod, clone_params(parallel.module))
+
+    # A checkpoint written by someone else straight from a DDP model's state_dict.
+    prefixed = {"module." + k: v for k, v in plain.state_dict().items()}
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"ignitrain_format": 1, "state": {"model": prefixed}}, foreign)
+    for target in (tiny(seed=7), nn.DataParallel(tiny(seed=8))):
+        load_checkpoint(foreign, model=target)
+        assert same_params(getattr(target, "module", target), clone_params(plain))
+
+
+# -- RNG and payload contents -------------------------------------------------------------
+
+
+def draws():
+    return torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)], np.random.randn()
+
+
+def test_rng_capture_and_restore_reproduce_draws_after_a_weights_only_round_trip(tmp_path):
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    np.random.randn()  # numpy caches a Gaussian: that is state too
+    state = capture_rng_state()
+    expected = draws()
+    path = save_atomic(build_payload({"rng": RNGState()}, {"direct": state}), tmp_path / "r.pt")
+    loaded = torch.load(path, weights_only=True)
+    draws()  # move every generator on
+    restore_rng_state(loaded["direct"])
+    got = draws()
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    assert got[2] == expected[2] and got[3] == expected[3]
+    with pytest.raises(CheckpointError, match="lacks numpy"):
+        restore_rng_state({"python": [], "torch": torch.get_rng_state()})
+
+
+def test_payload_with_deterministic_engine_scheduler_and_metadata_loads_weights_only(tmp_path):
+    model = tiny(out=10)
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    engine = training_engine(model, opt, DeterministicEngine)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: sched.step())
+    engine.run(digits_loader(), max_epochs=2)
+
+    # The trap this design avoids: Ignite's own engine state does not load weights_only.
+    torch.save(engine.state_dict(), tmp_path / "ignite_state.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "ignite_state.pt", weights_only=True)
+
+    objects = {"model": model, "optimizer": opt, "scheduler": sched, "trainer": engine}
+    extra = {
+        "config": {"lr": 0.1, "betas": (0.9, 0.99), "metrics": ["accuracy"]},
+        "model_description": {"class": "torch.nn.Sequential", "args": {}},
+        "metrics": {"accuracy": np.float64(0.75), "confusion": np.eye(2)},
+    }
+    path = save_atomic(build_payload(objects, extra), tmp_path / "c.pt")
+    loaded = torch.load(path, weights_only=True)  # plain torch, no extra safe globals
+    assert loaded["metrics"]["accuracy"] == 0.75 and torch.equal(
+        loaded["metrics"]["confusion"], torch.eye(2, dtype=torch.float64)
+    )
+
+    model2 = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 10))
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9)
+    sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.5)
+    engine2 = training_engine(model2, opt2, DeterministicEngine)
+    payload = load_checkpoint(path, model2, opt2, scheduler=sched2, trainer=engine2)
+    assert payload["config"]["betas"] == (0.9, 0.99)
+    assert same_params(model2, clone_params(model))
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == 0.025
+    assert sched2.state_dict() == sched.state_dict()
+    assert engine2.state.iteration == engine.state.iteration == 8 and engine2.state.epoch == 2
+    py_state, torch_state, np_state = engine2.state.rng_states
+    assert isinstance(np_state[1], np.ndarray) and np_state[1].dtype == np.uint32
+    assert isinstance(py_state, tuple) and torch_state.dtype == torch.uint8
+
+
+def test_state_that_weights_only_would_refuse_is_rejected_at_save_time():
+    class NumpyState:
+        def state_dict(self):
+            return {"arr": np.zeros(3)}
+
+    with pytest.raises(CheckpointError, match=r"state\['thing'\]\['arr'\].*numpy array"):
+        build_payload({"thing": NumpyState()})
+
+    class Opaque:
+        def state_dict(self):
+            return {"fn": len}
+
+    with pytest.raises(CheckpointError, match="builtin_function_or_method"):
+        build_payload({"thing": Opaque()})
+
+    class Color(enum.IntEnum):
+        RED = 1
+
+    class EnumState:
+        def state_dict(self):
+            return {"color": Color.RED}  # an int, but pickled by class: refused
+
+    with pytest.raises(CheckpointError, match=r"state\['thing'\]\['color'\].*Color"):
+        build_payload({"thing": EnumState()})
+
+
+# -- the Ignite handler -------------------------------------------------------------
+
+
+def run_training(
+    tmp_path,
+    *,
+    epochs=2,
+    save_every=2,
+    n_saved=None,
+    values=(0.5, 0.4, 0.3),
+    metric="val_loss",
+    background=False,
+    after_iteration=None,
+    **kwargs,
+):
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = training_engine(model, opt)
+    evaluator = ValuesEvaluator(metric, list(values))
+    log = Log()
+    evaluator.attach_to(trainer)  # validation first, like the trainer factories do
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: log.entries.append(e.state.epoch))
+    store = CheckpointStore(tmp_path, n_saved=n_saved, background=background)
+    handler = attach_checkpoints(
+        trainer,
+        {"model": model, "optimizer": opt, "trainer": trainer, "log": log, "rng": RNGState()},
+        store,
+        save_every=save_every,
+        evaluator=evaluator.engine,
+        best_metric=metric,
+        extra_fn=lambda: {"config": {"save_every": save_every}},
+        **kwargs,
+    )
+    if after_iteration is not None:  # runs after the checkpoint handler's ITERATION_COMPLETED
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, after_iteration)
+    trainer.run(digits_loader(), max_epochs=epochs)  # 4 iterations per epoch
+    return trainer, evaluator, store, handler
+
+
+def test_periodic_checkpoint_at_an_epochs_last_iteration_is_written_after_validation(tmp_path):
+    on_disk = {}  # what a crash right after each iteration's handlers would leave
+
+    def look(engine):
+        on_disk[engine.state.iteration] = names(tmp_path, "periodic")
+
+    _, _, store, _ = run_training(tmp_path, epochs=2, save_every=2, after_iteration=look)
+    # Iteration 4 ends epoch 1: its checkpoint waits for EPOCH_COMPLETED (after validation).
+    assert on_disk[2] == on_disk[3] == on_disk[4] == ["checkpoint_periodic_iter00000002.pt"]
+    assert names(tmp_path, "periodic") == [
+        f"checkpoint_periodic_iter{i:08d}.pt" for i in (2, 4, 6, 8)
+    ]
+    at_2 = safe_load(tmp_path / "checkpoint_periodic_iter00000002.pt")
+    at_4 = safe_load(tmp_path / "checkpoint_periodic_iter00000004.pt")
+    # Mid-epoch: nothing validated yet. Epoch end: the epoch's validation and the
+    # EPOCH_COMPLETED handler registered before attach_checkpoints already ran.
+    assert at_2["metrics"] == {} and at_2["state"]["log"] == {"entries": []}
+    assert at_4["metrics"] == {"val_loss": 0.5, "run": 1}
+    assert at_4["state"]["log"] == {"entries": [1]}
+    assert at_4["state"]["trainer"]["iteration"] == 4 and at_4["epoch"] == 1
+    assert at_4["config"] == {"save_every": 2}
+
+
+def test_save_every_epoch_off_and_last_after_early_termination(tmp_path):
+    run_training(tmp_path / "epoch", epochs=2, save_every=-1)
+    assert names(tmp_path / "epoch", "periodic") == [
+        "checkpoint_periodic_epoch0001.pt",
+        "checkpoint_periodic_epoch0002.pt",
+    ]
+    assert names(tmp_path / "epoch", "last") == ["checkpoint_last_iter00000008.pt"]
+
+    model = tiny()
+    trainer = Engine(lambda e, b: None)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=5), lambda e: e.terminate())
+    store = CheckpointStore(tmp_path / "off")
+    attach_checkpoints(trainer, {"model": model, "trainer": trainer}, store, save_every=0)
+    trainer.run(range(4), max_epochs=3)
+    assert names(tmp_path / "off") == ["checkpoint_last_iter00000005.pt"]
+    assert store.latest_path() == tmp_path / "off" / "checkpoint_last_iter00000005.pt"
+
+
+@pytest.mark.parametrize(
+    "metric, values, mode, kept",
+    [
+        ("val_loss", [0.5, 0.3, math.nan, 0.4, 0.2], None, [0.2, 0.3]),  # "loss": minimise
+        ("accuracy", [0.5, 0.7, math.nan, 0.6, 0.8], None, [0.8, 0.7]),  # else maximise
+        ("accuracy", [0.5, 0.7, math.nan, 0.6, 0.4], "min", [0.4, 0.5]),  # explicit mode
+        ("val_loss", [math.nan, math.nan, math.nan, math.nan, math.nan], None, []),
+    ],
+)
+def test_best_checkpoints_by_metric_mode_and_nan(tmp_path, metric, values, mode, kept):
+    _, _, store, _ = run_training(
+        tmp_path, epochs=5, save_every=0, n_saved=2, values=values, metric=metric, best_mode=mode
+    )
+    best = [safe_load(p)["metrics"][metric] for p in sorted(tmp_path.glob("checkpoint_best_*.pt"))]
+    assert sorted(best) == sorted(kept)
+    assert not any(math.isnan(v) for v in best)
+
+
+def test_best_and_periodic_at_the_same_moment_share_one_file(tmp_path):
+    _, _, store, handler = run_training(tmp_path, epochs=1, save_every=-1, n_saved=1)
+    periodic = tmp_path / "checkpoint_periodic_epoch0001.pt"
+    best = tmp_path / "checkpoint_best_val_loss=0.5_iter00000004.pt"
+    assert periodic.stat().st_ino == best.stat().st_ino  # a hard link: written once
+    assert safe_load(best)["checkpoint"]["kind"] == "periodic"
+
+
+def test_evaluations_after_training_do_not_make_best_checkpoints(tmp_path):
+    _, evaluator, store, _ = run_training(tmp_path, epochs=1, save_every=0, values=[0.5, 0.1])
+    assert store.best_scores() == [-0.5]
+    evaluator.engine.run([0])  # e.g. a test-set evaluation after training: 0.1
+    assert store.best_scores() == [-0.5]
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_resuming_objects_from_a_handler_checkpoint(tmp_path, background):
+    _, _, store, handler = run_training(tmp_path, epochs=2, save_every=3, background=background)
+    # every 3 iterations: 3, 6 (mid-epoch) and the last checkpoint at 8
+    assert names(tmp_path, "periodic") == [
+        "checkpoint_periodic_iter00000003.pt",
+        "checkpoint_periodic_iter00000006.pt",
+    ]
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    engine, log = training_engine(model, opt), Log()
+    path, payload = store.load_latest()
+    assert path == handler.last_path
+    load_objects({"model": model, "optimizer": opt, "trainer": engine, "log": log}, payload)
+    assert engine.state.iteration == 8 and engine.state.epoch == 2 and log.entries == [1, 2]
+    engine.run(digits_loader(), max_epochs=3)  # continues with epoch 3
+    assert engine.state.iteration == 12
+
+
+def test_argument_validation(tmp_path):
+    store = CheckpointStore(tmp_path)
+    engine = Engine(lambda e, b: None)
+    model = tiny()
+    with pytest.raises(ValueError, match="n_saved=0 is not allowed"):
+        CheckpointStore(tmp_path, n_saved=0)
+    with pytest.raises(ValueError, match="prefix='my_run' is not allowed"):
+        CheckpointStore(tmp_path, prefix="my_run")
+    with pytest.raises(ValueError, match="kind='weekly' is not allowed"):
+        store.save(payload_of(model), "weekly", "x")
+    with pytest.raises(ValueError, match="tag='../x' is not allowed"):
+        store.save(payload_of(model), "periodic", "../x")
+    with pytest.raises(ValueError, match="score=nan is not allowed"):
+        store.save(payload_of(model), "best", "x", math.nan)
+    with pytest.raises(ValueError, match="save_every=-2 is not allowed"):
+        attach_checkpoints(engine, {"model": model}, store, save_every=-2)
+    with pytest.raises(TypeError, match="expected an Ignite Engine"):
+        attach_checkpoints(model, {"model": model}, store)
+    with pytest.raises(TypeError, match="expected a CheckpointStore"):
+        attach_checkpoints(engine, {"model": model}, str(tmp_path))
+    with pytest.raises(TypeError, match=r"objects\['x'\]=int is not allowed"):
+        attach_checkpoints(engine, {"x": 3}, store)
+    with pytest.raises(ValueError, match="best_metric=None is not allowed"):
+        attach_checkpoints(engine, {"model": model}, store, evaluator=Engine(lambda e, b: None))
+    with pytest.raises(ValueError, match="best_mode='down' is not allowed"):
+        attach_checkpoints(engine, {"model": model}, store, best_mode="down")
+    with pytest.raises(ValueError, match="reserved key"):
+        build_payload({"model": model}, {"state": 1})
+    with pytest.raises(TypeError, match="expected a dict"):
+        load_objects([model], payload_of(model))
+    assert [
+        infer_mode(n) for n in ("val_loss", "Error_rate", "rmse", "val/mae", "accuracy", "f1")
+    ] == ["min", "min", "min", "min", "max", "max"]
+
+
+def test_a_best_metric_the_evaluator_does_not_compute_is_an_error(tmp_path):
+    model = tiny()
+    trainer = Engine(lambda e, b: None)
+    evaluator = ValuesEvaluator("val_loss", [0.5])
+    evaluator.attach_to(trainer)
+    attach_checkpoints(
+        trainer,
+        {"model": model},
+        CheckpointStore(tmp_path),
+        evaluator=evaluator.engine,
+        best_metric="val_los",
+    )
+    with pytest.raises(KeyError, match="'val_los' is not computed by the evaluator .*val_loss"):
+        trainer.run(range(2), max_epochs=1)
+
+
+# -- several processes: only rank 0 writes ---------------------------------------------
+
+
+def _rank0_worker(local_rank: int, dirname: str) -> None:
+    store = CheckpointStore(dirname)
+    model = tiny()
+    path = store.save(payload_of(model, 1), "periodic", "iter00000001")
+    Path(dirname, f"rank{idist.get_rank()}.txt").write_text(f"{store.writes} {path.name}")
+
+
+@pytest.mark.slow
+def test_only_rank_zero_writes(tmp_path):
+    from ignitrain.distributed import free_port
+
+    with idist.Parallel(backend="gloo", nproc_per_node=2, master_port=free_port()) as parallel:
+        parallel.run(_rank0_worker, str(tmp_path))
+    assert (tmp_path / "rank0.txt").read_text() == "True checkpoint_periodic_iter00000001.pt"
+    assert (tmp_path / "rank1.txt").read_text() == "False checkpoint_periodic_iter00000001.pt"
+    assert names(tmp_path) == ["checkpoint_periodic_iter00000001.pt"]
