@@ -1,0 +1,401 @@
+"""Run one training function on one process, on spawned processes, or under ``torchrun``.
+
+:func:`launch` is a thin layer over :class:`ignite.distributed.Parallel` so that the
+same script runs unchanged in the three usual ways::
+
+    python train.py                             # one process, no process group
+    python train.py --nproc 2                   # launch(..., nproc_per_node=2) spawns 2
+    torchrun --nproc_per_node=2 train.py        # launch(...) joins torchrun's group
+
+Multi-node jobs use ``torchrun`` on every node (``--nnodes=2 --node_rank=i
+--master_addr=HOST --master_port=PORT``) with the ``nccl`` backend on GPUs; ``launch``
+joins the group torchrun set up.
+
+The rank helpers (:func:`is_rank_zero`, :func:`rank_zero_only`, :func:`agree_any`,
+:func:`agree_all`, :func:`broadcast_object`, :func:`world_size`, :func:`barrier`) are
+no-ops on a single process, so code written with them runs in all three modes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import functools
+import math
+import numbers
+import os
+import pickle
+import socket
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import ignite.distributed as idist
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ignitrain.config import suggest
+
+__all__ = [
+    "agree_all",
+    "agree_any",
+    "barrier",
+    "broadcast_object",
+    "free_port",
+    "is_rank_zero",
+    "launch",
+    "rank_zero_only",
+    "world_size",
+]
+
+_T = TypeVar("_T")
+
+# Environment variables every torchrun (torch.distributed.run) worker gets.
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+# Ports handed out by free_port() in this process: two launches started at the same
+# moment in one process must not get the same port back from the OS.
+_GIVEN_PORTS: set[int] = set()
+_GIVEN_PORTS_LOCK = threading.Lock()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on ``host`` that is free now and not handed out before here.
+
+    The OS picks it (bind to port 0). Another program could still take it before the
+    process group binds it; the window is milliseconds, unlike a fixed default port
+    (Ignite spawns on 2222), which collides whenever two jobs run at once.
+    """
+    with _GIVEN_PORTS_LOCK:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port = sock.getsockname()[1]
+            if port not in _GIVEN_PORTS:
+                _GIVEN_PORTS.add(port)
+                return port
+    raise RuntimeError(f"Could not find a free TCP port on {host}.")
+
+
+# ---------------------------------------------------------------------------------------
+# launch
+
+
+def _check_nproc(nproc_per_node: Any) -> int | None:
+    if nproc_per_node is None:
+        return None
+    if isinstance(nproc_per_node, bool) or not isinstance(nproc_per_node, numbers.Integral):
+        raise TypeError(
+            f"Argument nproc_per_node must be an int >= 1 or None, got {nproc_per_node!r}."
+        )
+    if nproc_per_node < 1:
+        raise ValueError(f"Argument nproc_per_node must be >= 1, got {nproc_per_node!r}.")
+    return int(nproc_per_node)
+
+
+def _check_backend(backend: Any) -> str | None:
+    if backend is None:
+        return None
+    available = idist.available_backends()
+    if not isinstance(backend, str):
+        raise TypeError(f"Argument backend must be one of {available} or None, got {backend!r}.")
+    if backend not in available:
+        hint = " (nccl needs a CUDA build of torch and a GPU)" if backend == "nccl" else ""
+        raise ValueError(
+            f"Argument backend={backend!r} is not available here{hint}; "
+            f"available: {available}.{suggest(backend, available)}"
+        )
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise ValueError("Argument backend='nccl' needs a GPU, but CUDA is not available.")
+    return backend
+
+
+def _check_timeout(timeout: Any) -> datetime.timedelta | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, datetime.timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, numbers.Real) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        raise TypeError(
+            f"Argument timeout must be seconds (a number > 0), a timedelta or None, "
+            f"got {timeout!r}."
+        )
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"Argument timeout must be > 0 seconds, got {timeout!r}.")
+    return datetime.timedelta(seconds=seconds)
+
+
+def _check_port(master_port: Any) -> int | None:
+    if master_port is None:
+        return None
+    if isinstance(master_port, bool) or not isinstance(master_port, numbers.Integral):
+        raise TypeError(f"Argument master_port must be an int in 1..65535, got {master_port!r}.")
+    if not 1 <= master_port <= 65535:
+        raise ValueError(f"Argument master_port must be in 1..65535, got {master_port!r}.")
+    return int(master_port)
+
+
+def _default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+
+
+def _in_torchrun() -> bool:
+    return all(name in os.environ for name in _TORCHRUN_ENV)
+
+
+def _group_exists() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _finalize_at_exit() -> None:
+    if _group_exists():
+        idist.finalize()
+
+
+def _join_torchrun(backend: str, timeout: datetime.timedelta | None) -> None:
+    """Form the default process group from torchrun's environment, for this process's life.
+
+    The group is not destroyed when ``fn`` returns: torch cannot reliably form a second
+    default group in a torchrun worker (group names restart at 0 and the rendezvous
+    keys of the first group are still in torchrun's store, so a rank can read a peer's
+    stale address and fail to connect; seen with torch 2.13). A later ``launch`` in
+    the same process runs in this group, and it is destroyed at exit.
+    """
+    # Parallel.__enter__ calls idist.initialize(backend) without a timeout (Ignite
+    # 0.5.5), so the group is initialised here with the same call plus the timeout.
+    init_kwargs = {} if timeout is None else {"timeout": timeout}
+    idist.initialize(backend, **init_kwargs)
+    atexit.unregister(_finalize_at_exit)  # registered once, however many launches
+    atexit.register(_finalize_at_exit)
+
+
+def _warn_if_nproc_differs(nproc_per_node: int | None) -> None:
+    local_world = os.environ.get("LOCAL_WORLD_SIZE")
+    if nproc_per_node is not None and local_world is not None:
+        if nproc_per_node != int(local_world):
+            warnings.warn(
+                f"launch(nproc_per_node={nproc_per_node}) is ignored under torchrun, "
+                f"which started {local_world} processes on this node.",
+                stacklevel=3,
+            )
+
+
+def _spawn(
+    fn: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    backend: str,
+    nproc_per_node: int,
+    timeout: datetime.timedelta | None,
+    master_port: int | None,
+) -> None:
+    try:
+        pickle.dumps(fn)
+    except Exception as err:
+        raise TypeError(
+            f"Argument fn={fn!r} cannot be sent to spawned processes: define it at the top "
+            "level of an importable module (not a lambda or a nested function)."
+        ) from err
+    # Parallel forwards extra keyword arguments to idist.spawn, which passes `timeout`
+    # on to dist.init_process_group in every child.
+    spawn_kwargs = {} if timeout is None else {"timeout": timeout}
+    port = master_port if master_port is not None else free_port()
+    with idist.Parallel(
+        backend=backend,
+        nproc_per_node=nproc_per_node,
+        master_addr="127.0.0.1",
+        master_port=port,
+        **spawn_kwargs,
+    ) as parallel:
+        parallel.run(fn, *args, **kwargs)
+
+
+def launch(
+    fn: Callable[..., Any],
+    *args: Any,
+    backend: str | None = None,
+    nproc_per_node: int | None = None,
+    timeout: float | datetime.timedelta | None = None,
+    master_port: int | None = None,
+    **kwargs: Any,
+) -> None:
+    """Call ``fn(local_rank, *args, **kwargs)`` in every process of the job, as
+    ``idist.Parallel.run`` does, choosing how the job is formed from the environment.
+
+    1. Started by ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` set): this
+       process joins torchrun's group (``backend`` default ``"nccl"`` with CUDA, else
+       ``"gloo"``) and runs ``fn``. The group stays until the process exits, so a
+       second ``launch`` runs in it (torch cannot reliably re-form it in a torchrun
+       worker). ``nproc_per_node`` is ignored: torchrun started the processes.
+    2. A process group already exists (made by the caller or by an earlier
+       ``launch`` under torchrun): ``fn`` runs in it; ``backend`` and ``timeout`` do not
+       change it.
+    3. ``nproc_per_node > 1``: spawns that many processes through ``idist.Parallel``
+       on ``127.0.0.1`` and a free port (``master_port`` to fix one); ``backend``
+       default as above. Returns when all are done.
+    4. Otherwise: ``fn(0, *args, **kwargs)`` runs here, with no process group.
+
+    A rank that raises ends the job: spawned siblings are terminated and the error
+    is raised here (``torch.multiprocessing.ProcessRaisedException``, whose message
+    holds the failing rank's traceback); under torchrun, torchrun stops the others.
+
+    Spawned processes start a fresh interpreter (the ``spawn`` method), so ``fn`` must
+    be importable (defined at module top level) and the script must call ``launch``
+    under ``if __name__ == "__main__":``.
+
+    Args:
+        fn: The function to run; its first argument is the local rank.
+        *args: Positional arguments for ``fn``.
+        backend: ``"gloo"``, ``"nccl"`` (or another of ``idist.available_backends()``);
+            ``None`` picks one. Without ``torchrun`` and with one process, no group is
+            made whatever the backend.
+        nproc_per_node: Processes to spawn on this machine.
+        timeout: Process-group timeout in seconds (or a ``timedelta``): a collective
+            that waits longer, e.g. for a rank that died, raises instead of hanging.
+            ``None`` keeps torch's default.
+        master_port: Port of the rendezvous when spawning (default: a free one).
+        **kwargs: Keyword arguments for ``fn``.
+
+    Raises:
+        TypeError: An argument has the wrong type, or ``fn`` cannot be spawned.
+        ValueError: An argument has a wrong value (unknown backend, ``nproc_per_node``
+            below 1, ``timeout`` not positive...).
+
+    Example:
+        >>> def training(local_rank, config):
+        ...     print(idist.get_rank(), idist.get_world_size())
+        >>> launch(training, {"lr": 0.1})  # doctest: +SKIP
+        0 1
+        >>> launch(training, {"lr": 0.1}, nproc_per_node=2, timeout=60)  # doctest: +SKIP
+    """
+    if not callable(fn):
+        raise TypeError(f"Argument fn must be callable, got {fn!r}.")
+    backend = _check_backend(backend)
+    nproc_per_node = _check_nproc(nproc_per_node)
+    timeout = _check_timeout(timeout)
+    master_port = _check_port(master_port)
+
+    if _in_torchrun() and not _group_exists():
+        _warn_if_nproc_differs(nproc_per_node)
+        _join_torchrun(backend or _default_backend(), timeout)
+    if _group_exists():
+        fn(idist.get_local_rank(), *args, **kwargs)
+    elif nproc_per_node is not None and nproc_per_node > 1:
+        _spawn(
+            fn,
+            args,
+            kwargs,
+            backend=backend or _default_backend(),
+            nproc_per_node=nproc_per_node,
+            timeout=timeout,
+            master_port=master_port,
+        )
+    else:
+        fn(0, *args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# Rank helpers
+
+
+def world_size() -> int:
+    """Number of processes in the job (1 without a process group)."""
+    return idist.get_world_size()
+
+
+def is_rank_zero() -> bool:
+    """``True`` on the process of global rank 0 (and on a single process)."""
+    return idist.get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait until every process reaches this point (no-op on a single process)."""
+    if idist.get_world_size() > 1:
+        idist.barrier()
+
+
+def rank_zero_only(fn: Callable[..., _T]) -> Callable[..., _T | None]:
+    """Decorate ``fn`` so that it runs on global rank 0 only; other ranks get ``None``.
+
+    The rank is read at each call, not at decoration, so functions decorated at import
+    time (before the process group exists) still behave.
+
+    Example:
+        >>> @rank_zero_only
+        ... def log(msg):
+        ...     print(msg)
+        >>> log("written once")
+        written once
+    """
+    if not callable(fn):
+        raise TypeError(f"rank_zero_only needs a callable, got {fn!r}.")
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> _T | None:
+        return fn(*args, **kwargs) if is_rank_zero() else None
+
+    return wrapper
+
+
+def _as_bool(flag: Any) -> bool:
+    if isinstance(flag, torch.Tensor):
+        if flag.numel() != 1:
+            raise ValueError(
+                f"Argument flag must be one value, got a tensor of shape {flag.shape}."
+            )
+        return bool(flag.item())
+    if isinstance(flag, (bool, np.bool_)) or (
+        isinstance(flag, numbers.Integral) and flag in (0, 1)
+    ):
+        return bool(flag)
+    raise TypeError(f"Argument flag must be a bool (or 0/1), got {flag!r}.")
+
+
+def _all_reduce_flag(flag: Any, op: str) -> bool:
+    value = _as_bool(flag)
+    if idist.get_world_size() == 1:
+        return value
+    return bool(idist.all_reduce(float(value), op=op) > 0.5)
+
+
+def agree_any(flag: bool) -> bool:
+    """``True`` on every rank if ``flag`` is ``True`` on any rank (a MAX all-reduce).
+
+    Every rank must call it at the same point. Use it for decisions that must be the
+    same everywhere (a NaN seen on one rank stops all), or the others wait forever in
+    the next collective.
+    """
+    return _all_reduce_flag(flag, "MAX")
+
+
+def agree_all(flag: bool) -> bool:
+    """``True`` on every rank only if ``flag`` is ``True`` on all ranks (a MIN all-reduce)."""
+    return _all_reduce_flag(flag, "MIN")
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Return rank ``src``'s ``obj`` on every rank (any picklable object).
+
+    Other ranks may pass ``None``. The object is pickled to a byte tensor and sent with
+    ``idist.broadcast(..., safe_mode=True)``, which first shares the size. Only the
+    processes of this job unpickle what ``src`` sent.
+
+    Args:
+        obj: The object on rank ``src``; ignored elsewhere.
+        src: Global rank that holds the object.
+    """
+    size = idist.get_world_size()
+    if isinstance(src, bool) or not isinstance(src, numbers.Integral) or not 0 <= src < size:
+        raise ValueError(f"Argument src must be a rank in 0..{size - 1}, got {src!r}.")
+    if size == 1:
+        return obj
+    payload = None
+    if idist.get_rank() == src:
+        payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+    received = idist.broadcast(payload, src=int(src), safe_mode=True)
+    return pickle.loads(received.cpu().numpy().tobytes())

@@ -1,0 +1,106 @@
+"""Worker functions for tests/test_distributed.py.
+
+Spawned processes start a fresh interpreter and import the function they run by its
+module name, so the workers live at the top level of this importable module (the
+tests directory is on ``sys.path`` under pytest, and spawn children inherit it).
+
+Run as a script under torchrun it is also the torchrun test's training script::
+
+    python -m torch.distributed.run --nproc_per_node=2 --master_port=PORT \\
+        tests/_dist_workers.py OUT_DIR {join,join_then_fail}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import ignite.distributed as idist
+import torch
+import torch.distributed as dist
+
+from ignitrain import distributed
+
+__all__ = ["collectives_worker", "raise_on_rank_one"]
+
+
+def _write(out_dir: str, record: dict) -> None:
+    # One file per rank, written atomically, so the test reads complete records only.
+    path = Path(out_dir) / f"rank{idist.get_rank()}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
+
+
+def _group_timeout_s() -> float | None:
+    # Torch keeps the timeout on the backend's options (private API, fine for a test).
+    if not dist.is_initialized():
+        return None
+    backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
+    return backend.options._timeout.total_seconds()
+
+
+def collectives_worker(local_rank: int, out_dir: str, scale: float = 1.0) -> None:
+    """Run real collectives and the rank helpers; record what this rank saw."""
+    rank = idist.get_rank()
+    total = idist.all_reduce(torch.tensor([(rank + 1) * scale]))
+    payload = {"from": rank, "nested": [1, 2.5, "x"], "tensor": torch.arange(3)}
+    # Rank 1 is the source so the test can tell a broadcast from a local copy.
+    received = distributed.broadcast_object(payload if rank == 1 else None, src=1)
+
+    @distributed.rank_zero_only
+    def only_on_zero() -> str:
+        return "ran"
+
+    distributed.barrier()
+    _write(
+        out_dir,
+        {
+            "local_rank": local_rank,
+            "rank": rank,
+            "world_size": distributed.world_size(),
+            "backend": idist.backend(),
+            "group_timeout_s": _group_timeout_s(),
+            "master_port": os.environ.get("MASTER_PORT"),
+            "sum": float(total.item()),
+            "is_rank_zero": distributed.is_rank_zero(),
+            "rank_zero_only": only_on_zero(),
+            "any_rank_one": distributed.agree_any(rank == 1),
+            "any_false": distributed.agree_any(False),
+            "all_rank_one": distributed.agree_all(rank == 1),
+            "all_true": distributed.agree_all(torch.tensor(True)),
+            "broadcast_from": received["from"],
+            "broadcast_nested": received["nested"],
+            "broadcast_tensor": received["tensor"].tolist(),
+        },
+    )
+
+
+def raise_on_rank_one(local_rank: int, out_dir: str | None = None) -> None:
+    """Rank 1 raises; rank 0 waits in a collective that rank 1 never joins.
+
+    With ``out_dir``, rank 1 first writes the time of the fault to ``fault_time``, so
+    a test can measure how long the job took to end after it.
+    """
+    if idist.get_rank() == 1:
+        if out_dir is not None:
+            (Path(out_dir) / "fault_time").write_text(repr(time.time()))
+        raise ValueError("deliberate failure on rank 1")
+    idist.barrier()
+
+
+def _torchrun_main(out_dir: str, mode: str) -> None:
+    distributed.launch(collectives_worker, out_dir, backend="gloo", timeout=45, scale=10.0)
+    if mode == "join_then_fail":
+        # A second launch in the same worker runs in the group the first one formed,
+        # and a rank that raises there must end the whole run with its traceback.
+        distributed.launch(raise_on_rank_one, out_dir, backend="gloo")
+    elif mode != "join":
+        raise SystemExit(f"unknown mode {mode!r}; use 'join' or 'join_then_fail'")
+
+
+if __name__ == "__main__":
+    _torchrun_main(sys.argv[1], sys.argv[2])
