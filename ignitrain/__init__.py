@@ -5,9 +5,12 @@ probes no device.
 """
 
 from ignitrain.config import TrainConfig
+from ignitrain.distributed import launch
 from ignitrain.flavors.classification import create_classification_trainer
 from ignitrain.flavors.regression import create_regression_trainer
+from ignitrain.handlers.checkpoint import load_checkpoint
 from ignitrain.handlers.history import History
+from ignitrain.lr_finder import find_lr
 from ignitrain.trainer import Trainer
 
 __all__ = [
@@ -16,5 +19,8 @@ __all__ = [
     "History",
     "create_classification_trainer",
     "create_regression_trainer",
+    "load_checkpoint",
+    "launch",
+    "find_lr",
 ]
 __version__ = "0.1.0"
