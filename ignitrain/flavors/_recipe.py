@@ -275,11 +275,12 @@ def attach_handlers(
     )
     objects["history"] = trainer.history
     _attach_stopping(trainer, objects, val, best_metric, best_mode)
+    tensorboard = None
     if out_dir is not None and config.tensorboard:
-        attach_tensorboard(engine, trainer.history, out_dir / "tb")
+        tensorboard = attach_tensorboard(engine, trainer.history, out_dir / "tb")
     attach_progress_bar(engine, enabled=config.progress_bar)
     attach_epoch_summary(engine, trainer.history)
-    _attach_checkpoints(trainer, objects, val, best_metric, best_mode, out_dir)
+    _attach_checkpoints(trainer, objects, val, best_metric, best_mode, out_dir, tensorboard)
 
 
 def _key(name: str) -> Callable[[Any], Any]:
@@ -364,6 +365,7 @@ def _attach_checkpoints(
     metric: str,
     mode: str,
     out_dir: Path | None,
+    tensorboard: Any = None,
 ) -> None:
     from ignitrain.distributed import agree_any
     from ignitrain.handlers.checkpoint import CheckpointStore, RNGState, attach_checkpoints
@@ -384,7 +386,7 @@ def _attach_checkpoints(
         best_mode=mode,
         save_best=config.save_best and val is not None,
         save_last=True,
-        extra_fn=trainer.checkpoint_extra,
+        extra_fn=lambda: _flushed_extra(trainer, tensorboard),
     )
     # Under several processes every rank must stop at the same iteration: a signal
     # reaching one rank is agreed over all of them (one small all-reduce per iteration).
@@ -396,6 +398,15 @@ def _attach_checkpoints(
         ),
         agree=agree,
     )
+
+
+def _flushed_extra(trainer: Trainer, tensorboard: Any) -> dict:
+    # A SIGKILL loses TensorBoard events still in the writer's queue, and a resumed run
+    # purges nothing before its checkpoint: flush first, so every value the checkpoint
+    # covers is on disk when the checkpoint is.
+    if tensorboard is not None:
+        tensorboard.flush()
+    return trainer.checkpoint_extra()
 
 
 def _report_stop(engine: Engine, history: Any) -> None:

@@ -2,9 +2,10 @@
 
 TensorBoard mirrors the ``History`` (it subscribes to it), so the event files hold
 exactly the values the History holds. Every scalar is written at the training
-iteration it belongs to; a resumed run opens its writer with ``purge_step`` set to
-the resumed iteration, so TensorBoard drops what the killed run wrote after its
-last checkpoint and steps never go backwards.
+iteration it belongs to. The flavors flush the writer just before each checkpoint
+is written, and a resumed run opens its writer with ``purge_step`` one past the
+resumed iteration: TensorBoard keeps everything the checkpoint covers, drops what a
+killed run wrote after it, and steps never go backwards.
 """
 
 from __future__ import annotations
