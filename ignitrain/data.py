@@ -75,10 +75,13 @@ def quiet_ignite_auto_loggers() -> None:
 
     Ignite's ``setup_logger`` gives a *new* logger its own INFO stream handler (every
     loader creation then prints its kwargs); a logger that already exists is left as
-    it is, so creating them first keeps them quiet unless the user asks for INFO.
+    it is. Creating them first, at WARNING unless the user set their level, keeps the
+    loader kwargs Ignite prints at INFO out of a script that logs its own INFO lines.
     """
     for name in ("auto_dataloader", "auto_model", "auto_optim"):
-        logging.getLogger(f"ignite.distributed.auto.{name}")
+        log = logging.getLogger(f"ignite.distributed.auto.{name}")
+        if log.level == logging.NOTSET:
+            log.setLevel(logging.WARNING)
 
 
 def make_train_loader(data: Any, config: Any) -> Any:
