@@ -250,9 +250,10 @@ def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> 
 
 def _split(batch: Any) -> tuple[Any, Any]:
     if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+        length = f" of length {len(batch)}" if isinstance(batch, (list, tuple)) else ""
         raise ValueError(
             "supervised flavors expect batches of (input, target); got "
-            f"{type(batch).__name__}{'' if not isinstance(batch, (list, tuple)) else f' of length {len(batch)}'}"
+            f"{type(batch).__name__}{length}"
         )
     return batch[0], batch[1]
 

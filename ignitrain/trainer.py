@@ -100,7 +100,8 @@ class Trainer:
             and state.iteration
         ):
             logger.warning(
-                "Training already reached epoch %d of %d: nothing to do. Raise num_epochs to train on.",
+                "Training already reached epoch %d of %d: nothing to do. "
+                "Raise num_epochs to train on.",
                 state.epoch,
                 self.config.num_epochs,
             )
@@ -169,7 +170,8 @@ class Trainer:
 
     def __repr__(self) -> str:
         names = ", ".join(self.models)
-        return f"Trainer(models=[{names}], evaluators={list(self.evaluators)}, epoch={self.engine.state.epoch})"
+        epoch = self.engine.state.epoch
+        return f"Trainer(models=[{names}], evaluators={list(self.evaluators)}, epoch={epoch})"
 
 
 def _to_float(value: Any) -> float | None:

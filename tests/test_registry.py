@@ -39,7 +39,8 @@ def test_loss_names(name, cls):
 def test_unknown_names_list_what_exists():
     with pytest.raises(
         ValueError,
-        match=r"'sgdd' is not a known optimizer\. Did you mean 'sgd'\?.*Known optimizer names: .*adamw",
+        match=r"'sgdd' is not a known optimizer\. Did you mean 'sgd'\?"
+        r".*Known optimizer names: .*adamw",
     ):
         registry.optimizer_class("sgdd")
     with pytest.raises(ValueError, match="Known loss names"):

@@ -136,8 +136,9 @@ def make_loaders(train_data: Any, val_data: Any, config: TrainConfig) -> tuple[A
     train_loader = make_train_loader(train_data, config)
     if loader_length(train_loader) == 0:
         raise ValueError(
-            f"train_data gives no batches (batch_size={config.batch_size}, drop_last={config.drop_last}, "
-            f"{idist.get_world_size()} process(es)): use a smaller batch_size or more data"
+            f"train_data gives no batches (batch_size={config.batch_size}, "
+            f"drop_last={config.drop_last}, {idist.get_world_size()} process(es)): "
+            "use a smaller batch_size or more data"
         )
     return train_loader, make_eval_loader(val_data, config)
 
@@ -335,7 +336,8 @@ def _attach_stopping(
     needs_val = config.early_stopping_patience is not None or config.stop_when
     if needs_val and val is None:
         raise ValueError(
-            "TrainConfig.early_stopping_patience/stop_when need validation data: pass val_data to the factory"
+            "TrainConfig.early_stopping_patience/stop_when need validation data: "
+            "pass val_data to the factory"
         )
     if not (needs_val or config.time_limit is not None or config.max_steps is not None):
         return

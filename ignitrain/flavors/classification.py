@@ -37,8 +37,8 @@ def classification_metrics(
             metrics[name] = Fbeta(1.0, average=True, precision=precision, recall=recall)
         else:
             raise ConfigError(
-                f"TrainConfig.metrics contains {name!r}, not a classification metric.{suggest(name, _EXTRA)} "
-                f"Allowed: topK (e.g. 'top5'), 'precision', 'recall', 'f1'"
+                f"TrainConfig.metrics contains {name!r}, not a classification metric."
+                f"{suggest(name, _EXTRA)} Allowed: topK (e.g. 'top5'), 'precision', 'recall', 'f1'"
             )
     return metrics
 
@@ -84,7 +84,8 @@ def create_classification_trainer(
         A :class:`~ignitrain.Trainer`; metrics are ``accuracy`` and ``loss``.
 
     Example:
-        >>> trainer = create_classification_trainer(model, TrainConfig(num_epochs=5), train_ds, val_ds)
+        >>> cfg = TrainConfig(num_epochs=5)
+        >>> trainer = create_classification_trainer(model, cfg, train_ds, val_ds)
         >>> history = trainer.train()
         >>> trainer.evaluate(test_ds)["accuracy"]
     """
