@@ -250,8 +250,14 @@ def _check_logits(logits: Any, tgt_in: torch.Tensor) -> None:
         )
 
 
-def _check_tokens(tgt: torch.Tensor, tokens: SpecialTokens, vocab: int | None = None) -> None:
-    """Content checks that catch wrong special indices; run on the first batch only."""
+def _check_tokens(tgt: torch.Tensor, tokens: SpecialTokens) -> None:
+    """Content checks that catch wrong special indices; run on the first batch only,
+    before the model sees it (an embedding would fail on a bad index less clearly)."""
+    if int(tgt.min()) < 0:
+        raise ValueError(
+            f"tgt holds the negative token {int(tgt.min())}: token indices must be >= 0 "
+            f"(padding included: pad with pad_idx={tokens.pad}, or pass the pad_idx your data uses)"
+        )
     bad = (tgt[:, 0] != tokens.bos).nonzero()
     if len(bad):
         row = int(bad[0])
@@ -273,7 +279,10 @@ def _check_tokens(tgt: torch.Tensor, tokens: SpecialTokens, vocab: int | None = 
             f"tgt must be padded with pad_idx={tokens.pad} after EOS; row {row} holds "
             f"{int(tgt[row, col])} at position {col}. Pass the pad_idx your data uses"
         )
-    if vocab is not None and int(tgt.max()) >= vocab:
+
+
+def _check_vocab(tgt: torch.Tensor, vocab: int) -> None:
+    if int(tgt.max()) >= vocab:
         raise ValueError(
             f"tgt holds token {int(tgt.max())} but the model returns logits over V={vocab} classes"
         )
@@ -319,13 +328,15 @@ def seq2seq_update(
         src, tgt = _split_batch(to_device(batch, device))
         tgt_in, target = tgt[:, :-1], tgt[:, 1:]
         ratio = teacher_forcing(engine.state.epoch)
+        if not checked:
+            _check_tokens(tgt, tokens)
         with opt_step.autocast():
             if ratio < 1.0:
                 tgt_in = scheduled_inputs(net, src, tgt_in, ratio, tokens.pad)
             logits = net(src, tgt_in)
             _check_logits(logits, tgt_in)
             if not checked:
-                _check_tokens(tgt, tokens, logits.size(-1))
+                _check_vocab(tgt, logits.size(-1))
                 checked = True
             loss = token_loss(loss_fn, logits, target, tokens.pad)
         opt_step.backward(engine, loss)
@@ -358,11 +369,13 @@ def seq2seq_evaluate(
         model.eval()
         src, tgt = _split_batch(to_device(batch, device))
         tgt_in, target = tgt[:, :-1], tgt[:, 1:]
+        if not checked:
+            _check_tokens(tgt, tokens)
         with autocast():
             logits = model(src, tgt_in)
             _check_logits(logits, tgt_in)
             if not checked:
-                _check_tokens(tgt, tokens, logits.size(-1))
+                _check_vocab(tgt, logits.size(-1))
                 checked = True
             decoded = greedy_decode(
                 model,
