@@ -9,7 +9,7 @@ from typing import Any
 
 import ignite.distributed as idist
 
-__all__ = ["resume_from", "find_checkpoint"]
+__all__ = ["resume_from", "find_checkpoint", "find_checkpoint_in_dir"]
 
 logger = logging.getLogger("ignitrain")
 
@@ -41,17 +41,6 @@ def find_checkpoint(trainer: Any, path: str | os.PathLike) -> Path | None:
     return path
 
 
-def find_checkpoint_in_dir(directory: Path) -> Path:
-    """Newest valid checkpoint of a run directory (or its ``checkpoints/``)."""
-    from ignitrain.handlers.checkpoint import CheckpointStore
-
-    ckpt_dir = directory / "checkpoints" if (directory / "checkpoints").is_dir() else directory
-    found = CheckpointStore(ckpt_dir).latest_path()
-    if found is None:
-        raise FileNotFoundError(f"resume: no valid checkpoint in {str(ckpt_dir)!r}")
-    return found
-
-
 def resume_from(trainer: Any, path: str | os.PathLike) -> Path | None:
     """Load the checkpoint ``path`` into ``trainer.checkpointables`` (all or nothing)."""
     from ignitrain.handlers.checkpoint import load_objects, safe_load
@@ -76,3 +65,17 @@ def resume_from(trainer: Any, path: str | os.PathLike) -> Path | None:
     state = trainer.engine.state
     logger.info("Resumed from %s at epoch %d, iteration %d", found, state.epoch, state.iteration)
     return found
+
+
+def find_checkpoint_in_dir(directory: str | os.PathLike) -> Path:
+    """Newest valid checkpoint of a run directory (or its ``checkpoints/``).
+
+    Raises:
+        FileNotFoundError: The directory holds no valid checkpoint.
+    """
+    from ignitrain.handlers.checkpoint import CheckpointError, latest_in
+
+    try:
+        return latest_in(directory)
+    except CheckpointError as exc:
+        raise FileNotFoundError(f"resume: {exc}") from None

@@ -83,6 +83,7 @@ __all__ = [
     "build_payload",
     "load_objects",
     "load_checkpoint",
+    "latest_in",
     "CheckpointStore",
     "CheckpointHandler",
     "attach_checkpoints",
@@ -804,7 +805,8 @@ def load_checkpoint(
     states by their names (``generator=G, discriminator=D``, ``scheduler=...``).
 
     Args:
-        path: The checkpoint file (e.g. ``store.latest_path()``).
+        path: The checkpoint file, or a run directory (or its ``checkpoints/``) for
+            its newest valid checkpoint.
         model: Model to load the ``"model"`` state into (wrapped or not).
         optimizer: Optimizer to load the ``"optimizer"`` state into.
         strict: See :func:`load_objects`.
@@ -829,10 +831,26 @@ def load_checkpoint(
     if optimizer is not None:
         targets["optimizer"] = optimizer
     targets.update(objects)
+    if Path(path).is_dir():
+        path = latest_in(path)
     payload = safe_load(path)
     if targets:
         load_objects(targets, payload, strict=strict, source=str(path))
     return payload
+
+
+def latest_in(directory: str | os.PathLike) -> Path:
+    """The newest valid checkpoint of a run directory (or of its ``checkpoints/``).
+
+    Raises:
+        CheckpointError: The directory holds no valid checkpoint.
+    """
+    directory = Path(directory)
+    ckpt_dir = directory / "checkpoints" if (directory / "checkpoints").is_dir() else directory
+    found = CheckpointStore(ckpt_dir).latest_path()
+    if found is None:
+        raise CheckpointError(f"No valid checkpoint in {str(ckpt_dir)!r}")
+    return found
 
 
 # -- a directory of checkpoints -------------------------------------------------------

@@ -786,3 +786,18 @@ def test_only_rank_zero_writes(tmp_path):
     assert (tmp_path / "rank0.txt").read_text() == "True checkpoint_periodic_iter00000001.pt"
     assert (tmp_path / "rank1.txt").read_text() == "False checkpoint_periodic_iter00000001.pt"
     assert names(tmp_path) == ["checkpoint_periodic_iter00000001.pt"]
+
+
+def test_load_checkpoint_from_a_run_directory_takes_the_newest_valid(tmp_path):
+    model = nn.Linear(2, 2)
+    engine = Engine(lambda e, b: None)
+    store = CheckpointStore(tmp_path / "run" / "checkpoints")
+    attach_checkpoints(engine, {"model": model, "trainer": engine}, store, save_every=2)
+    engine.run(range(5), max_epochs=1)
+    fresh = nn.Linear(2, 2)
+    payload = load_checkpoint(tmp_path / "run", model=fresh)
+    assert payload["iteration"] == 5  # the "last" checkpoint
+    assert torch.equal(fresh.weight, model.weight)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="No valid checkpoint in .*empty"):
+        load_checkpoint(tmp_path / "empty", model=fresh)
