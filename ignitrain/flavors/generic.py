@@ -98,7 +98,7 @@ def _no_loss_message(output: Any, loss: Any, where: str) -> str:
         kind += f" of {len(output)} items"
     if isinstance(loss, torch.Tensor):
         found = f"{where} is a {loss.dtype} tensor of shape {tuple(loss.shape)}, not a scalar loss"
-    elif loss is None and isinstance(output, Mapping) and hasattr(output, "loss"):
+    elif loss is None and hasattr(output, "loss"):
         found = "its loss is None (Hugging Face models compute it only when the batch has labels)"
     else:
         found = "it holds no loss"
@@ -118,14 +118,19 @@ def default_step(model: Callable, batch: Any) -> torch.Tensor:
 
 
 def _as_values(result: Any, name: str) -> dict[str, Any]:
-    """A step's result as a dict: a tensor/number is ``{"loss": result}``."""
+    """A step's result as a dict: a tensor/number is ``{"loss": result}``; a model output
+    with a ``.loss`` attribute (returned as is by the step) is ``{"loss": result.loss}``."""
     if isinstance(result, Mapping):
         return dict(result)
     if isinstance(result, torch.Tensor) or _is_number(result):
         return {"loss": result}
+    if hasattr(result, "loss"):
+        if result.loss is None:
+            raise ValueError(_no_loss_message(result, None, "output.loss"))
+        return {"loss": result.loss}
     raise TypeError(
-        f"{name} must return a scalar loss tensor or a dict with 'loss' (and other values), "
-        f"got {type(result).__name__}"
+        f"{name} must return a scalar loss tensor, a dict with 'loss' (and other values) or "
+        f"a model output with .loss, got {type(result).__name__}"
     )
 
 
