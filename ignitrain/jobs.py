@@ -151,6 +151,11 @@ def _read_job_file(path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        # PyYAML marks where it gave up (often the line after an unclosed bracket or
+        # quote); its context mark is where the broken construct started
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None and (mark is None or start.line != mark.line):
+            problem += f" ({context} started at line {start.line + 1})"
         raise JobError(f"{path}: invalid YAML{where}: {problem}") from None
     if data is None:
         data = {}
