@@ -223,7 +223,8 @@ th { font-size: 12px; color: #5b6478; font-weight: 600; background: #f7f8fa; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; font-family: ui-monospace,
          "DejaVu Sans Mono", monospace; }
 th.num { text-align: right; }
-img.curves { max-width: 100%; height: auto; display: block; margin: 0 auto; }
+.curves { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 12px; }
+img.curve { width: 100%; height: auto; display: block; }
 pre { background: #f7f8fa; border-radius: 6px; padding: 12px; overflow-x: auto; margin: 0;
       font: 12px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; white-space: pre-wrap; }
 .stop-completed { color: #1b7f3b; }
@@ -299,16 +300,38 @@ def _metrics_html(summary: RunSummary) -> str:
 
 
 def _curves_html(summary: RunSummary) -> str:
+    """One embedded PNG per panel (train and val of a metric share one), in a grid.
+
+    One wide image of all panels shrinks its text to unreadable once a run logs more
+    than three metrics; separate panels wrap to the page width instead.
+    """
     if summary.history is None or not len(summary.history):
         return '<p class="muted">No history to plot.</p>'
+    panels: dict[str, list[str]] = {}
+    for name in summary.history.names():
+        panels.setdefault(name.split("/")[-1], []).append(name)
+    # epoch metrics (what the run is judged by) first, per-iteration series (batch
+    # loss, lr, momentum) after them
+    order = sorted(
+        panels.items(),
+        key=lambda item: any(
+            "/" not in n or n.split("/")[-1].startswith("batch_") for n in item[1]
+        ),
+    )
+    images = []
     with tempfile.TemporaryDirectory() as tmp:
-        png = Path(tmp) / "curves.png"
-        try:
-            summary.history.plot(png)
-        except ModuleNotFoundError as exc:
-            return f'<p class="muted">{_e(exc)}</p>'
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-    return f'<img class="curves" alt="training curves" src="data:image/png;base64,{data}">'
+        for i, (title, names) in enumerate(order):
+            png = Path(tmp) / f"panel{i}.png"
+            try:
+                summary.history.plot(png, names=names)
+            except ModuleNotFoundError as exc:
+                return f'<p class="muted">{_e(exc)}</p>'
+            data = base64.b64encode(png.read_bytes()).decode("ascii")
+            images.append(
+                f'<img class="curve" alt="{_e(title)}: {_e(", ".join(names))}" '
+                f'src="data:image/png;base64,{data}">'
+            )
+    return f'<div class="curves">{"".join(images)}</div>'
 
 
 def _lr_find_html(summary: RunSummary) -> str | None:
