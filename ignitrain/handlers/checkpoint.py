@@ -151,13 +151,15 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _commit(tmp: Path, path: Path) -> None:
+def _commit(tmp: Path, path: Path, *, synced: bool = False) -> None:
     """Make a finished temp file durable, rename it onto ``path``, make the rename durable.
 
     Kept apart from the write so a background store can run it off the training thread.
+    ``synced``: the temp file's data is already on disk (a hard link to a committed file).
     """
     try:
-        _fsync_file(tmp)
+        if not synced:
+            _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         _remove_quietly(tmp)
@@ -1025,16 +1027,18 @@ class CheckpointStore:
         def link() -> None:
             meta = self._entry_of(source)
             tmp = _temp_path(path)
+            linked = True
             try:
                 os.link(source, tmp)
             except OSError:  # no hard links here: copy
+                linked = False
                 try:
                     shutil.copyfile(source, tmp)
                 except BaseException:
                     _remove_quietly(tmp)
                     raise
             iteration, epoch = (meta.iteration, meta.epoch) if meta else (-1, -1)
-            self._finish(tmp, path, kind, score, iteration, epoch)
+            self._finish(tmp, path, kind, score, iteration, epoch, synced=linked)
 
         self._submit(link)
         return path
@@ -1077,9 +1081,17 @@ class CheckpointStore:
         self._pending.append(self._executor.submit(run))
 
     def _finish(
-        self, tmp: Path, path: Path, kind: str, score: float | None, iteration: int, epoch: int
+        self,
+        tmp: Path,
+        path: Path,
+        kind: str,
+        score: float | None,
+        iteration: int,
+        epoch: int,
+        *,
+        synced: bool = False,
     ) -> None:
-        _commit(tmp, path)
+        _commit(tmp, path, synced=synced)
         st = path.stat()
         entry = _Entry(path, kind, score, iteration, epoch, st.st_mtime_ns)
         self._meta[(path.name, st.st_mtime_ns, st.st_size)] = entry
