@@ -41,7 +41,10 @@ from ignitrain.config import suggest
 __all__ = [
     "agree_all",
     "agree_any",
+    "all_gather_object",
     "barrier",
+    "own_rank_state",
+    "with_rank_states",
     "broadcast_object",
     "free_port",
     "is_rank_zero",
@@ -399,3 +402,53 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
         payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
     received = idist.broadcast(payload, src=int(src), safe_mode=True)
     return pickle.loads(received.cpu().numpy().tobytes())
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (any picklable object).
+
+    Every rank must call it at the same point. Objects are pickled to byte tensors,
+    padded to the longest and gathered with ``idist.all_gather``; only the processes of
+    this job unpickle what the others sent.
+
+    Args:
+        obj: This rank's object.
+
+    Returns:
+        ``[obj of rank 0, obj of rank 1, ...]``; ``[obj]`` on a single process.
+    """
+    size = idist.get_world_size()
+    if size == 1:
+        return [obj]
+    data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+    lengths = [int(n) for n in idist.all_gather(torch.tensor([data.numel()]))]
+    longest = max(lengths)
+    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded[: data.numel()] = data
+    gathered = idist.all_gather(padded).cpu()
+    chunks = (gathered[r * longest : r * longest + n] for r, n in enumerate(lengths))
+    return [pickle.loads(chunk.numpy().tobytes()) for chunk in chunks]
+
+
+def with_rank_states(state: dict) -> dict:
+    """``state`` plus ``"ranks"``: every rank's ``state``, under a process group.
+
+    For checkpointable objects whose state differs by rank (RNG streams, per-rank
+    sums) while only rank 0 writes the checkpoint. A collective: every rank must call it
+    at the same point. On a single process ``state`` is returned unchanged.
+    """
+    if idist.get_world_size() > 1:
+        state = {**state, "ranks": all_gather_object(state)}
+    return state
+
+
+def own_rank_state(state: Any) -> Any:
+    """This rank's entry of :func:`with_rank_states`'s ``"ranks"`` when the world size is
+    the one saved; otherwise ``state`` itself (rank 0's, without ``"ranks"``)."""
+    ranks = state.get("ranks") if isinstance(state, dict) else None
+    size = idist.get_world_size()
+    if isinstance(ranks, (list, tuple)) and len(ranks) == size and size > 1:
+        return ranks[idist.get_rank()]
+    if isinstance(state, dict) and "ranks" in state:
+        state = {k: v for k, v in state.items() if k != "ranks"}
+    return state

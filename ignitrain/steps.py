@@ -28,6 +28,8 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
+from ignitrain.distributed import own_rank_state, with_rank_states
+
 __all__ = [
     "StepOptions",
     "OptimizerStep",
@@ -192,18 +194,24 @@ class OptimizerStep:
             yield from group["params"]
 
     def state_dict(self) -> dict[str, Any]:
-        """GradScaler state and any gradients accumulated mid-group."""
+        """GradScaler state and any gradients accumulated mid-group.
+
+        Under DDP the gradients of a group's first micro-batches are not synced yet
+        (``no_sync``), so every rank's are kept (a collective, see
+        :func:`~ignitrain.distributed.with_rank_states`).
+        """
         state: dict[str, Any] = {"pending": self._pending}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         if self._pending:
             state["grads"] = [
-                p.grad.detach().clone() if p.grad is not None else torch.empty(0)
+                p.grad.detach().to("cpu", copy=True) if p.grad is not None else torch.empty(0)
                 for p in self._params()
             ]
-        return state
+        return with_rank_states(state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = own_rank_state(state)
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self._pending = bool(state.get("pending", False))

@@ -50,6 +50,9 @@ def collectives_worker(local_rank: int, out_dir: str, scale: float = 1.0) -> Non
     payload = {"from": rank, "nested": [1, 2.5, "x"], "tensor": torch.arange(3)}
     # Rank 1 is the source so the test can tell a broadcast from a local copy.
     received = distributed.broadcast_object(payload if rank == 1 else None, src=1)
+    # objects of different pickled sizes per rank: rank 1's is longer
+    gathered = distributed.all_gather_object({"rank": rank, "items": list(range(3 + 40 * rank))})
+    saved = distributed.with_rank_states({"value": rank * 10})
 
     @distributed.rank_zero_only
     def only_on_zero() -> str:
@@ -75,6 +78,10 @@ def collectives_worker(local_rank: int, out_dir: str, scale: float = 1.0) -> Non
             "broadcast_from": received["from"],
             "broadcast_nested": received["nested"],
             "broadcast_tensor": received["tensor"].tolist(),
+            "gathered": [(g["rank"], len(g["items"])) for g in gathered],
+            "saved_ranks": saved["ranks"],
+            "own_state": distributed.own_rank_state(saved),
+            "other_world_state": distributed.own_rank_state({"value": 0, "ranks": [1, 2, 3]}),
         },
     )
 

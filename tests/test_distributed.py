@@ -144,6 +144,13 @@ def test_rank_helpers_on_a_single_process(clean_env):
     assert distributed.agree_all(torch.tensor(1)) is True
     obj = {"a": [1, 2]}
     assert distributed.broadcast_object(obj) is obj
+    assert distributed.all_gather_object(obj) == [obj]
+    state = {"value": 1}
+    assert distributed.with_rank_states(state) == {"value": 1}  # nothing to gather
+    # a 2-process checkpoint resumed on one process: rank 0's state, without "ranks"
+    assert distributed.own_rank_state({"value": 0, "ranks": [{"value": 0}, {"value": 9}]}) == {
+        "value": 0
+    }
 
     @distributed.rank_zero_only
     def double(x):
@@ -225,6 +232,10 @@ def _check_collectives(records: list[dict], *, scale: float, timeout_s: float) -
         assert r["broadcast_from"] == 1
         assert r["broadcast_nested"] == [1, 2.5, "x"]
         assert r["broadcast_tensor"] == [0, 1, 2]
+        assert r["gathered"] == [[0, 3], [1, 43]]
+        assert r["saved_ranks"] == [{"value": 0}, {"value": 10}]
+        assert r["other_world_state"] == {"value": 0}  # saved by 3 processes: rank 0's
+    assert [r["own_state"] for r in records] == [{"value": 0}, {"value": 10}]
     assert [r["is_rank_zero"] for r in records] == [True, False]
     assert [r["rank_zero_only"] for r in records] == ["ran", None]
 

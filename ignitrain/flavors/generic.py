@@ -30,6 +30,7 @@ from ignite.metrics.metric import reinit__is_reduced
 from torch import nn
 
 from ignitrain.config import ConfigError, suggest
+from ignitrain.distributed import own_rank_state, with_rank_states
 from ignitrain.flavors import _recipe as recipe
 from ignitrain.handlers.history import History
 from ignitrain.steps import OptimizerStep, StepOptions, to_device
@@ -373,9 +374,11 @@ class TrainOutputMeans:
         engine.state.metrics.update(_reduce_sums(self.sums, self.counts))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+        # per-rank sums (reduced only at the epoch's end): every rank's is kept
+        return with_rank_states({"sums": dict(self.sums), "counts": dict(self.counts)})
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        state = own_rank_state(dict(state))
         self.sums = {str(k): float(v) for k, v in state["sums"].items()}
         self.counts = {str(k): float(v) for k, v in state["counts"].items()}
 

@@ -68,6 +68,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from ignitrain.distributed import agree_all, own_rank_state, with_rank_states
 from ignitrain.handlers._modes import infer_mode, resolve_mode
 
 __all__ = [
@@ -415,15 +416,25 @@ class RNGState:
 
     Put one in the objects to save (``objects["rng"] = RNGState()``): the states are
     captured when the checkpoint is written and restored when it is loaded.
+
+    Under a process group every rank draws its own streams (``seed + rank``, its own
+    dropout masks), so :meth:`state_dict` gathers all ranks' states into ``"ranks"``
+    (a collective: every rank must save at the same point, as the checkpoint handlers
+    do) and each rank restores its own when the world size is unchanged. With another
+    world size every rank restores rank 0's, the top-level one.
     """
 
     def state_dict(self) -> dict:
-        """:func:`capture_rng_state` now."""
-        return capture_rng_state()
+        """:func:`capture_rng_state` now, plus every rank's under a process group."""
+        return with_rank_states(capture_rng_state())
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """:func:`restore_rng_state`."""
-        restore_rng_state(state)
+        """:func:`restore_rng_state` of this rank's state (rank 0's on another world size).
+
+        Raises:
+            CheckpointError: ``state`` (or this rank's entry) is not such a dict.
+        """
+        restore_rng_state(own_rank_state(state))
 
 
 # -- payload: objects -> plain data -> objects --------------------------------------------
@@ -1389,6 +1400,10 @@ class CheckpointHandler:
     def _save_point(self, periodic_tag: str | None) -> None:
         value = self._best_value()
         best = value is not None and self.store.would_keep_best(self._score(value))
+        if idist.get_world_size() > 1:
+            # Only rank 0 knows the kept scores (the others answer True): take its answer
+            # on every rank, since building the payload gathers RNG states from all.
+            best = agree_all(best)
         if periodic_tag is None and not best:
             return
         payload = self.payload()

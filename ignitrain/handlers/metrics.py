@@ -15,6 +15,8 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
+from ignitrain.distributed import own_rank_state, with_rank_states
+
 __all__ = ["EpochMean", "attach_epoch_mean"]
 
 
@@ -58,10 +60,20 @@ class EpochMean:
         engine.state.metrics[self.name] = total / count if count else float("nan")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "count": self.count}
+        """This rank's sums, plus every rank's under a process group (a collective)."""
+        return with_rank_states({"total": self.total, "count": self.count})
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.total, self.count = float(state["total"]), int(state["count"])
+        """Take this rank's sums back; on another world size rank 0 takes all of them."""
+        ranks = state.get("ranks")
+        if not ranks or len(ranks) == idist.get_world_size():
+            mine = own_rank_state(dict(state))
+            self.total, self.count = float(mine["total"]), int(mine["count"])
+            return
+        # the saved ranks' sums go to rank 0 so the epoch mean still covers them all
+        first = idist.get_rank() == 0
+        self.total = sum(float(r["total"]) for r in ranks) if first else 0.0
+        self.count = sum(int(r["count"]) for r in ranks) if first else 0
 
 
 def _loss_of(output: Any) -> float | None:

@@ -1,0 +1,164 @@
+"""A 2-process classification job the distributed integration tests run as a real subprocess.
+
+Usage::
+
+    python _dist_job.py OUTPUT_DIR [--nproc N] [--resume] [--options JSON]
+        [--term-at N] [--nan-at N] [--fault-rank R]
+    python -m torch.distributed.run --standalone --nproc_per_node=2 _dist_job.py OUTPUT_DIR ...
+
+Started plainly it calls ``ignitrain.launch(train, nproc_per_node=N, backend="gloo")``
+(``idist.Parallel`` spawns N processes); started by torchrun the same call joins
+torchrun's group. Faults, each at iteration ``N`` (``ITERATION_COMPLETED``):
+
+* ``--term-at N``: rank ``--fault-rank`` (default 1) sends itself SIGTERM, as a
+  scheduler preempting one process does.
+* ``--nan-at N``: on rank ``--fault-rank`` the model's output at iteration ``N`` (the
+  forward of iteration N's update) is NaN, so only that rank sees a NaN loss.
+
+At the end every rank saves ``OUTPUT_DIR/out/rank{r}.pt``: its model and optimizer
+state, where it stopped, ``trainer.evaluate(val)``, and the paths this process wrote
+under ``OUTPUT_DIR`` (from a Python audit hook, so a write by any rank is seen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Events
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import ignitrain  # noqa: E402
+from ignitrain import TrainConfig, datasets  # noqa: E402
+
+# Audit events that create, replace or delete a file.
+_WRITE_EVENTS = {"os.rename", "os.remove", "os.mkdir", "os.unlink", "os.truncate"}
+
+
+def _record_writes(root: Path, written: list[str]) -> None:
+    """Append every path this process writes under ``root`` to ``written``."""
+    prefix = str(root.resolve())
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open":
+            path, mode = args[0], args[1]
+            writing = isinstance(mode, str) and any(c in mode for c in "wax+")
+            if isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                writing = True
+        elif event in _WRITE_EVENTS:
+            path, writing = args[0], True
+        else:
+            return
+        if writing and isinstance(path, (str, os.PathLike)):
+            path = os.path.abspath(os.fspath(path))
+            if path.startswith(prefix) and "/out/" not in path[len(prefix) :]:
+                written.append(path[len(prefix) + 1 :])
+
+    sys.addaudithook(hook)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)  # the same initial weights on every rank and in every run
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
+
+
+def train(local_rank: int, args: argparse.Namespace) -> None:
+    rank = idist.get_rank()
+    torch.set_num_threads(1)
+    out_dir = Path(args.output_dir)
+    written: list[str] = []
+    _record_writes(out_dir, written)
+    splits = datasets.digits(seed=0, image=False)
+    model = _model()
+    options = dict(
+        num_epochs=3,
+        batch_size=64,
+        optimizer="sgd",
+        lr=0.05,
+        momentum=0.9,
+        lr_scheduler="cosine",
+        save_every=10,
+        n_saved=2,
+        deterministic=True,
+        seed=1,
+        log_every=5,
+        output_dir=str(out_dir),
+        progress_bar=False,
+        resume="latest" if args.resume else None,
+    )
+    options.update(json.loads(args.options))
+    trainer = ignitrain.create_classification_trainer(
+        model, TrainConfig(**options), splits.train, splits.val
+    )
+    engine = trainer.engine
+    faulty = rank == args.fault_rank
+
+    if args.term_at is not None and faulty:
+
+        @engine.on(Events.ITERATION_COMPLETED(once=args.term_at))
+        def preempt(_):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    if args.nan_at is not None and faulty:
+
+        def nan_output(module, inputs, output):
+            # state.iteration is already N while the update of iteration N runs
+            if module.training and engine.state.iteration == args.nan_at:
+                return output * float("nan")
+            return output
+
+        model.register_forward_hook(nan_output)
+
+    try:
+        trainer.train()
+    finally:
+        # Also on a preemption exit (SystemExit): the test reads where each rank stopped.
+        state = engine.state
+        record = {
+            "rank": rank,
+            "world_size": idist.get_world_size(),
+            "iteration": state.iteration,
+            "epoch": state.epoch,
+            "stop_reason": getattr(state, "stop_reason", None),
+            "model": model.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "history": trainer.history.state_dict(),
+            "written": sorted(set(written)),
+        }
+        (out_dir / "out").mkdir(parents=True, exist_ok=True)
+        torch.save(record, out_dir / "out" / f"partial{rank}.pt")
+    # Every rank evaluates its shard; the metrics are reduced over both.
+    record["evaluate"] = trainer.evaluate(splits.val)
+    torch.save(record, out_dir / "out" / f"rank{rank}.pt")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("output_dir")
+    parser.add_argument("--nproc", type=int, default=None)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--options", default="{}")
+    parser.add_argument("--term-at", type=int, default=None)
+    parser.add_argument("--nan-at", type=int, default=None)
+    parser.add_argument("--fault-rank", type=int, default=1)
+    args = parser.parse_args()
+    under_torchrun = "LOCAL_RANK" in os.environ
+    ignitrain.launch(
+        train,
+        args,
+        backend="gloo",
+        nproc_per_node=None if under_torchrun else args.nproc,
+        timeout=60,
+    )
+
+
+if __name__ == "__main__":
+    main()
