@@ -36,7 +36,7 @@ from ignitrain.data import (
     quiet_ignite_auto_loggers,
 )
 from ignitrain.handlers._modes import infer_mode
-from ignitrain.handlers.history import attach_history
+from ignitrain.handlers.history import History, attach_history
 from ignitrain.handlers.logging import attach_epoch_summary, attach_progress_bar, attach_tensorboard
 from ignitrain.handlers.metrics import attach_epoch_mean
 from ignitrain.trainer import Trainer
@@ -52,6 +52,7 @@ __all__ = [
     "make_optimizer",
     "make_engine",
     "make_evaluator_factory",
+    "single_model_trainer",
     "attach_validation",
     "attach_handlers",
 ]
@@ -205,6 +206,37 @@ def make_evaluator_factory(
         return evaluator
 
     return make
+
+
+def single_model_trainer(
+    *,
+    engine: Engine,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    eval_fn: Callable[[Engine, Any], Any],
+    metrics_fn: Callable[[], Mapping[str, Metric]],
+    train_loader: Any,
+    val_loader: Any,
+    train_step: Callable[[Engine, Any], Any],
+    device: torch.device,
+) -> Trainer:
+    """The :class:`Trainer` of a one-model, one-optimizer flavor, with a fresh History
+    and a ``"val"`` evaluator when there is validation data (handlers not attached yet)."""
+    make_evaluator = make_evaluator_factory(eval_fn, metrics_fn)
+    return Trainer(
+        engine=engine,
+        config=config,
+        models={"model": model},
+        optimizers={"optimizer": optimizer},
+        history=History(),
+        make_evaluator=make_evaluator,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        evaluators={"val": make_evaluator()} if val_loader is not None else {},
+        train_step=train_step,
+        device=device,
+    )
 
 
 def _engine_logger(name: str) -> logging.Logger:

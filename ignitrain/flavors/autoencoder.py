@@ -24,7 +24,6 @@ from ignitrain.config import suggest
 from ignitrain.data import is_dataset
 from ignitrain.flavors import _recipe as recipe
 from ignitrain.flavors._ae_common import OutputMean, batch_input, seeded_rng
-from ignitrain.handlers.history import History
 from ignitrain.registry import build_loss
 from ignitrain.steps import OptimizerStep, StepOptions, to_device
 from ignitrain.trainer import Trainer
@@ -375,17 +374,15 @@ def create_autoencoder_trainer(
         seed=config.seed or 0,
         channels_last=config.channels_last,
     )
-    make_evaluator = recipe.make_evaluator_factory(eval_fn, all_metrics)
-    trainer = Trainer(
+    trainer = recipe.single_model_trainer(
         engine=engine,
         config=config,
-        models={"model": model},
-        optimizers={"optimizer": opt},
-        history=History(),
-        make_evaluator=make_evaluator,
+        model=model,
+        optimizer=opt,
+        eval_fn=eval_fn,
+        metrics_fn=all_metrics,
         train_loader=train_loader,
         val_loader=val_loader,
-        evaluators={"val": make_evaluator()} if val_loader is not None else {},
         train_step=update,
         device=device,
     )

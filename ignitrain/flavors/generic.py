@@ -32,7 +32,6 @@ from torch import nn
 from ignitrain.config import ConfigError, suggest
 from ignitrain.distributed import own_rank_state, with_rank_states
 from ignitrain.flavors import _recipe as recipe
-from ignitrain.handlers.history import History
 from ignitrain.steps import OptimizerStep, StepOptions, to_device
 from ignitrain.trainer import Trainer
 
@@ -507,17 +506,15 @@ def create_trainer(
     eval_fn = generic_evaluate(
         model, device, opt_step.autocast, eval_step or step, channels_last=config.channels_last
     )
-    make_evaluator = recipe.make_evaluator_factory(eval_fn, all_metrics)
-    trainer = Trainer(
+    trainer = recipe.single_model_trainer(
         engine=engine,
         config=config,
-        models={"model": model},
-        optimizers={"optimizer": opt},
-        history=History(),
-        make_evaluator=make_evaluator,
+        model=model,
+        optimizer=opt,
+        eval_fn=eval_fn,
+        metrics_fn=all_metrics,
         train_loader=train_loader,
         val_loader=val_loader,
-        evaluators={"val": make_evaluator()} if val_loader is not None else {},
         train_step=update,
         device=device,
     )

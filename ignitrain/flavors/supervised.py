@@ -12,7 +12,6 @@ from ignite.metrics import Loss, Metric
 from torch import nn
 
 from ignitrain.flavors import _recipe as recipe
-from ignitrain.handlers.history import History
 from ignitrain.registry import build_loss
 from ignitrain.steps import OptimizerStep, StepOptions, supervised_evaluate, supervised_update
 from ignitrain.trainer import Trainer
@@ -62,17 +61,15 @@ def build_supervised_trainer(
     eval_fn = supervised_evaluate(
         model, device, opt_step.autocast, channels_last=config.channels_last
     )
-    make_evaluator = recipe.make_evaluator_factory(eval_fn, all_metrics)
-    trainer = Trainer(
+    trainer = recipe.single_model_trainer(
         engine=engine,
         config=config,
-        models={"model": model},
-        optimizers={"optimizer": opt},
-        history=History(),
-        make_evaluator=make_evaluator,
+        model=model,
+        optimizer=opt,
+        eval_fn=eval_fn,
+        metrics_fn=all_metrics,
         train_loader=train_loader,
         val_loader=val_loader,
-        evaluators={"val": make_evaluator()} if val_loader is not None else {},
         train_step=update,
         device=device,
     )
