@@ -22,6 +22,8 @@ from torch import nn
 from ignitrain import TrainConfig, datasets
 from ignitrain.flavors.autoencoder import create_autoencoder_trainer
 
+__all__ = ["VAE", "Autoencoder", "main", "save_grid"]
+
 
 class Autoencoder(nn.Module):
     """64 pixels -> ``latent`` -> 64 pixels in [0, 1]."""

@@ -26,6 +26,8 @@ from torch import nn
 import ignitrain
 from ignitrain import TrainConfig, datasets
 
+__all__ = ["DigitsCNN", "main", "run"]
+
 
 class DigitsCNN(nn.Module):
     """Two 3x3 conv blocks and a linear head: ~30k parameters, > 97% on digits."""

@@ -30,6 +30,8 @@ from torch.utils.data import TensorDataset
 from ignitrain import TrainConfig
 from ignitrain.flavors.gan import create_gan_trainer
 
+__all__ = ["centres", "main", "mixture", "mlp", "mode_coverage"]
+
 MODES = 8
 RADIUS = 2.0
 

@@ -33,6 +33,8 @@ import ignitrain
 from ignitrain import TrainConfig
 from ignitrain.flavors.seq2seq import create_seq2seq_trainer
 
+__all__ = ["Seq2SeqTransformer", "main", "make_reversal_data", "run"]
+
 PAD, BOS, EOS = 0, 1, 2
 DIGIT0 = 3  # token of the digit 0; digits are tokens 3..12
 VOCAB = DIGIT0 + 10
@@ -97,6 +99,9 @@ class Seq2SeqTransformer(nn.Module):
             dropout=dropout,
             batch_first=True,
         )
+        # Eval's nested-tensor fast path gains nothing at this size and warns that the
+        # API is a prototype on every evaluation.
+        self.transformer.encoder.use_nested_tensor = False
         self.out = nn.Linear(d_model, vocab_size)
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
