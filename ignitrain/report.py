@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import datetime
 import html
+import json
 import math
 import os
 import tempfile
@@ -76,6 +77,8 @@ def collect(output_dir: str | os.PathLike) -> RunSummary:
     """
     path = _check_dir(output_dir)
     config_text, job = _read_config(path / "config.yaml")
+    if config_text is None:  # a script's run: its checkpoints record the config
+        config_text, job = _config_from_checkpoint(path)
     history = History.load(path) if (path / "history.json").is_file() else None
     summary = RunSummary(output_dir=path, config_text=config_text, job=job, history=history)
     if history is not None:
@@ -97,6 +100,31 @@ def _read_config(path: Path) -> tuple[str | None, dict[str, Any]]:
     except Exception:  # a report must still render for a damaged config file
         data = None
     return text, data if isinstance(data, dict) else {}
+
+
+def _config_from_checkpoint(path: Path) -> tuple[str | None, dict[str, Any]]:
+    """The config and model description saved in the run's newest valid checkpoint."""
+    from ignitrain.handlers.checkpoint import CheckpointError, latest_in, safe_load
+
+    try:
+        payload = safe_load(latest_in(path))
+    except (CheckpointError, OSError):
+        return None, {}
+    config = payload.get("config")
+    if not isinstance(config, dict):
+        return None, {}
+    job: dict[str, Any] = {"train": config}
+    described = payload.get("model_description")
+    if isinstance(described, dict) and len(described) == 1:
+        (model,) = described.values()
+        if isinstance(model, dict) and "class" in model:
+            job["model"] = {"class": model["class"], "args": model.get("args") or {}}
+    text = "# from the newest checkpoint (this run has no config.yaml)\n"
+    try:
+        import yaml
+    except ImportError:  # pyyaml is an extra: JSON is YAML too
+        return text + json.dumps(job, indent=2, default=str), job
+    return text + yaml.safe_dump(job, sort_keys=False), job
 
 
 def _metric_rows(history: History) -> list[MetricRow]:
@@ -124,8 +152,9 @@ def _list_checkpoints(directory: Path) -> list[tuple[str, int, float]]:
         return []
     found = []
     for path in directory.iterdir():
-        # temporary files of an atomic write in progress start with a dot
-        if path.is_file() and not path.name.startswith("."):
+        # temporary files of an atomic write in progress start with a dot; the
+        # latest pointer (.json) is not a checkpoint
+        if path.is_file() and path.suffix == ".pt" and not path.name.startswith("."):
             stat = path.stat()
             found.append((path.name, stat.st_size, stat.st_mtime))
     return sorted(found, key=lambda item: (item[2], item[0]))
@@ -360,7 +389,7 @@ def _checkpoints_html(summary: RunSummary) -> str:
 
 def _config_html(summary: RunSummary) -> str:
     if summary.config_text is None:
-        return '<p class="muted">No config.yaml in this run directory.</p>'
+        return '<p class="muted">No config.yaml and no readable checkpoint in this run.</p>'
     return f'<pre class="config">{_e(summary.config_text)}</pre>'
 
 

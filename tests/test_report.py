@@ -94,8 +94,9 @@ def test_report_shows_config_metrics_stop_reason_and_checkpoints(run_dir, report
     assert f"{accuracy.final:.4g}" in page and f"{accuracy.best:.4g}" in page
     assert {row.name for row in summary.metrics} >= {"val/accuracy", "val/loss", "train/loss"}
     assert "completed at epoch 2, iteration 40" in page
-    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    names = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
     assert names and all(name in page for name in names)
+    assert "checkpoint_latest.json" not in page  # the pointer is not a checkpoint
 
 
 def test_summary_table_lists_stop_reason_metrics_and_checkpoints(run_dir):
@@ -115,6 +116,15 @@ def test_report_names_an_early_stop(tmp_path, digits_flat):
     page = write_report(run).read_text()
     assert re.search(r"stop-other.*target_reached at epoch 1", page)
     assert "stopped   target_reached at epoch 1" in summary_table(run)
+
+
+def test_report_of_a_script_run_takes_the_config_from_its_checkpoint(tmp_path, digits_flat):
+    run = make_run(tmp_path / "run", digits_flat, weight_decay=0.125)
+    (run / "config.yaml").unlink()  # a Python script writes no job file
+    page = write_report(run).read_text()
+    assert "from the newest checkpoint" in page and "weight_decay: 0.125" in page
+    # the model description saved with the weights names the class
+    assert "torch.nn.modules.container.Sequential" in page
 
 
 def test_report_of_a_run_that_never_started_and_values_are_escaped(tmp_path):
@@ -161,6 +171,12 @@ def test_report_renders_in_headless_chromium(report_page, tmp_path):
             "--no-sandbox",  # tests may run as root in a container
             "--disable-gpu",
             "--hide-scrollbars",
+            # no network here: without these Chromium keeps trying to reach its services
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
             "--window-size=1280,1600",
             f"--screenshot={shot}",
             page.resolve().as_uri(),
