@@ -4,7 +4,7 @@ A flavor's update function computes its loss under :meth:`OptimizerStep.autocast
 hands it to :meth:`OptimizerStep.backward`; everything about *how* the gradient becomes
 an update lives here, once::
 
-    model.train()
+    train_mode(model)
     with opt_step.autocast():
         loss = loss_fn(model(x), y)
     opt_step.backward(engine, loss)      # scale, backward, maybe clip + step
@@ -37,11 +37,24 @@ __all__ = [
     "supervised_update",
     "supervised_evaluate",
     "to_device",
+    "train_mode",
     "NON_FINITE_LOSS",
 ]
 
 #: ``engine.state.stop_reason`` when a non-finite loss stopped training.
 NON_FINITE_LOSS = "non_finite_loss"
+
+
+def train_mode(*models: nn.Module) -> None:
+    """Put each model in training mode unless it already is.
+
+    Validation in between leaves a model in eval mode, so every update calls this. A
+    model already training is left alone: ``.train()`` walks every submodule, a cost
+    per step that a hand-written loop pays once per epoch.
+    """
+    for model in models:
+        if not model.training:
+            model.train()
 
 
 def resolve_amp(amp: Any, device: torch.device) -> str | None:
@@ -280,7 +293,7 @@ def supervised_update(
     """
 
     def update(engine: Engine, batch: Any) -> dict[str, float]:
-        model.train()
+        train_mode(model)
         x, y = _split(to_device(batch, device, channels_last))
         with opt_step.autocast():
             y_pred = model(x)

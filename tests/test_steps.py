@@ -5,10 +5,16 @@ import math
 
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from torch import nn
 
-from ignitrain.steps import NON_FINITE_LOSS, OptimizerStep, StepOptions, resolve_amp
+from ignitrain.steps import (
+    NON_FINITE_LOSS,
+    OptimizerStep,
+    StepOptions,
+    resolve_amp,
+    supervised_update,
+)
 
 
 def _setup(options, seed=0):
@@ -154,3 +160,20 @@ def test_resolve_amp_and_bad_optimizer():
     assert resolve_amp("auto", torch.device("cuda")) == "fp16"
     with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer, got str"):
         OptimizerStep("sgd", nn.Linear(1, 1), StepOptions())
+
+
+def test_update_trains_in_training_mode_after_an_evaluation_left_eval_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.5), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt_step = OptimizerStep(opt, model, StepOptions())
+    update = supervised_update(model, opt_step, nn.functional.cross_entropy, torch.device("cpu"))
+    seen = []
+    model.register_forward_pre_hook(lambda m, _: seen.append(m[1].training))
+    engine = Engine(update)
+    batches = _batches(3, 4)
+    # validation after each epoch puts the whole model in eval mode
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: model.eval())
+    engine.run(batches, max_epochs=2)
+    assert seen == [True] * 6  # the dropout layer trained on every step of both epochs
+    assert not model.training  # left as the last handler set it

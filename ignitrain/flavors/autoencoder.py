@@ -25,7 +25,7 @@ from ignitrain.data import is_dataset
 from ignitrain.flavors import _recipe as recipe
 from ignitrain.flavors._ae_common import OutputMean, batch_input, seeded_rng
 from ignitrain.registry import build_loss
-from ignitrain.steps import OptimizerStep, StepOptions, to_device
+from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
 from ignitrain.trainer import Trainer
 
 __all__ = [
@@ -200,7 +200,7 @@ def autoencoder_update(
     """The training process function: returns ``{"loss", "recon"[, "kl", "beta"]}`` floats."""
 
     def update(engine: Engine, batch: Any) -> dict[str, float]:
-        model.train()
+        train_mode(model)
         x = to_device(batch_input(batch), device, channels_last)
         beta = objective.beta(training_progress(engine))
         x_in = objective.corrupt(x)  # global RNG: restored exactly on resume

@@ -26,7 +26,7 @@ from ignitrain.flavors import _recipe as recipe
 from ignitrain.flavors._ae_common import OutputMean, batch_input, seeded_rng
 from ignitrain.flavors._gan_samples import attach_gan_samples
 from ignitrain.handlers.history import History
-from ignitrain.steps import OptimizerStep, StepOptions, to_device
+from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
 from ignitrain.trainer import Trainer
 
 __all__ = [
@@ -234,8 +234,7 @@ def gan_update(
     """
 
     def update(engine: Engine, batch: Any) -> dict[str, float]:
-        generator.train()
-        discriminator.train()
+        train_mode(generator, discriminator)
         real = to_device(batch_input(batch), device, channels_last)
         n = real.shape[0]
         g_turn = engine.state.iteration % n_critic == 0

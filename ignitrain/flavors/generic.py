@@ -32,7 +32,7 @@ from torch import nn
 from ignitrain.config import ConfigError, suggest
 from ignitrain.distributed import own_rank_state, with_rank_states
 from ignitrain.flavors import _recipe as recipe
-from ignitrain.steps import OptimizerStep, StepOptions, to_device
+from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
 from ignitrain.trainer import Trainer
 
 __all__ = [
@@ -193,7 +193,7 @@ def generic_update(
     """The training process function: ``{"loss": float, **other scalar values}``."""
 
     def update(engine: Engine, batch: Any) -> dict[str, float]:
-        net.train()
+        train_mode(net)
         batch = to_device(_plain_mapping(batch), device, channels_last)
         with opt_step.autocast():
             values = _as_values(step(net, batch), "train_step")

@@ -36,7 +36,7 @@ from torch import nn
 from ignitrain.config import ConfigError, suggest
 from ignitrain.flavors import _recipe as recipe
 from ignitrain.registry import build_loss
-from ignitrain.steps import OptimizerStep, StepOptions, to_device
+from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
 from ignitrain.trainer import Trainer
 
 __all__ = [
@@ -323,7 +323,7 @@ def seq2seq_update(
 
     def update(engine: Engine, batch: Any) -> dict[str, float]:
         nonlocal checked
-        net.train()
+        train_mode(net)
         src, tgt = _split_batch(to_device(batch, device))
         tgt_in, target = tgt[:, :-1], tgt[:, 1:]
         ratio = teacher_forcing(engine.state.epoch)
