@@ -141,13 +141,18 @@ class Trainer:
         return self
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
-        """Write a checkpoint of the current state to ``path`` (atomically)."""
+        """Write a checkpoint of the current state to ``path`` (atomically).
+
+        Under a process group call it on every rank at the same point: every rank's RNG
+        state is gathered into the checkpoint (a collective); rank 0 writes the file.
+        """
         from ignitrain.handlers.checkpoint import build_payload, save_atomic
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = build_payload(self.checkpointables, self.checkpoint_extra())
-        save_atomic(payload, path)
+        if idist.get_rank() == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_atomic(payload, path)
         return path
 
     def checkpoint_extra(self) -> dict[str, Any]:

@@ -119,6 +119,8 @@ def train(local_rank: int, args: argparse.Namespace) -> None:
 
     try:
         trainer.train()
+        # by hand, on every rank (it gathers the RNG states); rank 0 alone writes it
+        trainer.save_checkpoint(out_dir / "manual" / "checkpoint.pt")
     finally:
         # Also on a preemption exit (SystemExit): the test reads where each rank stopped.
         state = engine.state

@@ -144,6 +144,9 @@ def _check_training_run(out: Path) -> list[dict]:
     _assert_same_tree(records[0]["model"], records[1]["model"], "model")
     _assert_same_tree(records[0]["optimizer"], records[1]["optimizer"], "optimizer")
     _check_one_writer(out, records)
+    manual = torch.load(out / "manual" / "checkpoint.pt", weights_only=True)
+    assert len(manual["state"]["rng"]["ranks"]) == 2  # both ranks' streams, one file
+    _assert_same_tree(manual["state"]["model"], records[0]["model"], "save_checkpoint model")
     hand = _hand_metrics(records[0]["model"])
     for r in records:
         # trainer.evaluate: each rank its shard, reduced -> the whole set on every rank
