@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import math
 import os
@@ -137,6 +138,42 @@ def _write_temp(obj: Any, path: Path) -> Path:
         # A Python file object (not a path) so a full disk surfaces as OSError(ENOSPC).
         with open(tmp, "wb") as f:
             torch.save(obj, f)
+            f.flush()
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return tmp
+
+
+#: A background store serialises checkpoints holding up to this many bytes of tensor
+#: data to memory and leaves the file write to its worker; a larger state is written
+#: by the caller, so a big model never needs a second copy of its state in RAM.
+IN_MEMORY_LIMIT = 256 * 2**20
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    # lists of plain values (History series, RNG states) can be long: not walked
+    if isinstance(obj, (list, tuple)) and obj and not isinstance(obj[0], _PLAIN_LEAVES):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _serialize(obj: Any) -> memoryview:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer()
+
+
+def _write_bytes_temp(data: memoryview, path: Path) -> Path:
+    """``data`` to a fresh temp file next to ``path`` in one write (flushed, not fsynced)."""
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
     except BaseException:
         _remove_quietly(tmp)
@@ -906,9 +943,10 @@ class CheckpointStore:
     file, and (4) removes temp files a crashed save left behind. Pointing before
     evicting means a crash between steps never leaves the pointer naming a deleted file.
 
-    With ``background=True`` only step (1)'s serialisation runs in the caller; the
-    fsync, rename and steps (2)-(4) run on a worker thread, so training goes on while
-    the disk catches up. The previous checkpoint stays the latest until the new one is
+    With ``background=True`` only step (1)'s serialisation runs in the caller (to
+    memory, up to :data:`IN_MEMORY_LIMIT` bytes of tensors; to the temp file beyond);
+    the file write, fsync, rename and steps (2)-(4) run on a worker thread, so training
+    goes on while the disk catches up. The previous checkpoint stays the latest until the new one is
     committed; errors from the worker are raised by the next :meth:`save`,
     :meth:`wait` or :meth:`latest_path`. The worker is not a daemon: an exiting
     interpreter finishes the commit first.
@@ -1012,10 +1050,21 @@ class CheckpointStore:
         self.wait()
         self.dirname.mkdir(parents=True, exist_ok=True)
         marked = {**payload, "checkpoint": {"kind": kind, "tag": tag, "score": score}}
-        tmp = _write_temp(marked, path)
         iteration = _as_int(payload.get("iteration"))
         epoch = _as_int(payload.get("epoch"))
-        self._submit(self._finish, tmp, path, kind, score, iteration, epoch)
+        if self.background and _tensor_bytes(marked) <= IN_MEMORY_LIMIT:
+            # serialised now (a consistent snapshot); many small file writes go to the
+            # worker as one (measured: 1.7 ms instead of 3.0 ms for a 140 KiB checkpoint)
+            data = _serialize(marked)
+
+            def write() -> None:
+                tmp = _write_bytes_temp(data, path)
+                self._finish(tmp, path, kind, score, iteration, epoch)
+
+            self._submit(write)
+        else:
+            tmp = _write_temp(marked, path)
+            self._submit(self._finish, tmp, path, kind, score, iteration, epoch)
         return path
 
     def copy_as(

@@ -311,6 +311,61 @@ def test_background_store_commits_later_and_reports_failures_at_wait(tmp_path, m
     assert names(tmp_path) == [first.name] and temps(tmp_path) == []
 
 
+class _FullDisk:
+    """A file whose every write fails with ENOSPC (what a full disk does)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, _data):
+        enospc()
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_background_store_disk_full_while_writing_keeps_the_previous_checkpoint(
+    tmp_path, monkeypatch, in_memory
+):
+    # Small states are serialised to memory and written by the worker (error at the next
+    # wait); beyond IN_MEMORY_LIMIT the caller writes the temp file (error at once).
+    import builtins
+
+    from ignitrain.handlers import checkpoint as ckpt
+
+    model = tiny()
+    store = CheckpointStore(tmp_path, n_saved=1, background=True)
+    first = store.save(payload_of(model, 1), "periodic", "iter00000001")
+    store.wait()
+    if not in_memory:
+        monkeypatch.setattr(ckpt, "IN_MEMORY_LIMIT", 0)
+    real_open = builtins.open
+
+    def open_(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return _FullDisk(f) if str(file).endswith(".tmp") and "w" in mode else f
+
+    monkeypatch.setattr(builtins, "open", open_)
+    with pytest.raises(OSError) as info:
+        store.save(payload_of(model, 2), "periodic", "iter00000002")
+        assert in_memory, "a state written by the caller fails in save() itself"
+        store.wait()
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert store.latest_path() == first
+    assert names(tmp_path) == [first.name] and temps(tmp_path) == []
+    third = store.save(payload_of(model, 3), "periodic", "iter00000003")
+    store.wait()
+    assert safe_load(third)["iteration"] == 3 and names(tmp_path) == [third.name]
+
+
 # -- safe loading ------------------------------------------------------------------
 
 
