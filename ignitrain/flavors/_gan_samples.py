@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -191,8 +192,10 @@ class GanSamples:
         if self.writer is None:
             from tensorboardX import SummaryWriter
 
-            # own file suffix: the scalar writer shares this directory
-            self.writer = SummaryWriter(str(self.tensorboard_dir), filename_suffix=".samples")
+            # own file suffix: the scalar writer shares this directory, and a resumed
+            # run started within the same second must not truncate this file
+            suffix = f".samples.{time.time_ns()}"
+            self.writer = SummaryWriter(str(self.tensorboard_dir), filename_suffix=suffix)
 
     def close(self, _: Engine | None = None) -> None:
         if self.writer is not None:

@@ -73,7 +73,7 @@ def test_gan_learns_the_ring_and_writes_samples(tmp_path):
         assert len(history[f"train/{name}"]) == 12
     assert 0 < history["train/d_fake"][-1] < 1 and 0 < history["train/d_real"][-1] < 1
     assert sorted(p.name for p in (tmp_path / "samples").iterdir())[-1] == "epoch_0012.png"
-    assert list((tmp_path / "tb").glob("*.samples"))  # the TensorBoard image file
+    assert list((tmp_path / "tb").glob("*.samples.*"))  # the TensorBoard image file
     metrics = trainer.evaluate(ring(512, seed=3))
     assert set(metrics) == {"d_loss", "g_loss", "d_real", "d_fake"}
     assert metrics == trainer.evaluate(ring(512, seed=3))  # seeded noise: repeatable

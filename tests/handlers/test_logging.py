@@ -8,7 +8,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import ignitrain
 from ignitrain import History, TrainConfig
-from ignitrain.handlers.logging import attach_epoch_summary, attach_progress_bar, attach_tensorboard
+from ignitrain.handlers.logging import (
+    ScalarEventWriter,
+    attach_epoch_summary,
+    attach_progress_bar,
+    attach_tensorboard,
+)
 from tests.conftest import make_mlp
 
 
@@ -72,3 +77,22 @@ def test_progress_bar_off_without_a_terminal_and_summary_logs(caplog):
         "Epoch 1/2",
         "Epoch 2/2",
     ]
+
+
+def test_scalar_writer_flush_puts_every_scalar_on_disk_and_purges_on_resume(tmp_path):
+    # What a checkpoint relies on: after flush() every scalar added so far is readable,
+    # with no writer thread still holding some (SIGKILL may come next).
+    first = ScalarEventWriter(tmp_path)
+    for step in range(1, 201):
+        first.add_scalar("loss", 1.0 / step, step)
+    first.flush()
+    assert [s for s, _ in _read(tmp_path)["loss"]] == list(range(1, 201))
+    # the run dies here (no close); its resumption from step 120 purges 121..200
+    resumed = ScalarEventWriter(tmp_path, purge_step=121)
+    for step in range(121, 151):
+        resumed.add_scalar("loss", 2.0, step)
+    resumed.close()
+    loss = _read(tmp_path)["loss"]
+    assert [s for s, _ in loss] == list(range(1, 151))
+    assert [v for s, v in loss if s > 120] == [2.0] * 30
+    assert len(list(tmp_path.iterdir())) == 2  # a second file, the first one kept whole

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ignitrain import datasets
+from tests.conftest import assert_same_tree
 
 JOB = Path(__file__).with_name("_dist_job.py")
 sys.path.insert(0, str(JOB.parent))
@@ -75,21 +76,6 @@ def _records(out: Path, name: str = "rank") -> list[dict]:
     return [torch.load(p, weights_only=True) for p in paths]
 
 
-def _assert_same_tree(a, b, where=""):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_same_tree(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_tree(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 def _series(record: dict, name: str) -> list:
     return record["history"]["series"][name]["values"]
 
@@ -141,12 +127,12 @@ def _check_training_run(out: Path) -> list[dict]:
     records = _records(out)
     assert [r["rank"] for r in records] == [0, 1]
     assert all(r["world_size"] == 2 and r["iteration"] == 60 for r in records)
-    _assert_same_tree(records[0]["model"], records[1]["model"], "model")
-    _assert_same_tree(records[0]["optimizer"], records[1]["optimizer"], "optimizer")
+    assert_same_tree(records[0]["model"], records[1]["model"], "model")
+    assert_same_tree(records[0]["optimizer"], records[1]["optimizer"], "optimizer")
     _check_one_writer(out, records)
     manual = torch.load(out / "manual" / "checkpoint.pt", weights_only=True)
     assert len(manual["state"]["rng"]["ranks"]) == 2  # both ranks' streams, one file
-    _assert_same_tree(manual["state"]["model"], records[0]["model"], "save_checkpoint model")
+    assert_same_tree(manual["state"]["model"], records[0]["model"], "save_checkpoint model")
     hand = _hand_metrics(records[0]["model"])
     for r in records:
         # trainer.evaluate: each rank its shard, reduced -> the whole set on every rank
@@ -166,7 +152,7 @@ def test_torchrun_run_is_the_same_run(reference, tmp_path):
     _torchrun(tmp_path)
     records = _check_training_run(tmp_path)
     # the same script, launched the other way, trains the same weights bit for bit
-    _assert_same_tree(records[0]["model"], _records(reference)[0]["model"], "model")
+    assert_same_tree(records[0]["model"], _records(reference)[0]["model"], "model")
 
 
 def test_validation_stop_is_taken_by_every_rank_at_once(tmp_path):
@@ -179,7 +165,7 @@ def test_validation_stop_is_taken_by_every_rank_at_once(tmp_path):
     assert [(r["iteration"], r["epoch"]) for r in records] == [(40, 2), (40, 2)]
     assert records[0]["stop_reason"] == records[1]["stop_reason"]
     assert "early" in str(records[0]["stop_reason"]).lower()
-    _assert_same_tree(records[0]["model"], records[1]["model"], "model")
+    assert_same_tree(records[0]["model"], records[1]["model"], "model")
 
 
 def test_nan_on_one_rank_stops_both_at_that_iteration(tmp_path):
@@ -188,7 +174,7 @@ def test_nan_on_one_rank_stops_both_at_that_iteration(tmp_path):
     assert [r["iteration"] for r in records] == [7, 7]
     assert [r["stop_reason"] for r in records] == ["non_finite_loss"] * 2
     # the NaN update was applied on neither rank: weights equal and finite
-    _assert_same_tree(records[0]["model"], records[1]["model"], "model")
+    assert_same_tree(records[0]["model"], records[1]["model"], "model")
     assert all(torch.isfinite(t).all() for t in records[0]["model"].values())
 
 
@@ -222,11 +208,11 @@ def test_preempted_run_resumed_on_two_processes_equals_uninterrupted(
     _spawn(out, "--resume")
     got, want = _records(out), _records(reference)
     assert [r["iteration"] for r in got] == [60, 60]
-    _assert_same_tree(got[0]["model"], got[1]["model"], "model across ranks")
-    _assert_same_tree(got[0]["model"], want[0]["model"], "model")
-    _assert_same_tree(got[0]["optimizer"], want[0]["optimizer"], "optimizer")
+    assert_same_tree(got[0]["model"], got[1]["model"], "model across ranks")
+    assert_same_tree(got[0]["model"], want[0]["model"], "model")
+    assert_same_tree(got[0]["optimizer"], want[0]["optimizer"], "optimizer")
     # every rank's RNG streams and epoch sums came back, so the epoch means match too
-    _assert_same_tree(got[0]["history"], want[0]["history"], "history")
+    assert_same_tree(got[0]["history"], want[0]["history"], "history")
 
 
 def test_preempted_run_resumed_on_one_process_warns_and_finishes(preempted, tmp_path):

@@ -9,6 +9,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.conftest import assert_same_tree
+
 JOB = Path(__file__).with_name("_resume_job.py")
 pytestmark = pytest.mark.slow
 
@@ -27,21 +29,6 @@ def _job(out, workers, *extra, check=True):
 
 def _final(out):
     return torch.load(Path(out) / "final.pt", weights_only=True)
-
-
-def _assert_same_tree(a, b, where=""):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_same_tree(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_tree(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +69,9 @@ def test_sigterm_checkpoints_exits_143_and_resumes_exactly(reference, tmp_path, 
 def _assert_continues(tmp_path, want):
     got = _final(tmp_path)
     assert got["iteration"] == want["iteration"]
-    _assert_same_tree(got["model"], want["model"], "model")
-    _assert_same_tree(got["optimizer"], want["optimizer"], "optimizer")
-    _assert_same_tree(got["history"], want["history"], "history")
+    assert_same_tree(got["model"], want["model"], "model")
+    assert_same_tree(got["optimizer"], want["optimizer"], "optimizer")
+    assert_same_tree(got["history"], want["history"], "history")
     # TensorBoard: the killed run's steps after its checkpoint are purged, steps never go back
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
