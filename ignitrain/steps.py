@@ -1,11 +1,12 @@
 """The optimisation step shared by every flavor: AMP, accumulation, clipping, NaN guard.
 
-A flavor's update function computes its loss under :meth:`OptimizerStep.autocast` and
-hands it to :meth:`OptimizerStep.backward`; everything about *how* the gradient becomes
-an update lives here, once::
+A flavor's update function computes its loss under
+:meth:`OptimizerStep.forward_context` (autocast, DDP ``no_sync``) and hands it to
+:meth:`OptimizerStep.backward`; everything about *how* the gradient becomes an update
+lives here, once::
 
     train_mode(model)
-    with opt_step.autocast():
+    with opt_step.forward_context(engine):
         loss = loss_fn(model(x), y)
     opt_step.backward(engine, loss)      # scale, backward, maybe clip + step
 
@@ -128,6 +129,19 @@ class OptimizerStep:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def forward_context(self, engine: Engine) -> contextlib.AbstractContextManager:
+        """Context for a micro-batch's forward pass: autocast, and under DDP ``no_sync``
+        on all but the last micro-batch of an accumulation group.
+
+        DDP decides in the forward whether the following backward all-reduces, so the
+        forward (not only the backward) must run inside ``no_sync``.
+        """
+        stack = contextlib.ExitStack()
+        if self.options.accumulation_steps > 1:
+            stack.enter_context(self._no_sync(self.group(engine)[2]))
+        stack.enter_context(self.autocast())
+        return stack
 
     # -- accumulation bookkeeping -----------------------------------------------------
     def group(self, engine: Engine) -> tuple[int, bool, bool]:
@@ -295,7 +309,7 @@ def supervised_update(
     def update(engine: Engine, batch: Any) -> dict[str, float]:
         train_mode(model)
         x, y = _split(to_device(batch, device, channels_last))
-        with opt_step.autocast():
+        with opt_step.forward_context(engine):
             y_pred = model(x)
             loss = loss_fn(y_pred, y)
         opt_step.backward(engine, loss)

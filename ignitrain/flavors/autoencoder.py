@@ -204,7 +204,7 @@ def autoencoder_update(
         x = to_device(batch_input(batch), device, channels_last)
         beta = objective.beta(training_progress(engine))
         x_in = objective.corrupt(x)  # global RNG: restored exactly on resume
-        with opt_step.autocast():
+        with opt_step.forward_context(engine):
             output = model(x_in)
         _, parts = objective(output, x, beta)
         opt_step.backward(engine, parts["loss"])

@@ -241,8 +241,10 @@ def gan_update(
         z = torch.randn(n, *latent_shape, device=device)
 
         # 1. discriminator step on real vs generated (detached) samples
-        with d_step.autocast():
-            with torch.set_grad_enabled(g_turn):  # the generator step below reuses `fake`
+        with d_step.forward_context(engine):
+            # the generator step below reuses `fake`: its forward is the generator's
+            g_forward = g_step.forward_context(engine) if g_turn else contextlib.nullcontext()
+            with torch.set_grad_enabled(g_turn), g_forward:
                 fake = generator(z)
             _check_fake(fake, real)
             real_scores = _scores(discriminator(real), n, "on real samples")

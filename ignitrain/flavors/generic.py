@@ -195,7 +195,7 @@ def generic_update(
     def update(engine: Engine, batch: Any) -> dict[str, float]:
         train_mode(net)
         batch = to_device(_plain_mapping(batch), device, channels_last)
-        with opt_step.autocast():
+        with opt_step.forward_context(engine):
             values = _as_values(step(net, batch), "train_step")
             loss = _train_loss(values)
         opt_step.backward(engine, loss)

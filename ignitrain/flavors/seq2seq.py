@@ -329,7 +329,7 @@ def seq2seq_update(
         ratio = teacher_forcing(engine.state.epoch)
         if not checked:
             _check_tokens(tgt, tokens)
-        with opt_step.autocast():
+        with opt_step.forward_context(engine):
             if ratio < 1.0:
                 tgt_in = scheduled_inputs(net, src, tgt_in, ratio, tokens.pad)
             logits = net(src, tgt_in)

@@ -225,3 +225,28 @@ def test_preempted_run_resumed_on_one_process_warns_and_finishes(preempted, tmp_
     assert record["world_size"] == 1 and record["iteration"] == 60
     assert all(torch.isfinite(t).all() for t in record["model"].values())
     assert _series(record, "val/accuracy")[-1] > 0.5
+
+
+def test_preempted_mid_accumulation_group_resumes_exactly_on_two_processes(tmp_path):
+    # With 2 micro-batches per step, the stop agreed after iteration 13 falls inside a
+    # group: each rank's unsynced gradients (DDP no_sync) must come back as they were.
+    options = '{"grad_accumulation_steps": 2}'
+    reference = tmp_path / "reference"
+    _spawn(reference, "--options", options)
+    run = tmp_path / "run"
+    stopped = _spawn(run, "--options", options, "--term-at", "12", check=False)
+    assert "checkpoint written after iteration 13 " in stopped.stderr, stopped.stderr[-3000:]
+    saved = torch.load(
+        run / "checkpoints" / "checkpoint_preempt_iter00000013.pt", weights_only=True
+    )
+    pending = saved["state"]["optimizer_step"]
+    assert pending["pending"] and len(pending["ranks"]) == 2
+    # the ranks saw different micro-batches: their accumulated gradients differ
+    assert not torch.equal(pending["ranks"][0]["grads"][0], pending["ranks"][1]["grads"][0])
+    shutil.rmtree(run / "out")
+    _spawn(run, "--options", options, "--resume")
+    got, want = _records(run), _records(reference)
+    assert [r["iteration"] for r in got] == [60, 60]
+    assert_same_tree(got[0]["model"], want[0]["model"], "model")
+    assert_same_tree(got[1]["optimizer"], want[1]["optimizer"], "optimizer")
+    assert_same_tree(got[0]["history"], want[0]["history"], "history")
