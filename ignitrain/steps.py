@@ -137,9 +137,10 @@ class OptimizerStep:
         DDP decides in the forward whether the following backward all-reduces, so the
         forward (not only the backward) must run inside ``no_sync``.
         """
+        if self.options.accumulation_steps == 1:
+            return self.autocast()
         stack = contextlib.ExitStack()
-        if self.options.accumulation_steps > 1:
-            stack.enter_context(self._no_sync(self.group(engine)[2]))
+        stack.enter_context(self._no_sync(self.group(engine)[2]))
         stack.enter_context(self.autocast())
         return stack
 
