@@ -43,13 +43,13 @@ __all__ = [
     "agree_any",
     "all_gather_object",
     "barrier",
-    "own_rank_state",
-    "with_rank_states",
     "broadcast_object",
     "free_port",
     "is_rank_zero",
     "launch",
+    "own_rank_state",
     "rank_zero_only",
+    "with_rank_states",
     "world_size",
 ]
 
