@@ -189,8 +189,7 @@ class OptimizerStep:
         scaled = loss / size if size > 1 else loss
         if self.scaler is not None:
             scaled = self.scaler.scale(scaled)
-        with self._no_sync(last):
-            scaled.backward()
+        scaled.backward()  # DDP's sync was decided in the forward (forward_context)
         self._pending = not last
         if not last:
             return False

@@ -147,9 +147,9 @@ def _write_temp(obj: Any, path: Path) -> Path:
 
 #: A background store serialises checkpoints holding up to this many bytes of tensor
 #: data to memory and leaves the file write to its worker; a larger state is written
-#: by the caller. Measured on the CPU: to memory is 3-4x faster up to 16 MiB, about even at
-#: 64 MiB (the growing buffer copies itself) and slower beyond; nor does a big model
-#: then need a second copy of its state in RAM.
+#: by the caller. Measured on the CPU: to memory is 3-4x faster up to 16 MiB, about
+#: even at 64 MiB (the growing buffer copies itself) and slower beyond; nor does a big
+#: model then need a second copy of its state in RAM.
 IN_MEMORY_LIMIT = 32 * 2**20
 
 
@@ -948,10 +948,10 @@ class CheckpointStore:
     With ``background=True`` only step (1)'s serialisation runs in the caller (to
     memory, up to :data:`IN_MEMORY_LIMIT` bytes of tensors; to the temp file beyond);
     the file write, fsync, rename and steps (2)-(4) run on a worker thread, so training
-    goes on while the disk catches up. The previous checkpoint stays the latest until the new one is
-    committed; errors from the worker are raised by the next :meth:`save`,
-    :meth:`wait` or :meth:`latest_path`. The worker is not a daemon: an exiting
-    interpreter finishes the commit first.
+    goes on while the disk catches up. The previous checkpoint stays the latest until
+    the new one is committed; errors from the worker are raised by the next
+    :meth:`save`, :meth:`wait` or :meth:`latest_path`. The worker is not a daemon: an
+    exiting interpreter finishes the commit first.
 
     Args:
         dirname: Directory (created on the first save).

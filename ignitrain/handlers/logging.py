@@ -2,11 +2,11 @@
 
 TensorBoard mirrors the ``History`` (it subscribes to it), so the event files hold
 exactly the values the History holds. Every scalar is written at the training
-iteration it belongs to. Scalars go straight to the event file (no writer
-thread, see :class:`ScalarEventWriter`); the flavors flush it just before each
-checkpoint is written, and a resumed run opens its writer with ``purge_step`` one past the
-resumed iteration: TensorBoard keeps everything the checkpoint covers, drops what a
-killed run wrote after it, and steps never go backwards.
+iteration it belongs to. Scalars go straight to the event file (no writer thread,
+see :class:`ScalarEventWriter`); the flavors flush it just before each checkpoint is
+written, and a resumed run opens its writer with ``purge_step`` one past the resumed
+iteration: TensorBoard keeps everything the checkpoint covers, drops what a killed
+run wrote after it, and steps never go backwards.
 """
 
 from __future__ import annotations
