@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import itertools
 import json
 import math
 import os
@@ -67,9 +68,10 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers.checkpoint import BaseSaveHandler, Checkpoint
 from torch import nn
 
-from ignitrain.distributed import agree_all, own_rank_state, with_rank_states
+from ignitrain.distributed import own_rank_state, with_rank_states
 from ignitrain.handlers._modes import infer_mode, resolve_mode
 
 __all__ = [
@@ -88,15 +90,24 @@ __all__ = [
     "latest_in",
     "CheckpointStore",
     "CheckpointHandler",
+    "DurableSaver",
+    "OBJECTS_KEY",
+    "as_payload",
     "attach_checkpoints",
+    "nan_safe_score",
+    "payload_from_states",
+    "safe_state",
+    "saved_states",
     "infer_mode",
     "best_tag",
 ]
 
 FORMAT_KEY = "ignitrain_format"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Names of the saved objects in a version-2 file (the other top-level keys are metadata).
+OBJECTS_KEY = "ignitrain_objects"
 KINDS = ("periodic", "best", "last", "preempt")
-_RESERVED_KEYS = (FORMAT_KEY, "state", "checkpoint")
+_RESERVED_KEYS = (FORMAT_KEY, OBJECTS_KEY, "checkpoint")
 
 
 class CheckpointError(ValueError):
@@ -286,7 +297,49 @@ def _explain_unpickling(path: Path, error: Exception) -> CheckpointError:
     return CheckpointError(f"Checkpoint {path} {what}: {reason}")
 
 
-def _check_format(obj: Any, source: str) -> None:
+def _upgrade_v1(obj: dict, source: str) -> dict:
+    """An ignitrain 0.1.0 file (objects nested under ``"state"``) in today's flat layout."""
+    state = obj["state"]
+    meta = {k: v for k, v in obj.items() if k not in (FORMAT_KEY, "state")}
+    clash = sorted(set(state) & set(meta))
+    if clash:
+        raise CheckpointError(
+            f"Checkpoint {source} (format 1) cannot be converted: object name(s) {clash} "
+            "clash with metadata keys"
+        )
+    return {FORMAT_KEY: FORMAT_VERSION, OBJECTS_KEY: list(state), **state, **meta}
+
+
+def _from_foreign(obj: Any, source: str) -> dict:
+    """A file written by Ignite's ``Checkpoint``/``ModelCheckpoint`` as a payload.
+
+    Ignite saves ``{name: state_dict}`` (or one object's ``state_dict`` alone); every
+    top-level dict value is taken as an object's state, the rest as metadata.
+    """
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"Checkpoint {source} is not a checkpoint: it holds a {type(obj).__name__}, "
+            "expected a dict"
+        )
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        obj = {"model": obj}  # ModelCheckpoint of one model: the bare state_dict
+    names = [k for k, v in obj.items() if isinstance(k, str) and isinstance(v, Mapping)]
+    if not names:
+        raise CheckpointError(f"Checkpoint {source} holds no state_dict of any object")
+    return {FORMAT_KEY: FORMAT_VERSION, OBJECTS_KEY: names, **obj, "foreign": True}
+
+
+def as_payload(obj: Any, source: str, *, foreign: bool = False) -> dict:
+    """Check a loaded checkpoint and return it in the current (flat) layout.
+
+    Version 2 is returned as is, version 1 (ignitrain 0.1.0) converted; with ``foreign``
+    a file without ignitrain's marker (Ignite's own checkpoints) is accepted too.
+
+    Raises:
+        CheckpointError: ``obj`` is none of these, naming ``source``.
+    """
+    if isinstance(obj, dict) and FORMAT_KEY not in obj and foreign:
+        return _from_foreign(obj, source)
     if not isinstance(obj, dict):
         raise CheckpointError(
             f"Checkpoint {source} is not an ignitrain checkpoint: it holds a "
@@ -297,18 +350,41 @@ def _check_format(obj: Any, source: str) -> None:
         raise CheckpointError(
             f"Checkpoint {source} is not an ignitrain checkpoint: no {FORMAT_KEY!r} key "
             f"(keys: {keys}). A bare state_dict loads with "
-            "model.load_state_dict(torch.load(path, weights_only=True))."
+            "model.load_state_dict(torch.load(path, weights_only=True)); a file of Ignite's "
+            "ModelCheckpoint with trainer.resume(path) or load_checkpoint(path, ...)."
         )
-    if obj[FORMAT_KEY] != FORMAT_VERSION:
+    version = obj[FORMAT_KEY]
+    if version == 1 and isinstance(obj.get("state"), dict):
+        return _upgrade_v1(obj, source)
+    if version != FORMAT_VERSION:
         raise CheckpointError(
-            f"Checkpoint {source} has format version {obj[FORMAT_KEY]!r}; this ignitrain "
-            f"reads version {FORMAT_VERSION}"
+            f"Checkpoint {source} has format version {version!r}; this ignitrain "
+            f"reads versions 1 and {FORMAT_VERSION}"
         )
-    if not isinstance(obj.get("state"), dict):
-        raise CheckpointError(f"Checkpoint {source} has no 'state' dict of saved objects")
+    names = obj.get(OBJECTS_KEY)
+    if not (isinstance(names, list) and all(isinstance(n, str) and n in obj for n in names)):
+        raise CheckpointError(
+            f"Checkpoint {source} has no valid {OBJECTS_KEY!r} list of its saved objects"
+        )
+    return obj
 
 
-def safe_load(path: str | os.PathLike) -> dict:
+def saved_states(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """``{name: state_dict}`` of the objects saved in a payload (metadata left out)."""
+    return {name: payload[name] for name in payload[OBJECTS_KEY]}
+
+
+def safe_load(path: str | os.PathLike, *, foreign: bool = False) -> dict:
+    try:
+        return _safe_load(Path(path), foreign)
+    except OSError as e:  # unreadable (permissions, a vanished file, a FIFO...)
+        raise CheckpointError(f"Checkpoint {path} cannot be read: {e}") from e
+
+
+safe_load.__doc__ = None  # set below, after _safe_load
+
+
+def _safe_load(path: Path, foreign: bool) -> dict:
     """Read an ignitrain checkpoint with ``torch.load(weights_only=True)`` and check it.
 
     Besides the format, every zip record's CRC-32 is verified, because ``torch.load``
@@ -316,16 +392,17 @@ def safe_load(path: str | os.PathLike) -> dict:
 
     Args:
         path: The checkpoint file.
+        foreign: Also accept a file written by Ignite's ``Checkpoint``/``ModelCheckpoint``
+            (see :func:`as_payload`).
 
     Returns:
-        The payload dict, tensors on the CPU.
+        The payload dict in the current layout (see :func:`as_payload`), tensors on the CPU.
 
     Raises:
         CheckpointError: Naming ``path`` and the problem: missing, empty, truncated or
             corrupted, not a torch file, refused as unsafe (a pickle that would run
             code), or not an ignitrain checkpoint.
     """
-    path = Path(path)
     if not path.exists():
         raise CheckpointError(f"Checkpoint {path} does not exist")
     if path.is_dir():
@@ -347,13 +424,17 @@ def safe_load(path: str | os.PathLike) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise _explain_unpickling(path, e) from e
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError) as e:
+    except Exception as e:
+        # torch's unpickler lets IndexError, KeyError, AttributeError... escape on
+        # garbage such as b"(." or /etc/passwd: every one of them is a bad file.
         raise CheckpointError(
             f"Checkpoint {path} is truncated or corrupted: {type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}"
         ) from e
-    _check_format(obj, str(path))
-    return obj
+    return as_payload(obj, str(path), foreign=foreign)
+
+
+safe_load.__doc__ = _safe_load.__doc__
 
 
 # -- RNG state as tensors and lists ----------------------------------------------------
@@ -606,7 +687,8 @@ def build_payload(objects: Mapping[str, Any], extra: Mapping[str, Any] | None = 
             numpy arrays in it become tensors.
 
     Returns:
-        ``{"ignitrain_format": 1, "state": {name: state_dict}, **extra}``.
+        ``{"ignitrain_format": 2, "ignitrain_objects": [names], name: state_dict, ...,
+        **extra}``: flat, so ``ignite.handlers.Checkpoint.load_objects`` reads it.
 
     Raises:
         TypeError: An object has no ``state_dict``, or ``extra`` is not a dict.
@@ -614,18 +696,35 @@ def build_payload(objects: Mapping[str, Any], extra: Mapping[str, Any] | None = 
         CheckpointError: A state holds something weights_only loading would refuse.
     """
     _check_objects(objects, need="state_dict")
+    return payload_from_states(
+        {name: safe_state(obj, name) for name, obj in objects.items()}, extra
+    )
+
+
+def safe_state(obj: Any, name: str) -> Any:
+    """``obj``'s state_dict made weights_only-loadable (unwrapped model, engine RNG as tensors).
+
+    Raises:
+        CheckpointError: The state holds something weights_only loading would refuse.
+    """
+    return _make_safe(_state_of(obj), f"state[{name!r}]", arrays_to_tensors=False)
+
+
+def payload_from_states(states: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict:
+    """The flat payload for ready states (see :func:`build_payload`)."""
     extra = {} if extra is None else extra
     if not isinstance(extra, Mapping):
         raise TypeError(f"Argument extra={extra!r} is not allowed: expected a dict or None")
-    reserved = [k for k in extra if k in _RESERVED_KEYS]
+    reserved = [k for k in [*extra, *states] if k in _RESERVED_KEYS]
     if reserved:
         raise ValueError(f"Argument extra uses reserved key(s) {reserved}: choose other names")
-    state = {
-        name: _make_safe(_state_of(obj), f"state[{name!r}]", arrays_to_tensors=False)
-        for name, obj in objects.items()
-    }
+    clash = [k for k in extra if k in states]
+    if clash:
+        raise ValueError(
+            f"Argument extra uses key(s) {clash} that name saved objects: choose other names"
+        )
     meta = {k: _make_safe(v, f"extra[{k!r}]", arrays_to_tensors=True) for k, v in extra.items()}
-    return {FORMAT_KEY: FORMAT_VERSION, "state": state, **meta}
+    return {FORMAT_KEY: FORMAT_VERSION, OBJECTS_KEY: list(states), **states, **meta}
 
 
 # -- validation before loading ---------------------------------------------------------
@@ -713,7 +812,9 @@ def _optimizer_problems(name: str, optimizer: torch.optim.Optimizer, stored: Any
             f"{name!r}: the checkpoint has {len(saved_groups)} parameter group(s), the "
             f"optimizer has {len(groups)}"
         ]
-    problems = []
+    problems = _optimizer_class_problems(name, optimizer, saved_groups)
+    if problems:
+        return problems
     params_by_id = {}
     for i, (group, saved) in enumerate(zip(groups, saved_groups)):
         ids = saved.get("params", []) if isinstance(saved, Mapping) else []
@@ -738,6 +839,55 @@ def _optimizer_problems(name: str, optimizer: torch.optim.Optimizer, stored: Any
     return problems
 
 
+_GROUP_BOOKKEEPING = {"params", "param_names", "initial_lr"}
+
+
+def _optimizer_class_problems(name: str, optimizer: Any, saved_groups: list) -> list[str]:
+    """Refuse a state written by another optimizer class (e.g. Adam's into SGD).
+
+    torch's ``load_state_dict`` replaces each param group's hyper-parameters by the
+    saved ones without checking them, so Adam's state loads into SGD and the first
+    ``step()`` fails (``KeyError: 'momentum'``), after the other objects were loaded.
+    A key only one side has is tolerated (a newer torch adds options with defaults);
+    keys missing on both sides mean another class.
+    """
+    if not saved_groups or not isinstance(saved_groups[0], Mapping):
+        return [f"{name!r}: the checkpoint's parameter groups are not dicts"]
+    own = set(optimizer.param_groups[0]) - _GROUP_BOOKKEEPING
+    saved = set(saved_groups[0]) - _GROUP_BOOKKEEPING
+    if own - saved and saved - own:
+        return [
+            f"{name!r}: the checkpoint holds the state of another optimizer class "
+            f"(its hyper-parameters {sorted(saved - own)} are unknown to "
+            f"{type(optimizer).__name__}, which needs {sorted(own - saved)})"
+        ]
+    return []
+
+
+def _trial_load_problems(name: str, optimizer: torch.optim.Optimizer, stored: Any) -> list[str]:
+    """Load ``stored`` into a throwaway copy of ``optimizer`` first, to see it fail safely.
+
+    ``Optimizer.load_state_dict`` can raise half-way (e.g. ``KeyError: 'step'``);
+    trying on empty tensors shaped like the parameters keeps the real one untouched.
+    """
+    try:
+        groups = [
+            {
+                **{k: v for k, v in g.items() if k != "params"},
+                "params": [torch.empty_like(p, device="meta") for p in g["params"]],
+            }
+            for g in optimizer.param_groups
+        ]
+        trial = type(optimizer)(groups)
+    except Exception:  # an optimizer we cannot rebuild: its own load must do
+        return []
+    try:
+        trial.load_state_dict(copy.copy(stored))
+    except Exception as e:
+        return [f"{name!r}: the optimizer refuses the state ({type(e).__name__}: {e})"]
+    return []
+
+
 def _engine_problems(name: str, engine: Engine, stored: Any) -> list[str]:
     if not isinstance(stored, Mapping):
         return [f"{name!r}: expected an engine state_dict, found {type(stored).__name__}"]
@@ -760,8 +910,9 @@ def load_objects(
     *,
     strict: bool = True,
     source: str = "<payload>",
-) -> None:
-    """Load ``payload["state"][name]`` into each object, after checking all of them.
+    allow_missing: bool = False,
+) -> list[str]:
+    """Load ``payload[name]`` into each object, after checking all of them.
 
     Everything is validated before anything is loaded: names present, model keys and
     shapes (``module.``/``_orig_mod.`` prefixes of DDP, DataParallel and
@@ -774,31 +925,39 @@ def load_objects(
         strict: ``False`` skips names the checkpoint lacks (with a warning) and lets
             models load with missing/unexpected keys; shapes must still match.
         source: How to name the checkpoint in errors (its path).
+        allow_missing: Names the checkpoint lacks are left as they are (and returned)
+            instead of being an error, while models stay strict about their keys.
+
+    Returns:
+        The names of ``objects`` the checkpoint did not hold (left unchanged).
 
     Raises:
         TypeError: ``objects`` is not a dict of loadable objects.
-        CheckpointError: Listing every problem found.
+        CheckpointError: Listing every problem found, naming ``source``.
     """
     _check_objects(objects, need="load_state_dict")
-    _check_format(payload, source)
-    saved = payload["state"]
+    payload = as_payload(payload, source)
+    saved = saved_states(payload)
     problems: list[str] = []
     plan: list[tuple[str, Any, Any]] = []
+    absent: list[str] = []
     for name, obj in objects.items():
         if name not in saved:
             held = ", ".join(sorted(saved)) or "nothing"
             msg = f"no state named {name!r} (the checkpoint holds: {held})"
-            if strict:
+            if strict and not allow_missing:
                 problems.append(msg)
-            else:
+            elif not allow_missing:
                 warnings.warn(f"Checkpoint {source}: {msg}; {name!r} left as it is", stacklevel=2)
+            absent.append(name)
             continue
         stored = saved[name]
         if isinstance(obj, nn.Module):
             stored, module_problems = _module_problems(name, obj, stored, strict)
             problems += module_problems
         elif isinstance(obj, torch.optim.Optimizer):
-            problems += _optimizer_problems(name, obj, stored)
+            found = _optimizer_problems(name, obj, stored)
+            problems += found or _trial_load_problems(name, obj, stored)
         elif isinstance(obj, Engine):
             problems += _engine_problems(name, obj, stored)
             stored = _engine_state_back(stored) if isinstance(stored, Mapping) else stored
@@ -811,6 +970,7 @@ def load_objects(
             + "\n  - ".join(problems)
         )
     _apply(plan, strict, source)
+    return absent
 
 
 def _apply(plan: list[tuple[str, Any, Any]], strict: bool, source: str) -> None:
@@ -918,6 +1078,7 @@ class _Entry:
     iteration: int
     epoch: int
     mtime_ns: int
+    resumable: bool = True
 
 
 def _safe_tag_part(text: str) -> str:
@@ -1045,28 +1206,49 @@ class CheckpointStore:
             OSError: Writing failed; earlier checkpoints and the pointer are untouched.
         """
         path = self.path_for(kind, tag)
-        _check_format(payload, "payload")
         score = self._check_score(kind, score)
+        return self.write(payload, path.name, kind, score=score)
+
+    def write(
+        self,
+        payload: Mapping[str, Any],
+        filename: str,
+        kind: str,
+        *,
+        score: float | None = None,
+        remove: list[str] | None = None,
+        resumable: bool = True,
+    ) -> Path:
+        """Write ``payload`` as ``filename``; then point at it and remove ``remove``.
+
+        The primitive under :meth:`save` and the Ignite save handler
+        (:class:`DurableSaver`): ``remove`` lists the files evicted in favour of this
+        one, deleted only once it is durable (``None``: evict by kind and ``n_saved``).
+        A file that is not ``resumable`` (a best checkpoint taken between two save
+        points) never becomes the ``latest`` one.
+        """
+        path = self.dirname / filename
+        as_payload(payload, "payload")
         if not self.writes:
             return path
         self.wait()
         self.dirname.mkdir(parents=True, exist_ok=True)
-        marked = {**payload, "checkpoint": {"kind": kind, "tag": tag, "score": score}}
-        iteration = _as_int(payload.get("iteration"))
-        epoch = _as_int(payload.get("epoch"))
+        info = {"kind": kind, "tag": _tag_of(filename, self.prefix, kind), "score": score}
+        marked = {**payload, "checkpoint": {**info, "resumable": resumable}}
+        done = (kind, score, _as_int(payload.get("iteration")), _as_int(payload.get("epoch")))
+        after = {"evict": remove, "resumable": resumable}
         if self.background and _tensor_bytes(marked) <= IN_MEMORY_LIMIT:
             # serialised now (a consistent snapshot); many small file writes go to the
             # worker as one (measured: 1.7 ms instead of 3.0 ms for a 140 KiB checkpoint)
             data = _serialize(marked)
 
             def write() -> None:
-                tmp = _write_bytes_temp(data, path)
-                self._finish(tmp, path, kind, score, iteration, epoch)
+                self._finish(_write_bytes_temp(data, path), path, *done, **after)
 
             self._submit(write)
         else:
             tmp = _write_temp(marked, path)
-            self._submit(self._finish, tmp, path, kind, score, iteration, epoch)
+            self._submit(lambda: self._finish(tmp, path, *done, **after))
         return path
 
     def copy_as(
@@ -1082,6 +1264,19 @@ class CheckpointStore:
         """
         path = self.path_for(kind, tag)
         score = self._check_score(kind, score)
+        return self.link(source, path.name, kind, score=score)
+
+    def link(
+        self,
+        source: str | os.PathLike,
+        filename: str,
+        kind: str,
+        *,
+        score: float | None = None,
+        remove: list[str] | None = None,
+    ) -> Path:
+        """:meth:`copy_as` by file name, with ``remove`` as in :meth:`write`."""
+        path = self.dirname / filename
         if not self.writes:
             return path
         source = Path(source)
@@ -1100,7 +1295,7 @@ class CheckpointStore:
                     _remove_quietly(tmp)
                     raise
             iteration, epoch = (meta.iteration, meta.epoch) if meta else (-1, -1)
-            self._finish(tmp, path, kind, score, iteration, epoch, synced=linked)
+            self._finish(tmp, path, kind, score, iteration, epoch, synced=linked, evict=remove)
 
         self._submit(link)
         return path
@@ -1152,17 +1347,33 @@ class CheckpointStore:
         epoch: int,
         *,
         synced: bool = False,
+        evict: list[str] | None = None,
+        resumable: bool = True,
     ) -> None:
+        # Order: durable file, pointer, then eviction: a crash between steps never
+        # leaves the pointer naming a deleted file, nor deletes before the new one is safe
+        # (Ignite's Checkpoint calls remove() before writing; DurableSaver defers it here).
         _commit(tmp, path, synced=synced)
         st = path.stat()
-        entry = _Entry(path, kind, score, iteration, epoch, st.st_mtime_ns)
+        entry = _Entry(path, kind, score, iteration, epoch, st.st_mtime_ns, resumable)
         self._meta[(path.name, st.st_mtime_ns, st.st_size)] = entry
-        _write_json_atomic(
-            {"file": path.name, "kind": kind, "iteration": iteration, "epoch": epoch},
-            self.pointer_path,
-        )
-        self._evict(kind, keep=path)
+        if resumable:
+            _write_json_atomic(
+                {"file": path.name, "kind": kind, "iteration": iteration, "epoch": epoch},
+                self.pointer_path,
+            )
+        if evict is None:
+            self._evict(kind, keep=path)
+        else:
+            for name in evict:
+                if name != path.name:
+                    _remove_quietly(self.dirname / name)
         self._remove_stray_temps()
+
+    def remove_stale_temps(self) -> None:
+        """Remove temp files a killed run left in the directory (call at a run's start)."""
+        if self.writes and self.dirname.is_dir():
+            self._remove_stray_temps()
 
     def _evict(self, kind: str, keep: Path) -> None:
         if self.n_saved is None:
@@ -1186,10 +1397,19 @@ class CheckpointStore:
         out = []
         if not self.dirname.is_dir():
             return out
+        root = self.dirname.resolve()
         for path in self.dirname.glob(f"{self.prefix}_*.pt"):
             kind = path.name[len(self.prefix) + 1 :].split("_", 1)[0]
-            if kind in KINDS:
-                out.append((path, kind))
+            if kind not in KINDS:
+                continue
+            if path.is_symlink() and root not in path.resolve().parents:
+                warnings.warn(
+                    f"Skipping checkpoint {path}: a symlink pointing out of {self.dirname} "
+                    f"(to {os.path.realpath(path)})",
+                    stacklevel=3,
+                )
+                continue
+            out.append((path, kind))
         return out
 
     def _entry_of(self, path: Path, kind: str | None = None) -> _Entry | None:
@@ -1203,7 +1423,7 @@ class CheckpointStore:
             entry = None
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                _check_format(obj, str(path))
+                obj = as_payload(obj, str(path))
                 info = obj.get("checkpoint", {})
                 entry = _Entry(
                     path,
@@ -1212,6 +1432,8 @@ class CheckpointStore:
                     _as_int(obj.get("iteration")),
                     _as_int(obj.get("epoch")),
                     st.st_mtime_ns,
+                    # a best file linked to a periodic one carries the periodic's marks
+                    bool(info.get("resumable", True)),
                 )
             except Exception:
                 entry = None  # unreadable: never ranked, never evicted (kept as evidence)
@@ -1259,7 +1481,14 @@ class CheckpointStore:
             return None
         if not isinstance(name, str) or "/" in name or "\\" in name:
             return None
-        return self.dirname / name
+        path = self.dirname / name
+        if path.is_symlink() and self.dirname.resolve() not in path.resolve().parents:
+            warnings.warn(
+                f"Skipping checkpoint {path}: a symlink pointing out of {self.dirname}",
+                stacklevel=3,
+            )
+            return None
+        return path
 
     def load_latest(self, validate: bool = True) -> tuple[Path, dict | None] | None:
         """The newest valid checkpoint and its payload (``None`` payload without validation).
@@ -1279,7 +1508,7 @@ class CheckpointStore:
                 return pointed, self._validated(pointed, validate)
             except CheckpointError as e:
                 problem = f"Latest checkpoint is unusable: {e}."
-        candidates = [e for e in self._entries() if e.path != pointed]
+        candidates = [e for e in self._entries() if e.path != pointed and e.resumable]
         candidates.sort(key=lambda e: (e.iteration, e.mtime_ns), reverse=True)
         for entry in candidates:
             try:
@@ -1308,6 +1537,12 @@ class CheckpointStore:
         return None if found is None else found[0]
 
 
+def _tag_of(filename: str, prefix: str, kind: str) -> str:
+    head = f"{prefix}_{kind}_"
+    stem = filename[: -len(".pt")] if filename.endswith(".pt") else filename
+    return stem[len(head) :] if stem.startswith(head) else stem
+
+
 def _as_int(value: Any) -> int:
     try:
         return int(value)
@@ -1318,12 +1553,128 @@ def _as_int(value: Any) -> int:
 # -- the Ignite adapter ---------------------------------------------------------------
 
 
-class CheckpointHandler:
-    """Decides when to save and hands payloads to a :class:`CheckpointStore`.
+class _Saved:
+    """What Ignite's ``Checkpoint`` calls ``state_dict()`` on: the object's safe state.
 
-    Created by :func:`attach_checkpoints`, which documents the events. Holds the
-    engine, objects, store and evaluator it was given; ``last_path`` is the most recent
-    file written.
+    Models unwrapped (DDP, DataParallel, ``torch.compile``), engines' numpy RNG states as
+    tensors, everything checked to load with ``weights_only=True``.
+    """
+
+    def __init__(self, name: str, obj: Any):
+        self.name, self.obj = name, obj
+
+    def state_dict(self) -> Any:
+        return safe_state(self.obj, self.name)
+
+
+class DurableSaver(BaseSaveHandler):
+    """Ignite save handler writing through a :class:`CheckpointStore`.
+
+    Keeps the store's guarantees (temp file, fsync, rename, directory fsync, the
+    background commit, a ``latest`` pointer naming only complete files) and fixes one
+    defect of Ignite's ``Checkpoint``: it calls ``remove(old)`` *before* writing the new
+    file, so with ``DiskSaver`` and ``n_saved=1`` a failed write (disk full) leaves no
+    checkpoint at all. Here ``remove`` only records the name; the file goes once the next
+    one is durable, and a failed write keeps it.
+
+    Args:
+        store: Where files go (and which rank writes).
+        kind: One of :data:`KINDS`, recorded in the file.
+        names: The saved objects' names (Ignite unwraps a single object's state).
+        extra_fn: Returns the metadata merged into each file.
+        link_fn: Returns a file already holding this very state, to link instead of
+            serialising again (a periodic and a best checkpoint of the same moment).
+        resumable_fn: Whether the file may become the ``latest`` resume point.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        kind: str,
+        names: list[str],
+        *,
+        extra_fn: Callable[[], Mapping[str, Any]] | None = None,
+        link_fn: Callable[[], Path | None] | None = None,
+        resumable_fn: Callable[[], bool] | None = None,
+    ):
+        self.store, self.kind, self.names = store, kind, list(names)
+        self.extra_fn, self.link_fn, self.resumable_fn = extra_fn, link_fn, resumable_fn
+        self.last_path: Path | None = None
+        self._evicted: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        states = {self.names[0]: checkpoint} if len(self.names) == 1 else dict(checkpoint)
+        evicted, self._evicted = self._evicted, []
+        score = (metadata or {}).get("priority") if self.kind == "best" else None
+        source = self.link_fn() if self.link_fn is not None else None
+        if source is not None:
+            self.last_path = self.store.link(
+                source, filename, self.kind, score=score, remove=evicted
+            )
+            return
+        extra = dict(self.extra_fn()) if self.extra_fn is not None else {}
+        payload = payload_from_states(states, extra)
+        resumable = self.resumable_fn() if self.resumable_fn is not None else True
+        self.last_path = self.store.write(
+            payload, filename, self.kind, score=score, remove=evicted, resumable=resumable
+        )
+
+    def remove(self, filename: str) -> None:
+        """Evict ``filename`` once the next checkpoint is durable (not now)."""
+        self._evicted.append(filename)
+
+
+def nan_safe_score(value_fn: Callable[[Engine], float], sign: float) -> Callable[[Engine], float]:
+    """A ``score_function`` for Ignite's ``Checkpoint`` that never ranks NaN as best.
+
+    Ignite's ``Checkpoint`` keeps a NaN score (fewer than ``n_saved`` files), then
+    compares ``new > nan`` (always False): with ``n_saved=1`` a first NaN blocks every
+    later best. NaN here scores ``-inf`` (and :class:`CheckpointHandler` does not even
+    call the best ``Checkpoint`` on NaN, so non-finite weights never become best).
+    """
+
+    def score(engine: Engine) -> float:
+        value = float(value_fn(engine))
+        return -math.inf if math.isnan(value) else sign * value
+
+    return score
+
+
+def _signature(modules: list[nn.Module]) -> tuple:
+    # Every in-place update (optimizer step, load_state_dict, BatchNorm statistics)
+    # bumps a tensor's version counter: equal signatures mean the same weights.
+    return tuple(
+        (t.data_ptr(), t._version)
+        for m in modules
+        for t in itertools.chain(m.parameters(), m.buffers())
+    )
+
+
+_NAME_STEP = re.compile(r"_(?:iter(\d+)|epoch(\d+))\.pt$")
+
+
+def _parse_saved(name: str, kind: str, prefix: str, metric_tag: str | None, sign: float):
+    """Ignite's priority of an existing file, from its name (``None``: not ours)."""
+    match = _NAME_STEP.search(name)
+    if match is None:
+        return None
+    if kind != "best":
+        return int(match.group(1) or match.group(2))
+    head = f"{prefix}_best_{metric_tag}="
+    if metric_tag is None or not name.startswith(head):
+        return None
+    try:
+        return sign * float(name[len(head) : name.rindex("_iter")])
+    except ValueError:
+        return None
+
+
+class CheckpointHandler:
+    """Ignite ``Checkpoint`` objects (periodic, best, last, preempt) and when they run.
+
+    Created by :func:`attach_checkpoints`, which documents the events. ``checkpoints``
+    holds the four Ignite ``Checkpoint`` objects by kind; ``last_path`` is the most
+    recent file written.
     """
 
     def __init__(
@@ -1352,9 +1703,70 @@ class CheckpointHandler:
         self.extra_fn = extra_fn
         self.metrics: dict[str, Any] = {}
         self.last_path: Path | None = None
-        self._pending = False
         self._running = False
+        self._modules = [o for o in self.objects.values() if isinstance(o, nn.Module)]
+        self._pending: tuple[float, int, tuple] | None = None  # best value, iteration, weights
+        self._written: tuple[int, tuple, Path] | None = None  # periodic file of this moment
+        self._point_at = -1  # iteration of the last save point
+        self._in_point = False  # inside a save point: the file is a complete resume point
+        self._value = math.nan
+        self._link: Path | None = None
         self._handlers: list[tuple[Engine, Any, Callable]] = []
+        self.checkpoints = {kind: self._checkpoint(kind) for kind in KINDS}
+
+    # -- the Ignite Checkpoint objects ---------------------------------------------
+
+    def _checkpoint(self, kind: str) -> Checkpoint:
+        names = list(self.objects)
+        to_save = {name: _Saved(name, obj) for name, obj in self.objects.items()}
+        iteration = lambda engine, _event: self.engine.state.iteration  # noqa: E731
+        step, pattern, score = (
+            iteration,
+            f"{{filename_prefix}}_{kind}_iter{{global_step:08d}}.{{ext}}",
+            None,
+        )
+        saver = DurableSaver(self.store, kind, names, extra_fn=self.payload_extra)
+        if kind == "periodic" and self.save_every == -1:
+            step = lambda engine, _event: self.engine.state.epoch  # noqa: E731
+            pattern = "{filename_prefix}_periodic_epoch{global_step:04d}.{ext}"
+        elif kind == "best":
+            # Ignite puts only its own "{score:.4f}" in a name; the README's names carry
+            # the metric's value: the "global step" part is the whole tag.
+            step = lambda engine, _event: best_tag(  # noqa: E731
+                self.best_metric or "score", self._value, self.engine.state.iteration
+            )
+            pattern = "{filename_prefix}_best_{global_step}.{ext}"
+            sign = 1.0 if self.best_mode == "max" else -1.0
+            score = nan_safe_score(lambda _engine: self._value, sign)
+            saver.link_fn = lambda: self._link
+            saver.resumable_fn = lambda: self._in_point
+        return Checkpoint(
+            to_save,
+            saver,
+            filename_prefix=self.store.prefix,
+            score_function=score,
+            n_saved=self.store.n_saved,
+            global_step_transform=step,
+            filename_pattern=pattern,
+            save_on_rank=0,
+        )
+
+    def _rebuild_saved(self) -> None:
+        """Tell each Ignite ``Checkpoint`` the files already on disk (a resumed run)."""
+        found: dict[str, list] = {kind: [] for kind in KINDS}
+        if self.store.writes and self.store.dirname.is_dir():
+            tag = _safe_tag_part(self.best_metric) if self.best_metric else None
+            sign = 1.0 if self.best_mode == "max" else -1.0
+            for path, kind in self.store._files():
+                priority = _parse_saved(path.name, kind, self.store.prefix, tag, sign)
+                if priority is not None:
+                    found[kind].append((priority, path.name))
+        if idist.get_world_size() > 1:
+            found = json.loads(idist.broadcast(json.dumps(found), src=0, safe_mode=True))
+        for kind, items in found.items():
+            items.sort(key=lambda item: item[0])
+            keep = items if self.store.n_saved is None else items[-self.store.n_saved :]
+            self.checkpoints[kind].load_state_dict({"_saved": [list(i) for i in keep]})
 
     # -- wiring -------------------------------------------------------------------
 
@@ -1365,6 +1777,7 @@ class CheckpointHandler:
     def attach(self) -> CheckpointHandler:
         """Register the handlers (done by :func:`attach_checkpoints`)."""
         self._on(self.engine, Events.STARTED, self._started)
+        self._on(self.engine, Events.EPOCH_STARTED, self._move_last)
         self._on(self.engine, Events.ITERATION_COMPLETED, self._iteration_completed)
         self._on(self.engine, Events.EPOCH_COMPLETED, self._epoch_completed)
         self._on(self.engine, Events.COMPLETED, self._completed)
@@ -1379,18 +1792,44 @@ class CheckpointHandler:
                 engine.remove_event_handler(fn, event)
         self._handlers = []
 
+    def _move_last(self, _: Engine | None = None) -> None:
+        # Ignite runs an event's handlers in attach order: a checkpoint attached before
+        # the user's validation or history handlers would save before they ran (and
+        # resume would skip them). Moving ours to the end of each event at every epoch
+        # start makes the save points see every handler, whatever the attach order.
+        # A handler the user removed stays removed.
+        for engine, event, fn in self._handlers:
+            if (
+                engine is self.engine
+                and event in _SAVE_EVENTS
+                and engine.has_event_handler(fn, event)
+            ):
+                engine.remove_event_handler(fn, event)
+                engine.add_event_handler(event, fn)
+
     # -- events -------------------------------------------------------------------
 
     def _started(self, _: Engine) -> None:
         self._running = True
-        self._pending = False
+        self._pending = self._written = None
+        self.store.remove_stale_temps()
+        self._rebuild_saved()
+        self._move_last()
 
-    def _evaluated(self, _: Engine) -> None:
+    def _evaluated(self, evaluator: Engine) -> None:
         # Only evaluations run during training rank checkpoints (not a later test run).
-        # The metrics are read at the next save point, when every handler of the
-        # evaluator (metrics attached after us included) has run.
-        if self._running:
-            self._pending = True
+        if not self._running:
+            return
+        self.metrics = dict(evaluator.state.metrics)
+        value = self._best_value()
+        if value is None:
+            return
+        iteration = self.engine.state.iteration
+        self._pending = (value, iteration, _signature(self._modules))
+        if self._point_at == iteration:
+            # evaluated after this iteration's save point (e.g. from EPOCH_STARTED):
+            # save now, so the file holds the evaluated weights
+            self._save_best()
 
     def _at_epoch_end(self) -> bool:
         length = self.engine.state.epoch_length
@@ -1402,20 +1841,16 @@ class CheckpointHandler:
         if self._at_epoch_end():
             return
         due = self.save_every > 0 and engine.state.iteration % self.save_every == 0
-        self._save_point(periodic_tag=f"iter{engine.state.iteration:08d}" if due else None)
+        self._save_point(periodic=due)
 
     def _epoch_completed(self, engine: Engine) -> None:
-        state = engine.state
-        tag = None
-        if self.save_every == -1:
-            tag = f"epoch{state.epoch:04d}"
-        elif self.save_every > 0 and state.iteration % self.save_every == 0:
-            tag = f"iter{state.iteration:08d}"
-        self._save_point(periodic_tag=tag)
+        every = self.save_every
+        due = every == -1 or (every > 0 and engine.state.iteration % every == 0)
+        self._save_point(periodic=due)
 
     def _completed(self, engine: Engine) -> None:
         try:
-            self._save_point(periodic_tag=None)
+            self._save_point(periodic=False)
             if self.save_last:
                 self.save_now("last")
         finally:
@@ -1425,12 +1860,9 @@ class CheckpointHandler:
     # -- saving -------------------------------------------------------------------
 
     def _best_value(self) -> float | None:
-        if not self._pending or self.evaluator is None:
-            return None
-        self._pending = False
-        metrics = self.metrics = dict(self.evaluator.state.metrics)
         if not self.best_enabled:
             return None
+        metrics = self.metrics
         if self.best_metric not in metrics:
             computed = ", ".join(sorted(metrics)) or "none"
             raise KeyError(
@@ -1445,31 +1877,46 @@ class CheckpointHandler:
             ) from e
         return None if math.isnan(value) else value
 
-    def _score(self, value: float) -> float:
-        return value if self.best_mode == "max" else -value
+    def _save_point(self, periodic: bool) -> None:
+        iteration = self.engine.state.iteration
+        self._point_at = iteration
+        if periodic:
+            self.checkpoints["periodic"](self.engine)
+            path = self.checkpoints["periodic"].save_handler.last_path
+            self.last_path = path
+            self._written = (iteration, _signature(self._modules), path)
+        if self._pending is not None:
+            self._in_point = True
+            try:
+                self._save_best()
+            finally:
+                self._in_point = False
 
-    def _save_point(self, periodic_tag: str | None) -> None:
-        value = self._best_value()
-        best = value is not None and self.store.would_keep_best(self._score(value))
-        if idist.get_world_size() > 1:
-            # Only rank 0 knows the kept scores (the others answer True): take its answer
-            # on every rank, since building the payload gathers RNG states from all.
-            best = agree_all(best)
-        if periodic_tag is None and not best:
+    def _save_best(self) -> None:
+        value, iteration, weights = self._pending
+        self._pending = None
+        if iteration != self.engine.state.iteration or weights != _signature(self._modules):
+            warnings.warn(
+                f"The weights changed between the evaluation at iteration {iteration} and "
+                "its save point (a handler updated them in between): no best checkpoint "
+                "for this evaluation",
+                stacklevel=2,
+            )
             return
-        payload = self.payload()
-        path = None
-        if periodic_tag is not None:
-            path = self.last_path = self.store.save(payload, "periodic", periodic_tag)
-        if best:
-            tag = best_tag(self.best_metric, value, self.engine.state.iteration)
-            if path is not None:
-                self.last_path = self.store.copy_as(path, "best", tag, self._score(value))
-            else:
-                self.last_path = self.store.save(payload, "best", tag, self._score(value))
+        written = self._written
+        self._link = written[2] if written and written[:2] == (iteration, weights) else None
+        self._value = value
+        best = self.checkpoints["best"]
+        before = best.save_handler.last_path
+        try:
+            best(self.engine)  # Ignite decides (n_saved, score) and evicts
+        finally:
+            self._link = None
+        if best.save_handler.last_path is not before:
+            self.last_path = best.save_handler.last_path
 
-    def payload(self) -> dict:
-        """The checkpoint dict for the current moment (objects + metadata)."""
+    def payload_extra(self) -> dict:
+        """The metadata of a file written now: progress, metrics, ``extra_fn()``'s."""
         state = self.engine.state
         extra: dict[str, Any] = {
             "iteration": state.iteration,
@@ -1481,32 +1928,46 @@ class CheckpointHandler:
             if not isinstance(more, Mapping):
                 raise TypeError(f"extra_fn must return a dict, returned {type(more).__name__}")
             extra.update(more)
-        return build_payload(self.objects, extra)
+        return extra
+
+    def payload(self) -> dict:
+        """The checkpoint dict for the current moment (objects + metadata)."""
+        return build_payload(self.objects, self.payload_extra())
 
     def save_now(self, kind: str = "periodic", tag: str | None = None) -> Path:
-        """Write a checkpoint now and wait until it is committed.
+        """Write a checkpoint now (through its Ignite ``Checkpoint``) and wait for it.
 
         Args:
-            kind: ``"periodic"``, ``"last"`` or ``"preempt"`` (best needs a score: use
-                the store).
-            tag: Defaults to ``iter{iteration:08d}``.
+            kind: ``"periodic"``, ``"last"`` or ``"preempt"`` (best needs a score).
+            tag: Only ``iter{iteration:08d}`` (the default) goes through Ignite's
+                ``Checkpoint``; another tag is written by the store directly.
 
         Returns:
             The checkpoint's path.
         """
         if kind == "best":
             raise ValueError("Argument kind='best' is not allowed here: best needs a score")
-        tag = tag if tag is not None else f"iter{self.engine.state.iteration:08d}"
-        path = self.store.save(self.payload(), kind, tag)
+        default = f"iter{self.engine.state.iteration:08d}"
+        if kind == "periodic" and self.save_every == -1:
+            default = None
+        if tag is None or tag == default:
+            checkpoint = self.checkpoints[kind]
+            checkpoint(self.engine)
+            path = checkpoint.save_handler.last_path
+        else:
+            path = self.store.save(self.payload(), kind, tag)
         self.store.wait()
         self.last_path = path
         return path
 
 
+_SAVE_EVENTS = (Events.ITERATION_COMPLETED, Events.EPOCH_COMPLETED, Events.COMPLETED)
+
+
 def attach_checkpoints(
     engine: Engine,
     objects: Mapping[str, Any],
-    store: CheckpointStore,
+    store: CheckpointStore | str | os.PathLike,
     *,
     save_every: int = -1,
     evaluator: Engine | None = None,
@@ -1518,25 +1979,28 @@ def attach_checkpoints(
 ) -> CheckpointHandler:
     """Save periodic, best and last checkpoints of ``objects`` while ``engine`` trains.
 
-    Attach it after the validation and history handlers: at the same event, Ignite runs
-    handlers in the order they were added, and a checkpoint must see their results.
+    Works on any Ignite ``Engine`` (e.g. one from ``create_supervised_trainer``): four
+    Ignite ``Checkpoint`` objects (``handler.checkpoints``) with a :class:`DurableSaver`.
 
-    Events on ``engine``::
+    Events on ``engine`` (the save points are moved behind every other handler of their
+    event at each epoch start, so the attach order does not matter)::
 
         ITERATION_COMPLETED  periodic when iteration % save_every == 0 -- unless it is the
                              epoch's last iteration: that one is saved at EPOCH_COMPLETED
-        EPOCH_COMPLETED      periodic (save_every == -1: every epoch; > 0: deferred ones);
-                             best, when the evaluator ran since the last save point
-        COMPLETED            best (pending), then last; also after engine.terminate()
+        EPOCH_COMPLETED      periodic (save_every == -1: every epoch; > 0: deferred ones)
+        COMPLETED            last; also after engine.terminate()
 
-    The evaluator's COMPLETED event only records its metrics; the best checkpoint is
-    written at the training engine's next save point, so it holds the whole epoch.
+    Events on ``evaluator``: ``COMPLETED`` decides the best checkpoint (Ignite's
+    ``Checkpoint`` with a NaN-safe score) on the metrics of *that* run and the weights
+    it evaluated; the file is written at the training engine's save point that follows
+    in the same iteration (one file with the periodic one when both fall there), or at
+    once when that save point already passed.
 
     Args:
         engine: The training engine (any Ignite ``Engine``).
         objects: Name -> object with ``state_dict`` (``"model"``, ``"optimizer"``,
             ``"trainer"`` -> the engine, ``"rng"`` -> :class:`RNGState`...).
-        store: Where files go.
+        store: Where files go: a :class:`CheckpointStore`, or a directory for one.
         save_every: Iterations between periodic checkpoints; ``-1`` each epoch; ``0`` off.
         evaluator: Validation engine whose ``state.metrics`` rank best checkpoints.
         best_metric: Metric ranking best checkpoints (needed with an evaluator and
@@ -1548,15 +2012,15 @@ def attach_checkpoints(
             ``"model_description"``...).
 
     Returns:
-        The :class:`CheckpointHandler` (``save_now``, ``detach``, ``last_path``).
+        The :class:`CheckpointHandler` (``checkpoints``, ``save_now``, ``detach``,
+        ``last_path``).
 
     Raises:
         TypeError, ValueError: A bad argument, named with what is allowed.
 
     Example:
-        >>> store = CheckpointStore("runs/x/checkpoints", n_saved=2)  # doctest: +SKIP
         >>> attach_checkpoints(trainer, {"model": net, "optimizer": opt, "trainer": trainer,
-        ...                    "rng": RNGState()}, store, evaluator=evaluator,
+        ...                    "rng": RNGState()}, "runs/x/checkpoints", evaluator=evaluator,
         ...                    best_metric="accuracy")  # doctest: +SKIP
     """
     if not isinstance(engine, Engine):
@@ -1564,8 +2028,12 @@ def attach_checkpoints(
     _check_objects(objects, need="state_dict")
     if not objects:
         raise ValueError("Argument objects={} is not allowed: expected at least one object")
+    if isinstance(store, (str, os.PathLike)):
+        store = CheckpointStore(store)
     if not isinstance(store, CheckpointStore):
-        raise TypeError(f"Argument store={store!r} is not allowed: expected a CheckpointStore")
+        raise TypeError(
+            f"Argument store={store!r} is not allowed: expected a CheckpointStore or a directory"
+        )
     if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < -1:
         raise ValueError(
             f"Argument save_every={save_every!r} is not allowed: expected N > 0 iterations, "

@@ -48,7 +48,7 @@ def test_non_finite_loss_stops_records_the_reason_and_checkpoints_finite_weights
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(math.isfinite(v) for v in history["train/batch_loss"])
     latest = CheckpointStore(tmp_path / "checkpoints").latest_path()
-    saved = load_checkpoint(latest)["state"]["model"]
+    saved = load_checkpoint(latest)["model"]
     assert all(torch.isfinite(v).all() for v in saved.values())
     assert ignitrain.History.load(tmp_path).meta["stop_reason"] == "non_finite_loss"
 

@@ -144,7 +144,7 @@ def test_save_atomic_writes_a_weights_only_loadable_file_and_no_temp(tmp_path):
     model = tiny()
     path = save_atomic(payload_of(model), tmp_path / "a.pt")
     loaded = torch.load(path, weights_only=True)
-    assert torch.equal(loaded["state"]["model"]["0.weight"], model[0].weight)
+    assert torch.equal(loaded["model"]["0.weight"], model[0].weight)
     assert temps(tmp_path) == []
 
 
@@ -252,7 +252,7 @@ def corrupt(path: Path, how: str) -> None:
     if how == "truncated":
         path.write_bytes(data[: len(data) // 2])
     elif how == "bit-flipped":
-        weight = torch.load(path, weights_only=True)["state"]["model"]["0.weight"]
+        weight = torch.load(path, weights_only=True)["model"]["0.weight"]
         find_and_flip(path, weight)
     elif how == "empty":
         path.write_bytes(b"")
@@ -400,7 +400,7 @@ def test_bit_flip_in_tensor_data_is_detected_although_torch_load_accepts_it(tmp_
         ("json", "JSON"),
         ("bare state_dict", "not an ignitrain checkpoint"),
         ("list", "not an ignitrain checkpoint"),
-        ("future version", "format version 2"),
+        ("future version", "format version 3"),
         ("directory", "directory"),
     ],
 )
@@ -420,7 +420,7 @@ def test_bad_files_raise_checkpoint_error_naming_the_path(tmp_path, case, reason
     elif case == "list":
         torch.save([1, 2], path)
     elif case == "future version":
-        torch.save({"ignitrain_format": 2, "state": {}}, path)
+        torch.save({"ignitrain_format": 3, "state": {}}, path)
     elif case == "directory":
         path.mkdir()
     with pytest.raises(CheckpointError, match=reason) as info:
@@ -523,7 +523,7 @@ def test_named_states_like_a_gan_and_missing_names(tmp_path):
     g2, d2 = tiny(seed=3), tiny(seed=4)
     payload = load_checkpoint(path, generator=g2, discriminator=d2)
     assert same_params(g2, clone_params(g)) and same_params(d2, clone_params(d))
-    assert payload["ignitrain_format"] == 1
+    assert payload["ignitrain_format"] == 2
     with pytest.warns(UserWarning, match="'model' left as it is"):
         load_checkpoint(path, model=tiny(), generator=g2, strict=False)
 
@@ -536,7 +536,7 @@ def test_wrapped_models_load_both_ways(tmp_path):
     assert next(iter(parallel.state_dict())).startswith("module.")
 
     path = save_atomic(build_payload({"model": parallel}), tmp_path / "dp.pt")
-    assert "0.weight" in safe_load(path)["state"]["model"]  # saved without the wrapper prefix
+    assert "0.weight" in safe_load(path)["model"]  # saved without the wrapper prefix
     load_checkpoint(path, model=compiled)
     assert same_params(compiled._orig_mod, clone_params(parallel.module))
 
@@ -686,7 +686,10 @@ def test_periodic_checkpoint_at_an_epochs_last_iteration_is_written_after_valida
 
     _, _, store, _ = run_training(tmp_path, epochs=2, save_every=2, after_iteration=look)
     # Iteration 4 ends epoch 1: its checkpoint waits for EPOCH_COMPLETED (after validation).
-    assert on_disk[2] == on_disk[3] == on_disk[4] == ["checkpoint_periodic_iter00000002.pt"]
+    # The save points run after every handler of their event (here `look`, attached
+    # after them), so iteration 2's file appears once its handlers are done.
+    assert on_disk[2] == []
+    assert on_disk[3] == on_disk[4] == ["checkpoint_periodic_iter00000002.pt"]
     assert names(tmp_path, "periodic") == [
         f"checkpoint_periodic_iter{i:08d}.pt" for i in (2, 4, 6, 8)
     ]
@@ -694,10 +697,10 @@ def test_periodic_checkpoint_at_an_epochs_last_iteration_is_written_after_valida
     at_4 = safe_load(tmp_path / "checkpoint_periodic_iter00000004.pt")
     # Mid-epoch: nothing validated yet. Epoch end: the epoch's validation and the
     # EPOCH_COMPLETED handler registered before attach_checkpoints already ran.
-    assert at_2["metrics"] == {} and at_2["state"]["log"] == {"entries": []}
+    assert at_2["metrics"] == {} and at_2["log"] == {"entries": []}
     assert at_4["metrics"] == {"val_loss": 0.5, "run": 1}
-    assert at_4["state"]["log"] == {"entries": [1]}
-    assert at_4["state"]["trainer"]["iteration"] == 4 and at_4["epoch"] == 1
+    assert at_4["log"] == {"entries": [1]}
+    assert at_4["trainer"]["iteration"] == 4 and at_4["epoch"] == 1
     assert at_4["config"] == {"save_every": 2}
 
 
@@ -789,8 +792,8 @@ def test_argument_validation(tmp_path):
         attach_checkpoints(engine, {"model": model}, store, save_every=-2)
     with pytest.raises(TypeError, match="expected an Ignite Engine"):
         attach_checkpoints(model, {"model": model}, store)
-    with pytest.raises(TypeError, match="expected a CheckpointStore"):
-        attach_checkpoints(engine, {"model": model}, str(tmp_path))
+    with pytest.raises(TypeError, match="expected a CheckpointStore or a directory"):
+        attach_checkpoints(engine, {"model": model}, 3)
     with pytest.raises(TypeError, match=r"objects\['x'\]=int is not allowed"):
         attach_checkpoints(engine, {"x": 3}, store)
     with pytest.raises(ValueError, match="best_metric=None is not allowed"):
@@ -798,7 +801,7 @@ def test_argument_validation(tmp_path):
     with pytest.raises(ValueError, match="best_mode='down' is not allowed"):
         attach_checkpoints(engine, {"model": model}, store, best_mode="down")
     with pytest.raises(ValueError, match="reserved key"):
-        build_payload({"model": model}, {"state": 1})
+        build_payload({"model": model}, {"ignitrain_objects": 1})
     with pytest.raises(TypeError, match="expected a dict"):
         load_objects([model], payload_of(model))
     assert [

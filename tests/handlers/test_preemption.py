@@ -228,7 +228,7 @@ def test_sigterm_to_a_training_process_checkpoints_and_exits_143(tmp_path):
     assert path == tmp_path / "checkpoints" / files[0]
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
     payload = load_checkpoint(path, model=model)
-    assert payload["state"]["trainer"]["iteration"] == payload["iteration"] >= 3
+    assert payload["trainer"]["iteration"] == payload["iteration"] >= 3
     assert f"iter{payload['iteration']:08d}" in path.name
 
 
@@ -244,7 +244,7 @@ def test_checkpoint_handler_save_now_writes_a_preempt_checkpoint(tmp_path):
         "checkpoint_preempt_iter00000002.pt",
     ]
     assert torch.equal(
-        load_checkpoint(tmp_path / "checkpoint_preempt_iter00000002.pt")["state"]["model"][
+        load_checkpoint(tmp_path / "checkpoint_preempt_iter00000002.pt")["model"][
             "weight"
         ],
         model.weight,

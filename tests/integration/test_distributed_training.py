@@ -131,8 +131,8 @@ def _check_training_run(out: Path) -> list[dict]:
     assert_same_tree(records[0]["optimizer"], records[1]["optimizer"], "optimizer")
     _check_one_writer(out, records)
     manual = torch.load(out / "manual" / "checkpoint.pt", weights_only=True)
-    assert len(manual["state"]["rng"]["ranks"]) == 2  # both ranks' streams, one file
-    assert_same_tree(manual["state"]["model"], records[0]["model"], "save_checkpoint model")
+    assert len(manual["rng"]["ranks"]) == 2  # both ranks' streams, one file
+    assert_same_tree(manual["model"], records[0]["model"], "save_checkpoint model")
     hand = _hand_metrics(records[0]["model"])
     for r in records:
         # trainer.evaluate: each rank its shard, reduced -> the whole set on every rank
@@ -239,7 +239,7 @@ def test_preempted_mid_accumulation_group_resumes_exactly_on_two_processes(tmp_p
     saved = torch.load(
         run / "checkpoints" / "checkpoint_preempt_iter00000013.pt", weights_only=True
     )
-    pending = saved["state"]["optimizer_step"]
+    pending = saved["optimizer_step"]
     assert pending["pending"] and len(pending["ranks"]) == 2
     # the ranks saw different micro-batches: their accumulated gradients differ
     assert not torch.equal(pending["ranks"][0]["grads"][0], pending["ranks"][1]["grads"][0])
