@@ -63,7 +63,7 @@ class TrainConfig:
         validate_every: Run validation every N epochs (and after the last one).
         metrics: Extra built-in metrics by name (classification: ``"top5"``,
             ``"precision"``, ``"recall"``, ``"f1"``).
-        save_every: Checkpoint every N iterations; ``-1`` every epoch; ``0`` never.
+        save_every: Checkpoint every N optimizer steps; ``-1`` every epoch; ``0`` never.
         save_best: Keep the best checkpoints by ``best_metric``.
         n_saved: How many periodic and best checkpoints to keep.
         best_metric: Validation metric that ranks checkpoints and drives early

@@ -9,7 +9,7 @@ from typing import Any
 
 import ignite.distributed as idist
 
-__all__ = ["resume_from", "find_checkpoint", "find_checkpoint_in_dir"]
+__all__ = ["resume_from", "find_checkpoint", "find_checkpoint_in_dir", "finish_interrupted_run"]
 
 logger = logging.getLogger("ignitrain")
 
@@ -42,7 +42,12 @@ def find_checkpoint(trainer: Any, path: str | os.PathLike) -> Path | None:
 
 
 def resume_from(trainer: Any, path: str | os.PathLike) -> Path | None:
-    """Load the checkpoint ``path`` into ``trainer.checkpointables`` (all or nothing)."""
+    """Load the checkpoint ``path`` into ``trainer.checkpointables`` (all or nothing).
+
+    A file written by Ignite's own ``Checkpoint``/``ModelCheckpoint`` (``{"model": ...,
+    "optimizer": ..., "trainer": ...}``) restores what it holds; a warning names the
+    objects it did not hold, which keep their current state.
+    """
     from ignitrain.handlers.checkpoint import load_objects, safe_load
 
     found = find_checkpoint(trainer, path)
@@ -52,7 +57,7 @@ def resume_from(trainer: Any, path: str | os.PathLike) -> Path | None:
             trainer.config.output_dir,
         )
         return None
-    payload = safe_load(found)
+    payload = safe_load(found, foreign=True)
     saved_world = payload.get("world_size")
     if saved_world is not None and saved_world != idist.get_world_size():
         logger.warning(
@@ -61,7 +66,17 @@ def resume_from(trainer: Any, path: str | os.PathLike) -> Path | None:
             saved_world,
             idist.get_world_size(),
         )
-    load_objects(trainer.checkpointables, payload)
+    foreign = bool(payload.get("foreign"))
+    absent = load_objects(
+        trainer.checkpointables, payload, source=str(found), allow_missing=foreign
+    )
+    if absent:
+        logger.warning(
+            "Resumed from %s, a checkpoint not written by ignitrain: it holds no state for %s "
+            "(left as they are)",
+            found,
+            ", ".join(absent),
+        )
     state = trainer.engine.state
     logger.info("Resumed from %s at epoch %d, iteration %d", found, state.epoch, state.iteration)
     return found
@@ -79,3 +94,30 @@ def find_checkpoint_in_dir(directory: str | os.PathLike) -> Path:
         return latest_in(directory)
     except CheckpointError as exc:
         raise FileNotFoundError(f"resume: {exc}") from None
+
+
+def finish_interrupted_run(trainer: Any) -> None:
+    """Complete a run resumed at its end whose ``last`` checkpoint was never written.
+
+    A kill during the final ``last`` write leaves the epoch-end checkpoint as the
+    latest: the resumed run has nothing left to train, but writes the missing ``last``
+    checkpoint and records why it stopped (in the History, and ``history.json``).
+    """
+    handler = trainer.checkpoints
+    if handler is None:
+        return
+    store = handler.store
+    state = trainer.engine.state
+    tag = f"iter{state.iteration:08d}"
+    if store.writes and store.path_for("last", tag).exists():
+        return
+    store.remove_stale_temps()
+    history = trainer.history
+    history.meta.setdefault("stop_reason", getattr(state, "stop_reason", None) or "completed")
+    history.meta.setdefault("stopped_at", {"epoch": state.epoch, "iteration": state.iteration})
+    path = handler.save_now("last")
+    if trainer.config.output_dir is not None and idist.get_rank() == 0:
+        history.save(Path(trainer.config.output_dir) / "history.json")
+    logger.warning(
+        "The previous run stopped during its final checkpoint: wrote the missing %s", path
+    )

@@ -105,6 +105,9 @@ class Trainer:
                 state.epoch,
                 self.config.num_epochs,
             )
+            from ignitrain.resume import finish_interrupted_run
+
+            finish_interrupted_run(self)
             return self.history
         self.engine.run(self.train_loader, max_epochs=self.config.num_epochs)
         return self.history

@@ -425,6 +425,7 @@ def _attach_checkpoints(
         save_best=config.save_best and val is not None,
         save_last=True,
         extra_fn=lambda: _flushed_extra(trainer, tensorboard),
+        accumulation_steps=config.grad_accumulation_steps,  # save_every counts optimizer steps
     )
     # Under several processes every rank must stop at the same iteration: a signal
     # reaching one rank is agreed over all of them (one small all-reduce per iteration).

@@ -1508,6 +1508,9 @@ class CheckpointStore:
                 return pointed, self._validated(pointed, validate)
             except CheckpointError as e:
                 problem = f"Latest checkpoint is unusable: {e}."
+        for path, kind in self._files():
+            if path != pointed and self._entry_of(path, kind) is None:
+                warnings.warn(f"Skipping unreadable checkpoint {path}", stacklevel=2)
         candidates = [e for e in self._entries() if e.path != pointed and e.resumable]
         candidates.sort(key=lambda e: (e.iteration, e.mtime_ns), reverse=True)
         for entry in candidates:
@@ -1690,8 +1693,10 @@ class CheckpointHandler:
         save_best: bool,
         save_last: bool,
         extra_fn: Callable[[], Mapping[str, Any]] | None,
+        accumulation_steps: int = 1,
     ):
         self.engine = engine
+        self.accumulation_steps = accumulation_steps
         self.objects = dict(objects)
         self.store = store
         self.save_every = save_every
@@ -1840,13 +1845,28 @@ class CheckpointHandler:
         # validation and history handlers, or resuming from it would skip them.
         if self._at_epoch_end():
             return
-        due = self.save_every > 0 and engine.state.iteration % self.save_every == 0
-        self._save_point(periodic=due)
+        self._save_point(periodic=self._steps_due())
 
     def _epoch_completed(self, engine: Engine) -> None:
-        every = self.save_every
-        due = every == -1 or (every > 0 and engine.state.iteration % every == 0)
-        self._save_point(periodic=due)
+        self._save_point(periodic=self.save_every == -1 or self._steps_due())
+
+    def _steps_due(self) -> bool:
+        """Whether this iteration ends an optimizer step whose count is a multiple of
+        ``save_every`` (accumulation groups restart each epoch, as in ``OptimizerStep``)."""
+        every, k = self.save_every, self.accumulation_steps
+        if every <= 0:
+            return False
+        state = self.engine.state
+        if k == 1:
+            return state.iteration % every == 0
+        length = state.epoch_length
+        if not length:  # unknown epoch length: groups by global iteration
+            return state.iteration % k == 0 and (state.iteration // k) % every == 0
+        epochs, pos = divmod(state.iteration, length)
+        if pos % k:
+            return False
+        steps = epochs * -(-length // k) + pos // k
+        return steps % every == 0
 
     def _completed(self, engine: Engine) -> None:
         try:
@@ -1976,6 +1996,7 @@ def attach_checkpoints(
     save_best: bool = True,
     save_last: bool = True,
     extra_fn: Callable[[], Mapping[str, Any]] | None = None,
+    accumulation_steps: int = 1,
 ) -> CheckpointHandler:
     """Save periodic, best and last checkpoints of ``objects`` while ``engine`` trains.
 
@@ -2001,7 +2022,9 @@ def attach_checkpoints(
         objects: Name -> object with ``state_dict`` (``"model"``, ``"optimizer"``,
             ``"trainer"`` -> the engine, ``"rng"`` -> :class:`RNGState`...).
         store: Where files go: a :class:`CheckpointStore`, or a directory for one.
-        save_every: Iterations between periodic checkpoints; ``-1`` each epoch; ``0`` off.
+        save_every: Optimizer steps between periodic checkpoints (iterations when
+            ``accumulation_steps`` is 1); ``-1`` each epoch; ``0`` off. The file is
+            named by the iteration that completed the step.
         evaluator: Validation engine whose ``state.metrics`` rank best checkpoints.
         best_metric: Metric ranking best checkpoints (needed with an evaluator and
             ``save_best``). NaN values never count as best.
@@ -2010,6 +2033,8 @@ def attach_checkpoints(
         save_last: Write a ``last`` checkpoint when ``engine`` completes.
         extra_fn: Returns extra metadata at each save (``"config"``,
             ``"model_description"``...).
+        accumulation_steps: Micro-batches per optimizer step (``save_every`` counts
+            steps: an accumulation group ends at ``k`` micro-batches or the epoch's end).
 
     Returns:
         The :class:`CheckpointHandler` (``checkpoints``, ``save_now``, ``detach``,
@@ -2056,6 +2081,15 @@ def attach_checkpoints(
         )
     if extra_fn is not None and not callable(extra_fn):
         raise TypeError(f"Argument extra_fn={extra_fn!r} is not allowed: expected a callable")
+    if (
+        isinstance(accumulation_steps, bool)
+        or not isinstance(accumulation_steps, int)
+        or accumulation_steps < 1
+    ):
+        raise ValueError(
+            f"Argument accumulation_steps={accumulation_steps!r} is not allowed: expected an "
+            "integer >= 1"
+        )
     handler = CheckpointHandler(
         engine,
         objects,
@@ -2067,5 +2101,6 @@ def attach_checkpoints(
         save_best=save_best,
         save_last=save_last,
         extra_fn=extra_fn,
+        accumulation_steps=accumulation_steps,
     )
     return handler.attach()

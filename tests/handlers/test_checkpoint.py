@@ -859,3 +859,282 @@ def test_load_checkpoint_from_a_run_directory_takes_the_newest_valid(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="No valid checkpoint in .*empty"):
         load_checkpoint(tmp_path / "empty", model=fresh)
+
+
+# -- built on Ignite's Checkpoint: its defects and what ours does instead --------------
+
+
+def _ignite_periodic(dirname: Path, model: nn.Module):
+    from ignite.handlers import Checkpoint, DiskSaver
+
+    saver = DiskSaver(dirname, create_dir=True, require_empty=False)
+    return Checkpoint({"model": model}, saver, n_saved=1)
+
+
+def test_ignite_disk_saver_evicts_before_writing_and_ours_keeps_the_old_file(tmp_path, monkeypatch):
+    # Ignite's defect: Checkpoint calls save_handler.remove(old) before writing the new
+    # file, so with n_saved=1 a failed write (disk full) leaves no checkpoint at all.
+    model, engine = tiny(), Engine(lambda e, b: None)
+    plain = _ignite_periodic(tmp_path / "ignite", model)
+    engine.state.iteration = 1
+    plain(engine)
+    assert names(tmp_path / "ignite") == ["model_1.pt"]
+    engine.state.iteration = 2
+    monkeypatch.setattr(torch, "save", enospc)
+    with pytest.raises(OSError):
+        plain(engine)
+    monkeypatch.undo()
+    assert names(tmp_path / "ignite") == []  # the defect, reproduced
+
+    # ours: the same Ignite Checkpoint class with DurableSaver, which defers remove()
+    ours_dir = tmp_path / "ours"
+    trainer = Engine(lambda e, b: None)
+    handler = attach_checkpoints(
+        trainer, {"model": model}, CheckpointStore(ours_dir, n_saved=1), save_every=1
+    )
+    from ignite.handlers import Checkpoint
+    from ignite.handlers.checkpoint import BaseSaveHandler
+
+    assert all(isinstance(c, Checkpoint) for c in handler.checkpoints.values())
+    assert isinstance(handler.checkpoints["periodic"].save_handler, BaseSaveHandler)
+    trainer.add_event_handler(
+        Events.ITERATION_STARTED(once=2), lambda _: monkeypatch.setattr(torch, "save", enospc)
+    )
+    with pytest.raises(OSError):
+        trainer.run(range(3), max_epochs=1)
+    monkeypatch.undo()
+    assert names(ours_dir) == ["checkpoint_periodic_iter00000001.pt"]
+    assert safe_load(ours_dir / "checkpoint_periodic_iter00000001.pt")["iteration"] == 1
+    assert temps(ours_dir) == []
+
+
+def test_ignite_checkpoint_takes_nan_as_best_and_ours_does_not(tmp_path):
+    # Ignite's defect: a NaN first score is kept, and `new > nan` is always False, so
+    # with n_saved=1 no later (better) score replaces it.
+    from ignite.handlers import Checkpoint, DiskSaver
+
+    from ignitrain.handlers.checkpoint import nan_safe_score
+
+    scores = iter([math.nan, 0.9, 0.95])
+    saver = DiskSaver(tmp_path / "ignite", require_empty=False)
+    best = Checkpoint({"model": tiny()}, saver, score_function=lambda e: next(scores), n_saved=1)
+    engine = Engine(lambda e, b: None)
+    for it in (1, 2, 3):
+        engine.state.iteration = it
+        best(engine)
+    assert names(tmp_path / "ignite") == ["model_nan.pt"]  # NaN is "best" for good
+
+    assert nan_safe_score(lambda e: math.nan, 1.0)(engine) == -math.inf
+    assert nan_safe_score(lambda e: 0.3, -1.0)(engine) == -0.3
+    run_training(tmp_path / "ours", epochs=3, save_every=0, n_saved=1, values=[math.nan, 0.5, 0.4])
+    assert names(tmp_path / "ours", "best") == ["checkpoint_best_val_loss=0.4_iter00000012.pt"]
+
+
+def test_ignite_load_objects_reads_an_ignitrain_checkpoint(tmp_path):
+    from ignite.handlers import Checkpoint
+
+    trainer, _, store, handler = run_training(tmp_path, epochs=2, save_every=-1)
+    path = tmp_path / "checkpoint_periodic_epoch0002.pt"
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    engine = training_engine(model, opt)
+    to_load = {"model": model, "optimizer": opt, "trainer": engine}
+    Checkpoint.load_objects(to_load, torch.load(path, weights_only=True))
+    saved = handler.objects["model"].state_dict()
+    assert all(torch.equal(model.state_dict()[k], saved[k]) for k in saved)
+    assert engine.state.iteration == 8
+    assert opt.state_dict()["param_groups"][0]["lr"] == 0.1
+
+
+def test_a_checkpoint_of_ignitrain_0_1_0_still_loads(tmp_path):
+    # built the way ignitrain 0.1.0 wrote it: objects nested under "state", format 1
+    model = tiny(seed=5)
+    opt = stepped_adam(model)
+    old = {
+        "ignitrain_format": 1,
+        "state": {"model": model.state_dict(), "optimizer": opt.state_dict()},
+        "checkpoint": {"kind": "periodic", "tag": "iter00000003", "score": None},
+        "iteration": 3,
+        "epoch": 1,
+        "metrics": {"accuracy": 0.5},
+        "config": {"lr": 0.01},
+    }
+    path = tmp_path / "checkpoint_periodic_iter00000003.pt"
+    torch.save(old, path)
+    fresh = tiny(seed=6)
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=0.01)
+    payload = load_checkpoint(path, model=fresh, optimizer=fresh_opt)
+    assert same_params(fresh, clone_params(model))
+    assert payload["ignitrain_format"] == 2 and payload["model"].keys() == model.state_dict().keys()
+    assert payload["metrics"] == {"accuracy": 0.5} and payload["config"] == {"lr": 0.01}
+    assert CheckpointStore(tmp_path).latest_path() == path
+
+
+class WeightsEvaluator:
+    """Validation that records the weights it evaluated and a scripted score."""
+
+    def __init__(self, model: nn.Module, values: list[float]):
+        self.model, self.values, self.seen = model, list(values), []
+        self.engine = Engine(lambda e, b: None)
+
+        @self.engine.on(Events.COMPLETED)
+        def publish(engine):
+            self.seen.append(clone_params(self.model))
+            engine.state.metrics["accuracy"] = self.values[len(self.seen) - 1]
+
+
+@pytest.mark.parametrize("order", ["checkpoints first", "validation first"])
+def test_best_holds_the_evaluated_weights_and_epoch_files_see_every_handler(tmp_path, order):
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = training_engine(model, opt)
+    evaluator = WeightsEvaluator(model, [0.2, 0.6, 0.4])
+    log = Log()
+
+    def validate(engine):  # the user's handlers, as in Ignite's MNIST example
+        evaluator.engine.run([0])
+        log.entries.append(engine.state.epoch)
+
+    def attach():
+        attach_checkpoints(
+            trainer,
+            {"model": model, "optimizer": opt, "trainer": trainer, "log": log},
+            CheckpointStore(tmp_path, n_saved=3),
+            save_every=-1,
+            evaluator=evaluator.engine,
+            best_metric="accuracy",
+        )
+
+    if order == "checkpoints first":
+        attach()
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, validate)
+    else:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, validate)
+        attach()
+    trainer.run(digits_loader(), max_epochs=3)
+    for epoch, value in ((1, 0.2), (2, 0.6), (3, 0.4)):
+        best = safe_load(tmp_path / f"checkpoint_best_accuracy={value}_iter{4 * epoch:08d}.pt")
+        assert all(torch.equal(best["model"][k], v) for k, v in evaluator.seen[epoch - 1].items())
+        assert best["metrics"]["accuracy"] == value
+        periodic = safe_load(tmp_path / f"checkpoint_periodic_epoch{epoch:04d}.pt")
+        assert periodic["log"] == {"entries": list(range(1, epoch + 1))}  # validation ran
+    # best and periodic of one moment: one file (serialised once)
+    a, b = (
+        tmp_path / "checkpoint_best_accuracy=0.6_iter00000008.pt",
+        tmp_path / ("checkpoint_periodic_epoch0002.pt"),
+    )
+    assert a.stat().st_ino == b.stat().st_ino
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["etc passwd", "paren dot", "pickle garbage", "truncated zip", "fuzzed bytes", "flipped bits"],
+)
+def test_every_malformed_input_is_a_checkpoint_error_naming_the_file(tmp_path, case):
+    good = tmp_path / "good.pt"
+    save_atomic(payload_of(tiny()), good)
+    data = good.read_bytes()
+    rng = random.Random(case)
+    if case == "etc passwd":
+        inputs = [b"root:x:0:0:root:/root:/bin/bash\n" * 3]
+    elif case == "paren dot":
+        inputs = [b"(.", b"(", b".", b"\x80\x02(."]
+    elif case == "pickle garbage":
+        inputs = [b"\x80\x04\x95" + bytes(rng.randrange(256) for _ in range(40)) for _ in range(20)]
+    elif case == "truncated zip":
+        inputs = [data[:n] for n in (10, 100, len(data) // 2, len(data) - 30, len(data) - 1)]
+    elif case == "fuzzed bytes":
+        inputs = [
+            bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))) for _ in range(40)
+        ]
+    else:
+        inputs = []
+        for _ in range(20):
+            flipped = bytearray(data)
+            for _ in range(3):
+                flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+            inputs.append(bytes(flipped))
+    for i, raw in enumerate(inputs):
+        path = tmp_path / f"bad{i}.pt"
+        path.write_bytes(raw)
+        try:
+            safe_load(path)
+        except CheckpointError as e:
+            assert str(path) in str(e) and "<payload>" not in str(e)
+        else:  # a flipped bit in an unchecked spot may leave a valid file: still loads safely
+            assert case == "flipped bits"
+    with pytest.raises(CheckpointError, match="/etc/passwd"):
+        load_checkpoint("/etc/passwd", model=tiny())
+
+
+def test_optimizer_states_are_checked_before_anything_is_loaded(tmp_path):
+    model = tiny(seed=1)
+    adam = stepped_adam(model)
+    engine_state = Engine(lambda e, b: None)
+    path = save_atomic(
+        build_payload({"model": model, "optimizer": adam, "trainer": engine_state}),
+        tmp_path / "adam.pt",
+    )
+    target = tiny(seed=2)
+    before = clone_params(target)
+    sgd = torch.optim.SGD(target.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(CheckpointError, match=r"another optimizer class .*SGD.*momentum") as info:
+        load_checkpoint(path, model=target, optimizer=sgd)
+    assert str(path) in str(info.value) and "nothing was loaded" in str(info.value)
+    assert same_params(target, before)
+    assert "betas" not in sgd.param_groups[0]
+
+    # an Adam state lacking "step": Adam's load_state_dict fails half-way; refused first
+    payload = safe_load(path)
+    for entry in payload["optimizer"]["state"].values():
+        entry.pop("step")
+    adam2 = torch.optim.Adam(target.parameters(), lr=0.01)
+    with pytest.raises(CheckpointError, match="refuses the state .*step"):
+        load_objects({"model": target, "optimizer": adam2}, payload, source=str(path))
+    assert same_params(target, before) and adam2.state_dict()["state"] == {}
+
+
+def test_latest_skips_symlinks_out_of_the_run_dir_and_unreadable_files(tmp_path):
+    store = CheckpointStore(tmp_path, n_saved=None)
+    good = store.save(payload_of(tiny(), 1), "periodic", "iter00000001")
+    evil = tmp_path / "checkpoint_periodic_iter00000009.pt"
+    evil.symlink_to("/etc/passwd")
+    (tmp_path / "checkpoint_periodic_iter00000008.pt").write_bytes(b"(.")
+    store.pointer_path.write_text(json.dumps({"file": evil.name}))
+    with pytest.warns(UserWarning) as caught:
+        assert store.latest_path() == good
+    text = " ".join(str(w.message) for w in caught)
+    assert str(evil) in text and "checkpoint_periodic_iter00000008.pt" in text
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed_when_the_next_one_starts(tmp_path):
+    stale = tmp_path / ".checkpoint_last_iter00000005.pt.dead.tmp"
+    tmp_path.mkdir(exist_ok=True)
+    stale.write_bytes(b"x" * 1000)
+    seen = []
+    engine = Engine(lambda e, b: None)
+    attach_checkpoints(engine, {"model": tiny()}, CheckpointStore(tmp_path), save_every=0)
+    engine.add_event_handler(
+        Events.ITERATION_COMPLETED(once=1), lambda _: seen.append(temps(tmp_path))
+    )
+    engine.run(range(2), max_epochs=1)
+    assert seen == [[]]  # gone before any checkpoint was written
+
+
+def test_save_every_counts_optimizer_steps_with_accumulation(tmp_path):
+    # epoch length 5, accumulation 2: groups of 2, 2, 1 -> steps end at iterations
+    # 2, 4, 5, 7, 9, 10; every 2nd step is saved: 4, 7, 10
+    engine = Engine(lambda e, b: None)
+    attach_checkpoints(
+        engine,
+        {"model": tiny()},
+        CheckpointStore(tmp_path, n_saved=None),
+        save_every=2,
+        accumulation_steps=2,
+    )
+    engine.run(range(5), max_epochs=2)
+    assert names(tmp_path, "periodic") == [
+        f"checkpoint_periodic_iter{i:08d}.pt" for i in (4, 7, 10)
+    ]
+    with pytest.raises(ValueError, match="accumulation_steps=0 is not allowed"):
+        attach_checkpoints(engine, {"model": tiny()}, tmp_path, accumulation_steps=0)

@@ -244,8 +244,6 @@ def test_checkpoint_handler_save_now_writes_a_preempt_checkpoint(tmp_path):
         "checkpoint_preempt_iter00000002.pt",
     ]
     assert torch.equal(
-        load_checkpoint(tmp_path / "checkpoint_preempt_iter00000002.pt")["model"][
-            "weight"
-        ],
+        load_checkpoint(tmp_path / "checkpoint_preempt_iter00000002.pt")["model"]["weight"],
         model.weight,
     )
