@@ -1,7 +1,7 @@
 """A training job the resume tests run as a real subprocess.
 
 Usage: python _resume_job.py OUTPUT_DIR NUM_WORKERS [--resume] [--kill-at N] [--term-at N]
-    [--options JSON]
+    [--kill-in-last] [--options JSON]
 
 With ``--kill-at N`` the process sends itself SIGKILL right after iteration ``N``
 completes: no handler runs, nothing is flushed, exactly like the OOM killer. With
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--kill-at", type=int, default=None)
     parser.add_argument("--term-at", type=int, default=None)
+    parser.add_argument("--kill-in-last", action="store_true")
     parser.add_argument("--options", default="{}")
     args = parser.parse_args()
 
@@ -74,6 +75,16 @@ def main() -> None:
         @trainer.engine.on(Events.ITERATION_COMPLETED(once=args.term_at))
         def preempt(_):
             os.kill(os.getpid(), signal.SIGTERM)
+
+    if args.kill_in_last:  # SIGKILL inside the final "last" write, its temp file complete
+        real_replace = os.replace
+
+        def replace(src, dst):
+            if "_last_" in os.path.basename(dst):
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_replace(src, dst)
+
+        os.replace = replace
 
     trainer.train()
     torch.save(

@@ -1,5 +1,6 @@
 """Exact resume: a run killed with SIGKILL and resumed equals an uninterrupted run, bit for bit."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -63,6 +64,23 @@ def test_sigterm_checkpoints_exits_143_and_resumes_exactly(reference, tmp_path, 
     preempt = sorted((tmp_path / "checkpoints").glob("checkpoint_preempt_*.pt"))
     assert [p.name for p in preempt] == [f"checkpoint_preempt_iter{term_at + 1:08d}.pt"]
     _job(tmp_path, 0, "--resume")
+    _assert_continues(tmp_path, reference[0])
+
+
+def test_sigkill_during_the_final_last_write_then_resume_writes_it(reference, tmp_path):
+    killed = _job(tmp_path, 0, "--kill-in-last", check=False)
+    assert killed.returncode == -signal.SIGKILL
+    ckpts = tmp_path / "checkpoints"
+    assert not list(ckpts.glob("checkpoint_last_*.pt"))
+    assert list(ckpts.glob(".*.tmp"))  # the orphan the kill left
+    resumed = _job(tmp_path, 0, "--resume")
+    assert "wrote the missing" in resumed.stderr
+    assert [p.name for p in ckpts.glob("checkpoint_last_*.pt")] == [
+        "checkpoint_last_iter00000060.pt"
+    ]
+    assert not list(ckpts.glob(".*.tmp"))
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["meta"]["stop_reason"] == "completed"
     _assert_continues(tmp_path, reference[0])
 
 
