@@ -1,4 +1,4 @@
-"""Trainer.resume: files of Ignite's own Checkpoint, errors naming the file, all or nothing."""
+"""ignitrain/resume.py (Trainer.resume): files of Ignite's own Checkpoint, errors naming the file, all or nothing."""
 
 from __future__ import annotations
 
