@@ -1,4 +1,4 @@
-"""ignitrain/resume.py (Trainer.resume): files of Ignite's own Checkpoint, errors naming the file, all or nothing."""
+"""Trainer.resume (ignitrain/resume.py): Ignite's own files, errors naming the file."""
 
 from __future__ import annotations
 
