@@ -1793,10 +1793,21 @@ class CheckpointHandler:
             found = json.loads(idist.broadcast(json.dumps(found), src=0, safe_mode=True))
         for kind, items in found.items():
             items.sort(key=lambda item: item[0])
-            keep = items if self.store.n_saved is None else items[-self.store.n_saved :]
-            self.checkpoints[kind].load_state_dict({"_saved": [list(i) for i in keep]})
+            cut = 0 if self.store.n_saved is None else max(0, len(items) - self.store.n_saved)
+            checkpoint = self.checkpoints[kind]
+            checkpoint.load_state_dict({"_saved": [list(i) for i in items[cut:]]})
+            # files beyond n_saved (a run with a larger n_saved before): evicted as
+            # Ignite's own would be, once the next file of their kind is durable
+            for _, name in items[:cut]:
+                checkpoint.save_handler.remove(name)
 
     # -- wiring -------------------------------------------------------------------
+
+    @property
+    def handlers(self) -> list[tuple[Engine, Any, Callable]]:
+        """Every ``(engine, event, handler)`` attached; ``engine.remove_event_handler``
+        removes one (a removed save point is not moved back)."""
+        return list(self._handlers)
 
     def _on(self, engine: Engine, event: Any, fn: Callable) -> None:
         engine.add_event_handler(event, fn)

@@ -1138,3 +1138,37 @@ def test_save_every_counts_optimizer_steps_with_accumulation(tmp_path):
     ]
     with pytest.raises(ValueError, match="accumulation_steps=0 is not allowed"):
         attach_checkpoints(engine, {"model": tiny()}, tmp_path, accumulation_steps=0)
+
+
+def test_attached_handlers_are_listed_and_a_removed_one_stays_removed(tmp_path):
+    engine = Engine(lambda e, b: None)
+    handler = attach_checkpoints(
+        engine, {"model": tiny()}, CheckpointStore(tmp_path, n_saved=None), save_every=-1
+    )
+    assert handler.handlers and all(e.has_event_handler(f, ev) for e, ev, f in handler.handlers)
+    (epoch_end,) = [f for e, ev, f in handler.handlers if ev == Events.EPOCH_COMPLETED]
+    engine.remove_event_handler(epoch_end, Events.EPOCH_COMPLETED)
+    engine.run(range(2), max_epochs=2)
+    assert not engine.has_event_handler(epoch_end, Events.EPOCH_COMPLETED)
+    assert names(tmp_path) == ["checkpoint_last_iter00000004.pt"]  # no periodic files
+
+
+def test_files_beyond_n_saved_from_an_earlier_run_go_after_the_next_durable_save(tmp_path):
+    store = CheckpointStore(tmp_path, n_saved=None)
+    for it in (1, 2, 3):
+        store.save(payload_of(tiny(), it), "periodic", f"iter{it:08d}")
+    engine = Engine(lambda e, b: None)
+    engine.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "iteration", 3))
+    attach_checkpoints(
+        engine, {"model": tiny()}, CheckpointStore(tmp_path, n_saved=2), save_every=1
+    )
+    seen = []
+    engine.add_event_handler(
+        Events.ITERATION_STARTED(once=4), lambda _: seen.append(names(tmp_path))
+    )
+    engine.run(range(5), max_epochs=1)
+    assert len(seen[0]) == 3  # nothing removed before a new file was durable
+    assert names(tmp_path, "periodic") == [
+        "checkpoint_periodic_iter00000004.pt",
+        "checkpoint_periodic_iter00000005.pt",
+    ]
