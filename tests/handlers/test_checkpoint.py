@@ -338,7 +338,7 @@ def test_background_store_disk_full_while_writing_keeps_the_previous_checkpoint(
     # wait); beyond IN_MEMORY_LIMIT the caller writes the temp file (error at once).
     import builtins
 
-    from ignitrain.handlers import checkpoint as ckpt
+    from ignitrain.handlers.checkpoint import store as ckpt  # the module that reads it
 
     model = tiny()
     store = CheckpointStore(tmp_path, n_saved=1, background=True)

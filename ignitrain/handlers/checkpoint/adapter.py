@@ -1,0 +1,598 @@
+"""Ignite's ``Checkpoint`` objects with ignitrain's save handler, and when they run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+from ignite.engine import Engine, Events
+from ignite.handlers.checkpoint import BaseSaveHandler, Checkpoint
+from torch import nn
+
+from ignitrain.handlers._modes import resolve_mode
+from ignitrain.handlers.checkpoint.format import KINDS
+from ignitrain.handlers.checkpoint.payload import (
+    _check_objects,
+    build_payload,
+    payload_from_states,
+    safe_state,
+)
+from ignitrain.handlers.checkpoint.store import CheckpointStore, _safe_tag_part, best_tag
+
+__all__ = ["CheckpointHandler", "DurableSaver", "attach_checkpoints", "nan_safe_score"]
+
+
+class _Saved:
+    """What Ignite's ``Checkpoint`` calls ``state_dict()`` on: the object's safe state.
+
+    Models unwrapped (DDP, DataParallel, ``torch.compile``), engines' numpy RNG states as
+    tensors, everything checked to load with ``weights_only=True``.
+    """
+
+    def __init__(self, name: str, obj: Any):
+        self.name, self.obj = name, obj
+
+    def state_dict(self) -> Any:
+        return safe_state(self.obj, self.name)
+
+
+class DurableSaver(BaseSaveHandler):
+    """Ignite save handler writing through a :class:`CheckpointStore`.
+
+    Keeps the store's guarantees (temp file, fsync, rename, directory fsync, the
+    background commit, a ``latest`` pointer naming only complete files) and fixes one
+    defect of Ignite's ``Checkpoint``: it calls ``remove(old)`` *before* writing the new
+    file, so with ``DiskSaver`` and ``n_saved=1`` a failed write (disk full) leaves no
+    checkpoint at all. Here ``remove`` only records the name; the file goes once the next
+    one is durable, and a failed write keeps it.
+
+    Args:
+        store: Where files go (and which rank writes).
+        kind: One of :data:`KINDS`, recorded in the file.
+        names: The saved objects' names (Ignite unwraps a single object's state).
+        extra_fn: Returns the metadata merged into each file.
+        link_fn: Returns a file already holding this very state, to link instead of
+            serialising again (a periodic and a best checkpoint of the same moment).
+        resumable_fn: Whether the file may become the ``latest`` resume point.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        kind: str,
+        names: list[str],
+        *,
+        extra_fn: Callable[[], Mapping[str, Any]] | None = None,
+        link_fn: Callable[[], Path | None] | None = None,
+        resumable_fn: Callable[[], bool] | None = None,
+    ):
+        self.store, self.kind, self.names = store, kind, list(names)
+        self.extra_fn, self.link_fn, self.resumable_fn = extra_fn, link_fn, resumable_fn
+        self.last_path: Path | None = None
+        self._evicted: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        states = {self.names[0]: checkpoint} if len(self.names) == 1 else dict(checkpoint)
+        evicted, self._evicted = self._evicted, []
+        score = (metadata or {}).get("priority") if self.kind == "best" else None
+        source = self.link_fn() if self.link_fn is not None else None
+        if source is not None:
+            self.last_path = self.store.link(
+                source, filename, self.kind, score=score, remove=evicted
+            )
+            return
+        extra = dict(self.extra_fn()) if self.extra_fn is not None else {}
+        payload = payload_from_states(states, extra)
+        resumable = self.resumable_fn() if self.resumable_fn is not None else True
+        self.last_path = self.store.write(
+            payload, filename, self.kind, score=score, remove=evicted, resumable=resumable
+        )
+
+    def remove(self, filename: str) -> None:
+        """Evict ``filename`` once the next checkpoint is durable (not now)."""
+        self._evicted.append(filename)
+
+
+def nan_safe_score(value_fn: Callable[[Engine], float], sign: float) -> Callable[[Engine], float]:
+    """A ``score_function`` for Ignite's ``Checkpoint`` that never ranks NaN as best.
+
+    Ignite's ``Checkpoint`` keeps a NaN score (fewer than ``n_saved`` files), then
+    compares ``new > nan`` (always False): with ``n_saved=1`` a first NaN blocks every
+    later best. NaN here scores ``-inf`` (and :class:`CheckpointHandler` does not even
+    call the best ``Checkpoint`` on NaN, so non-finite weights never become best).
+    """
+
+    def score(engine: Engine) -> float:
+        value = float(value_fn(engine))
+        return -math.inf if math.isnan(value) else sign * value
+
+    return score
+
+
+def _signature(modules: list[nn.Module]) -> tuple:
+    # Every in-place update (optimizer step, load_state_dict, BatchNorm statistics)
+    # bumps a tensor's version counter: equal signatures mean the same weights.
+    return tuple(
+        (t.data_ptr(), t._version)
+        for m in modules
+        for t in itertools.chain(m.parameters(), m.buffers())
+    )
+
+
+_NAME_STEP = re.compile(r"_(?:iter(\d+)|epoch(\d+))\.pt$")
+
+
+def _parse_saved(name: str, kind: str, prefix: str, metric_tag: str | None, sign: float):
+    """Ignite's priority of an existing file, from its name (``None``: not ours)."""
+    match = _NAME_STEP.search(name)
+    if match is None:
+        return None
+    if kind != "best":
+        return int(match.group(1) or match.group(2))
+    head = f"{prefix}_best_{metric_tag}="
+    if metric_tag is None or not name.startswith(head):
+        return None
+    try:
+        return sign * float(name[len(head) : name.rindex("_iter")])
+    except ValueError:
+        return None
+
+
+class CheckpointHandler:
+    """Ignite ``Checkpoint`` objects (periodic, best, last, preempt) and when they run.
+
+    Created by :func:`attach_checkpoints`, which documents the events. ``checkpoints``
+    holds the four Ignite ``Checkpoint`` objects by kind; ``last_path`` is the most
+    recent file written.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        objects: Mapping[str, Any],
+        store: CheckpointStore,
+        *,
+        save_every: int,
+        evaluator: Engine | None,
+        best_metric: str | None,
+        best_mode: str | None,
+        save_best: bool,
+        save_last: bool,
+        extra_fn: Callable[[], Mapping[str, Any]] | None,
+        accumulation_steps: int = 1,
+    ):
+        self.engine = engine
+        self.accumulation_steps = accumulation_steps
+        self.objects = dict(objects)
+        self.store = store
+        self.save_every = save_every
+        self.evaluator = evaluator
+        self.best_metric = best_metric
+        self.best_enabled = bool(save_best and evaluator is not None and best_metric is not None)
+        self.best_mode = resolve_mode(best_metric, best_mode) if best_metric is not None else None
+        self.save_last = save_last
+        self.extra_fn = extra_fn
+        self.metrics: dict[str, Any] = {}
+        self.last_path: Path | None = None
+        self._running = False
+        self._modules = [o for o in self.objects.values() if isinstance(o, nn.Module)]
+        self._pending: tuple[float, int, tuple] | None = None  # best value, iteration, weights
+        self._written: tuple[int, tuple, Path] | None = None  # periodic file of this moment
+        self._point_at = -1  # iteration of the last save point
+        self._in_point = False  # inside a save point: the file is a complete resume point
+        self._value = math.nan
+        self._link: Path | None = None
+        self._handlers: list[tuple[Engine, Any, Callable]] = []
+        self.checkpoints = {kind: self._checkpoint(kind) for kind in KINDS}
+
+    # -- the Ignite Checkpoint objects ---------------------------------------------
+
+    def _checkpoint(self, kind: str) -> Checkpoint:
+        to_save = {name: _Saved(name, obj) for name, obj in self.objects.items()}
+        saver = DurableSaver(self.store, kind, list(self.objects), extra_fn=self.payload_extra)
+        step, score = self._iteration_step, None
+        pattern = f"{{filename_prefix}}_{kind}_iter{{global_step:08d}}.{{ext}}"
+        if kind == "periodic" and self.save_every == -1:
+            step, pattern = (
+                self._epoch_step,
+                "{filename_prefix}_periodic_epoch{global_step:04d}.{ext}",
+            )
+        elif kind == "best":
+            # Ignite puts only its own "{score:.4f}" in a name; the README's names carry
+            # the metric's value: the "global step" part is the whole tag.
+            step, pattern = self._best_step, "{filename_prefix}_best_{global_step}.{ext}"
+            score = nan_safe_score(self._best_score, 1.0 if self.best_mode == "max" else -1.0)
+            saver.link_fn = lambda: self._link
+            saver.resumable_fn = lambda: self._in_point
+        return Checkpoint(
+            to_save,
+            saver,
+            filename_prefix=self.store.prefix,
+            score_function=score,
+            n_saved=self.store.n_saved,
+            global_step_transform=step,
+            filename_pattern=pattern,
+            save_on_rank=0,
+        )
+
+    # global_step_transform / score_function of the Checkpoint objects: the training
+    # engine's progress, whichever engine Ignite passes
+    def _iteration_step(self, _engine: Engine, _event: Any) -> int:
+        return self.engine.state.iteration
+
+    def _epoch_step(self, _engine: Engine, _event: Any) -> int:
+        return self.engine.state.epoch
+
+    def _best_step(self, _engine: Engine, _event: Any) -> str:
+        return best_tag(self.best_metric or "score", self._value, self.engine.state.iteration)
+
+    def _best_score(self, _engine: Engine) -> float:
+        return self._value
+
+    def _rebuild_saved(self) -> None:
+        """Tell each Ignite ``Checkpoint`` the files already on disk (a resumed run)."""
+        found: dict[str, list] = {kind: [] for kind in KINDS}
+        if self.store.writes and self.store.dirname.is_dir():
+            tag = _safe_tag_part(self.best_metric) if self.best_metric else None
+            sign = 1.0 if self.best_mode == "max" else -1.0
+            for path, kind in self.store._files():
+                priority = _parse_saved(path.name, kind, self.store.prefix, tag, sign)
+                if priority is not None:
+                    found[kind].append((priority, path.name))
+        if idist.get_world_size() > 1:
+            found = json.loads(idist.broadcast(json.dumps(found), src=0, safe_mode=True))
+        for kind, items in found.items():
+            items.sort(key=lambda item: item[0])
+            cut = 0 if self.store.n_saved is None else max(0, len(items) - self.store.n_saved)
+            checkpoint = self.checkpoints[kind]
+            checkpoint.load_state_dict({"_saved": [list(i) for i in items[cut:]]})
+            # files beyond n_saved (a run with a larger n_saved before): evicted as
+            # Ignite's own would be, once the next file of their kind is durable
+            for _, name in items[:cut]:
+                checkpoint.save_handler.remove(name)
+
+    # -- wiring -------------------------------------------------------------------
+
+    @property
+    def handlers(self) -> list[tuple[Engine, Any, Callable]]:
+        """Every ``(engine, event, handler)`` attached; ``engine.remove_event_handler``
+        removes one (a removed save point is not moved back)."""
+        return list(self._handlers)
+
+    def _on(self, engine: Engine, event: Any, fn: Callable) -> None:
+        engine.add_event_handler(event, fn)
+        self._handlers.append((engine, event, fn))
+
+    def attach(self) -> CheckpointHandler:
+        """Register the handlers (done by :func:`attach_checkpoints`)."""
+        self._on(self.engine, Events.STARTED, self._started)
+        self._on(self.engine, Events.EPOCH_STARTED, self._move_last)
+        self._on(self.engine, Events.ITERATION_COMPLETED, self._iteration_completed)
+        self._on(self.engine, Events.EPOCH_COMPLETED, self._epoch_completed)
+        self._on(self.engine, Events.COMPLETED, self._completed)
+        if self.evaluator is not None:
+            self._on(self.evaluator, Events.COMPLETED, self._evaluated)
+        return self
+
+    def detach(self) -> None:
+        """Remove every handler this object registered."""
+        for engine, event, fn in self._handlers:
+            if engine.has_event_handler(fn, event):
+                engine.remove_event_handler(fn, event)
+        self._handlers = []
+
+    def _move_last(self, _: Engine | None = None) -> None:
+        # Ignite runs an event's handlers in attach order: a checkpoint attached before
+        # the user's validation or history handlers would save before they ran (and
+        # resume would skip them). Moving ours to the end of each event at every epoch
+        # start makes the save points see every handler, whatever the attach order.
+        # A handler the user removed stays removed.
+        for engine, event, fn in self._handlers:
+            if (
+                engine is self.engine
+                and event in _SAVE_EVENTS
+                and engine.has_event_handler(fn, event)
+            ):
+                engine.remove_event_handler(fn, event)
+                engine.add_event_handler(event, fn)
+
+    # -- events -------------------------------------------------------------------
+
+    def _started(self, _: Engine) -> None:
+        self._running = True
+        self._pending = self._written = None
+        self.store.remove_stale_temps()
+        self._rebuild_saved()
+        self._move_last()
+
+    def _evaluated(self, evaluator: Engine) -> None:
+        # Only evaluations run during training rank checkpoints (not a later test run).
+        if not self._running:
+            return
+        self.metrics = dict(evaluator.state.metrics)
+        value = self._best_value()
+        if value is None:
+            return
+        iteration = self.engine.state.iteration
+        self._pending = (value, iteration, _signature(self._modules))
+        if self._point_at == iteration:
+            # evaluated after this iteration's save point (e.g. from EPOCH_STARTED):
+            # save now, so the file holds the evaluated weights
+            self._save_best()
+
+    def _at_epoch_end(self) -> bool:
+        length = self.engine.state.epoch_length
+        return bool(length) and self.engine.state.iteration % length == 0
+
+    def _iteration_completed(self, engine: Engine) -> None:
+        # The epoch's last iteration is saved at EPOCH_COMPLETED instead, after the
+        # validation and history handlers, or resuming from it would skip them.
+        if self._at_epoch_end():
+            return
+        self._save_point(periodic=self._steps_due())
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        self._save_point(periodic=self.save_every == -1 or self._steps_due())
+
+    def _steps_due(self) -> bool:
+        """Whether this iteration ends an optimizer step whose count is a multiple of
+        ``save_every`` (accumulation groups restart each epoch, as in ``OptimizerStep``)."""
+        every, k = self.save_every, self.accumulation_steps
+        if every <= 0:
+            return False
+        state = self.engine.state
+        if k == 1:
+            return state.iteration % every == 0
+        length = state.epoch_length
+        if not length:  # unknown epoch length: groups by global iteration
+            return state.iteration % k == 0 and (state.iteration // k) % every == 0
+        epochs, pos = divmod(state.iteration, length)
+        if pos % k:
+            return False
+        steps = epochs * -(-length // k) + pos // k
+        return steps % every == 0
+
+    def _completed(self, engine: Engine) -> None:
+        try:
+            self._save_point(periodic=False)
+            if self.save_last:
+                self.save_now("last")
+        finally:
+            self._running = False
+        self.store.wait()
+
+    # -- saving -------------------------------------------------------------------
+
+    def _best_value(self) -> float | None:
+        if not self.best_enabled:
+            return None
+        metrics = self.metrics
+        if self.best_metric not in metrics:
+            computed = ", ".join(sorted(metrics)) or "none"
+            raise KeyError(
+                f"best_metric {self.best_metric!r} is not computed by the evaluator "
+                f"(computed: {computed})"
+            )
+        try:
+            value = float(metrics[self.best_metric])
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"best_metric {self.best_metric!r} is not a number: {metrics[self.best_metric]!r}"
+            ) from e
+        return None if math.isnan(value) else value
+
+    def _save_point(self, periodic: bool) -> None:
+        iteration = self.engine.state.iteration
+        self._point_at = iteration
+        if periodic:
+            self.checkpoints["periodic"](self.engine)
+            path = self.checkpoints["periodic"].save_handler.last_path
+            self.last_path = path
+            self._written = (iteration, _signature(self._modules), path)
+        if self._pending is not None:
+            self._in_point = True
+            try:
+                self._save_best()
+            finally:
+                self._in_point = False
+
+    def _save_best(self) -> None:
+        value, iteration, weights = self._pending
+        self._pending = None
+        if iteration != self.engine.state.iteration or weights != _signature(self._modules):
+            warnings.warn(
+                f"The weights changed between the evaluation at iteration {iteration} and "
+                "its save point (a handler updated them in between): no best checkpoint "
+                "for this evaluation",
+                stacklevel=2,
+            )
+            return
+        written = self._written
+        self._link = written[2] if written and written[:2] == (iteration, weights) else None
+        self._value = value
+        best = self.checkpoints["best"]
+        before = best.save_handler.last_path
+        try:
+            best(self.engine)  # Ignite decides (n_saved, score) and evicts
+        finally:
+            self._link = None
+        if best.save_handler.last_path is not before:
+            self.last_path = best.save_handler.last_path
+
+    def payload_extra(self) -> dict:
+        """The metadata of a file written now: progress, metrics, ``extra_fn()``'s."""
+        state = self.engine.state
+        extra: dict[str, Any] = {
+            "iteration": state.iteration,
+            "epoch": state.epoch,
+            "metrics": dict(self.metrics),
+        }
+        if self.extra_fn is not None:
+            more = self.extra_fn()
+            if not isinstance(more, Mapping):
+                raise TypeError(f"extra_fn must return a dict, returned {type(more).__name__}")
+            extra.update(more)
+        return extra
+
+    def payload(self) -> dict:
+        """The checkpoint dict for the current moment (objects + metadata)."""
+        return build_payload(self.objects, self.payload_extra())
+
+    def save_now(self, kind: str = "periodic", tag: str | None = None) -> Path:
+        """Write a checkpoint now (through its Ignite ``Checkpoint``) and wait for it.
+
+        Args:
+            kind: ``"periodic"``, ``"last"`` or ``"preempt"`` (best needs a score).
+            tag: Only ``iter{iteration:08d}`` (the default) goes through Ignite's
+                ``Checkpoint``; another tag is written by the store directly.
+
+        Returns:
+            The checkpoint's path.
+        """
+        if kind == "best":
+            raise ValueError("Argument kind='best' is not allowed here: best needs a score")
+        default = f"iter{self.engine.state.iteration:08d}"
+        if kind == "periodic" and self.save_every == -1:
+            default = None
+        if tag is None or tag == default:
+            checkpoint = self.checkpoints[kind]
+            checkpoint(self.engine)
+            path = checkpoint.save_handler.last_path
+        else:
+            path = self.store.save(self.payload(), kind, tag)
+        self.store.wait()
+        self.last_path = path
+        return path
+
+
+_SAVE_EVENTS = (Events.ITERATION_COMPLETED, Events.EPOCH_COMPLETED, Events.COMPLETED)
+
+
+def attach_checkpoints(
+    engine: Engine,
+    objects: Mapping[str, Any],
+    store: CheckpointStore | str | os.PathLike,
+    *,
+    save_every: int = -1,
+    evaluator: Engine | None = None,
+    best_metric: str | None = None,
+    best_mode: str | None = None,
+    save_best: bool = True,
+    save_last: bool = True,
+    extra_fn: Callable[[], Mapping[str, Any]] | None = None,
+    accumulation_steps: int = 1,
+) -> CheckpointHandler:
+    """Save periodic, best and last checkpoints of ``objects`` while ``engine`` trains.
+
+    Works on any Ignite ``Engine`` (e.g. one from ``create_supervised_trainer``): four
+    Ignite ``Checkpoint`` objects (``handler.checkpoints``) with a :class:`DurableSaver`.
+
+    Events on ``engine`` (the save points are moved behind every other handler of their
+    event at each epoch start, so the attach order does not matter)::
+
+        ITERATION_COMPLETED  periodic when iteration % save_every == 0 -- unless it is the
+                             epoch's last iteration: that one is saved at EPOCH_COMPLETED
+        EPOCH_COMPLETED      periodic (save_every == -1: every epoch; > 0: deferred ones)
+        COMPLETED            last; also after engine.terminate()
+
+    Events on ``evaluator``: ``COMPLETED`` decides the best checkpoint (Ignite's
+    ``Checkpoint`` with a NaN-safe score) on the metrics of *that* run and the weights
+    it evaluated; the file is written at the training engine's save point that follows
+    in the same iteration (one file with the periodic one when both fall there), or at
+    once when that save point already passed.
+
+    Args:
+        engine: The training engine (any Ignite ``Engine``).
+        objects: Name -> object with ``state_dict`` (``"model"``, ``"optimizer"``,
+            ``"trainer"`` -> the engine, ``"rng"`` -> :class:`RNGState`...).
+        store: Where files go: a :class:`CheckpointStore`, or a directory for one.
+        save_every: Optimizer steps between periodic checkpoints (iterations when
+            ``accumulation_steps`` is 1); ``-1`` each epoch; ``0`` off. The file is
+            named by the iteration that completed the step.
+        evaluator: Validation engine whose ``state.metrics`` rank best checkpoints.
+        best_metric: Metric ranking best checkpoints (needed with an evaluator and
+            ``save_best``). NaN values never count as best.
+        best_mode: ``"min"``/``"max"``; ``None`` infers it (:func:`infer_mode`).
+        save_best: Keep the ``store.n_saved`` best checkpoints.
+        save_last: Write a ``last`` checkpoint when ``engine`` completes.
+        extra_fn: Returns extra metadata at each save (``"config"``,
+            ``"model_description"``...).
+        accumulation_steps: Micro-batches per optimizer step (``save_every`` counts
+            steps: an accumulation group ends at ``k`` micro-batches or the epoch's end).
+
+    Returns:
+        The :class:`CheckpointHandler` (``checkpoints``, ``save_now``, ``detach``,
+        ``last_path``).
+
+    Raises:
+        TypeError, ValueError: A bad argument, named with what is allowed.
+
+    Example:
+        >>> attach_checkpoints(trainer, {"model": net, "optimizer": opt, "trainer": trainer,
+        ...                    "rng": RNGState()}, "runs/x/checkpoints", evaluator=evaluator,
+        ...                    best_metric="accuracy")  # doctest: +SKIP
+    """
+    if not isinstance(engine, Engine):
+        raise TypeError(f"Argument engine={engine!r} is not allowed: expected an Ignite Engine")
+    _check_objects(objects, need="state_dict")
+    if not objects:
+        raise ValueError("Argument objects={} is not allowed: expected at least one object")
+    if isinstance(store, (str, os.PathLike)):
+        store = CheckpointStore(store)
+    if not isinstance(store, CheckpointStore):
+        raise TypeError(
+            f"Argument store={store!r} is not allowed: expected a CheckpointStore or a directory"
+        )
+    if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < -1:
+        raise ValueError(
+            f"Argument save_every={save_every!r} is not allowed: expected N > 0 iterations, "
+            "-1 (each epoch) or 0 (off)"
+        )
+    if evaluator is not None and not isinstance(evaluator, Engine):
+        raise TypeError(
+            f"Argument evaluator={evaluator!r} is not allowed: expected an Ignite Engine or None"
+        )
+    if best_metric is not None and not isinstance(best_metric, str):
+        raise TypeError(f"Argument best_metric={best_metric!r} is not allowed: expected a str")
+    if save_best and evaluator is not None and best_metric is None:
+        raise ValueError(
+            "Argument best_metric=None is not allowed with an evaluator and save_best=True: "
+            "name the metric that ranks checkpoints"
+        )
+    if best_mode is not None and best_mode not in ("min", "max"):
+        raise ValueError(
+            f"Argument best_mode={best_mode!r} is not allowed: expected 'min', 'max' or None"
+        )
+    if extra_fn is not None and not callable(extra_fn):
+        raise TypeError(f"Argument extra_fn={extra_fn!r} is not allowed: expected a callable")
+    if (
+        isinstance(accumulation_steps, bool)
+        or not isinstance(accumulation_steps, int)
+        or accumulation_steps < 1
+    ):
+        raise ValueError(
+            f"Argument accumulation_steps={accumulation_steps!r} is not allowed: expected an "
+            "integer >= 1"
+        )
+    handler = CheckpointHandler(
+        engine,
+        objects,
+        store,
+        save_every=save_every,
+        evaluator=evaluator,
+        best_metric=best_metric,
+        best_mode=best_mode,
+        save_best=save_best,
+        save_last=save_last,
+        extra_fn=extra_fn,
+        accumulation_steps=accumulation_steps,
+    )
+    return handler.attach()
