@@ -30,6 +30,7 @@ from ignite.engine import Engine
 from torch import nn
 
 from ignitrain.distributed import own_rank_state, with_rank_states
+from ignitrain.fsdp import set_gradient_sync  # issue 14
 
 __all__ = [
     "StepOptions",
@@ -161,6 +162,8 @@ class OptimizerStep:
         return size, pos == start, pos == start + size - 1
 
     def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        # issue 14: FSDP2 decides in the backward, so this is a setting, not a context
+        set_gradient_sync(self.models, last)
         if last:
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()

@@ -1,0 +1,572 @@
+"""Sharded checkpoints for FSDP: every rank writes its shard with DCP, loaded safely.
+
+One checkpoint is one folder, written under a temporary name and renamed by rank 0
+once every rank has finished, so a folder with the final name is always complete::
+
+    checkpoints/iter00000400/          (was .iter00000400.tmp while being written)
+      .metadata                        DCP's index of every tensor shard (pickle)
+      __0_0.distcp  __1_0.distcp       one file of tensor data per rank
+      extra.pt                         other state (engine, history, RNG...): torch.save
+      ignitrain_sharded.json           format, world size, names, user metadata
+
+Models and optimizers go through ``torch.distributed.checkpoint.state_dict``
+(``get_model_state_dict``/``get_optimizer_state_dict``), so their keys are the
+model's parameter names, whatever the sharding. DCP stores global shapes, so a folder
+written by ``N`` processes loads on ``M`` (it reshards, with a warning) and on one
+process without any process group, into an ordinary model::
+
+    save_sharded({"model": model, "optimizer": opt, "trainer": engine}, "ck/iter400")
+    meta = load_sharded("ck/iter400", {"model": model, "optimizer": opt, "trainer": engine})
+    weights = consolidated_state_dict("ck/iter400")       # plain tensors, no process group
+
+Safe loading. DCP's ``FileSystemReader`` reads ``.metadata`` with plain ``pickle.load``
+and its ``DefaultLoadPlanner`` reads every non-tensor item with
+``torch.load(weights_only=False)``: either runs code from an untrusted file. Here the
+metadata is read by an unpickler that resolves only DCP's own metadata classes, and
+non-tensor items by ``torch.load(weights_only=True)``; anything else is a
+:class:`~ignitrain.handlers.checkpoint.CheckpointError` before any of it runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import pickle
+import shutil
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ignitrain.handlers.checkpoint import CheckpointError
+
+__all__ = [
+    "SHARDED_MARKER",
+    "save_sharded",
+    "load_sharded",
+    "read_sharded_meta",
+    "is_sharded_checkpoint",
+    "find_sharded",
+    "consolidated_state_dict",
+    "export_model",
+    "SafeFileSystemReader",
+    "SafeLoadPlanner",
+]
+
+#: The file that marks a folder as a complete ignitrain sharded checkpoint.
+SHARDED_MARKER = "ignitrain_sharded.json"
+_EXTRA = "extra.pt"
+_FORMAT = "ignitrain.sharded"
+_VERSION = 1
+
+
+# -- the process group, or none ---------------------------------------------------
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _distributed() else 0
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if _distributed() else 1
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
+# -- safe reading -------------------------------------------------------------------
+
+# Every global a DCP ``.metadata`` pickle refers to (torch 2.13: the classes of
+# torch/distributed/checkpoint/metadata.py, the filesystem's per-item _StorageInfo,
+# torch.Size, dtypes, torch.serialization._get_layout and the checkpoint_id path).
+_ALLOWED_GLOBALS = {
+    ("torch.distributed.checkpoint.metadata", name)
+    for name in (
+        "Metadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "TensorProperties",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "_MEM_FORMAT_ENCODING",
+    )
+} | {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # a dict lookup of torch.layout by name
+    ("collections", "OrderedDict"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "PureWindowsPath"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Resolves only the globals DCP metadata is made of; refuses everything else."""
+
+    def __init__(self, file: Any, path: Path) -> None:
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise CheckpointError(
+            f"Sharded checkpoint metadata {self.path} refers to {module}.{name}, which is not "
+            "part of DCP's metadata format; refusing to load it (it could run code). "
+            "Only load checkpoints from sources you trust."
+        )
+
+
+def _read_metadata(path: Path) -> Any:
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    try:
+        with open(path, "rb") as f:
+            metadata = _MetadataUnpickler(f, path).load()
+    except FileNotFoundError:
+        raise CheckpointError(f"Sharded checkpoint {path.parent} has no {path.name}") from None
+    except CheckpointError:
+        raise
+    except Exception as exc:  # truncated or garbled pickle
+        raise CheckpointError(
+            f"Sharded checkpoint metadata {path} is corrupted: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(metadata, Metadata):
+        raise CheckpointError(
+            f"Sharded checkpoint metadata {path} holds a {type(metadata).__name__}, "
+            "not DCP Metadata"
+        )
+    return metadata
+
+
+def _reader_class() -> type:
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class _SafeFileSystemReader(FileSystemReader):
+        """``FileSystemReader`` whose ``read_metadata`` uses the restricted unpickler
+        (DCP's own uses plain ``pickle.load``)."""
+
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            path = Path(self._get_metadata_path(kwargs.get("rank")))
+            metadata = _read_metadata(path)
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return _SafeFileSystemReader
+
+
+def _planner_class() -> type:
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint._nested_dict import set_element
+
+    class _SafeLoadPlanner(DefaultLoadPlanner):
+        """``DefaultLoadPlanner`` whose non-tensor items are read with
+        ``torch.load(weights_only=True)`` (DCP's own uses ``weights_only=False``)."""
+
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+            fqn = read_item.dest_index.fqn
+            try:
+                obj = torch.load(value, weights_only=True)
+            except Exception as exc:
+                raise CheckpointError(
+                    f"Sharded checkpoint item {fqn!r} is not plain data that "
+                    f"torch.load(weights_only=True) accepts; refusing it: {exc}"
+                ) from exc
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[fqn], obj)
+            else:
+                self.state_dict[fqn] = obj
+
+    return _SafeLoadPlanner
+
+
+def SafeFileSystemReader(path: str | os.PathLike) -> Any:  # noqa: N802 - a class factory
+    """A DCP ``FileSystemReader`` for ``path`` that reads ``.metadata`` safely."""
+    return _reader_class()(path)
+
+
+def SafeLoadPlanner(**kwargs: Any) -> Any:  # noqa: N802 - a class factory
+    """A DCP ``DefaultLoadPlanner`` that reads non-tensor items with ``weights_only=True``."""
+    return _planner_class()(**kwargs)
+
+
+# -- what goes where ----------------------------------------------------------------
+
+
+def _split_state(state: Mapping[str, Any]) -> tuple[dict, dict, dict]:
+    """``(models, optimizers -> (model name, optimizer), others)`` of ``state``."""
+    if not isinstance(state, Mapping) or not state:
+        raise TypeError(
+            "state must be a non-empty mapping name -> model/optimizer/object with "
+            f"state_dict, got {type(state).__name__}"
+        )
+    models = {k: v for k, v in state.items() if isinstance(v, nn.Module)}
+    optimizers: dict[str, tuple[str, torch.optim.Optimizer]] = {}
+    others = {}
+    for name, obj in state.items():
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"state key {name!r} is not allowed: expected a name without '.'")
+        if isinstance(obj, nn.Module):
+            continue
+        if isinstance(obj, torch.optim.Optimizer):
+            optimizers[name] = (_owner(name, obj, models), obj)
+        else:
+            others[name] = obj
+    return models, optimizers, others
+
+
+def _owner(name: str, optimizer: torch.optim.Optimizer, models: Mapping[str, nn.Module]) -> str:
+    params = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for model_name, model in models.items():
+        if params <= {id(p) for p in model.parameters()}:
+            return model_name
+    raise ValueError(
+        f"state[{name!r}] is an optimizer whose parameters belong to none of the models "
+        f"in state ({', '.join(models) or 'none given'}): pass the model it optimizes too"
+    )
+
+
+def _dcp_state(models: Mapping, optimizers: Mapping) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    sd: dict[str, Any] = {name: get_model_state_dict(m) for name, m in models.items()}
+    for name, (owner, opt) in optimizers.items():
+        sd[name] = get_optimizer_state_dict(models[owner], opt)
+    return sd
+
+
+def _plain_state(obj: Any) -> Any:
+    return obj.state_dict() if hasattr(obj, "state_dict") else obj
+
+
+# -- saving ---------------------------------------------------------------------------
+
+
+def save_sharded(
+    state: Mapping[str, Any], folder: str | os.PathLike, *, meta: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``state`` as one sharded checkpoint folder (a collective: call on every rank).
+
+    Args:
+        state: Name -> object. ``nn.Module``\\ s (FSDP-sharded or not) and their
+            optimizers are written shard by shard with DCP; every other object's
+            ``state_dict()`` (or the object itself, if plain data) goes to ``extra.pt``,
+            written by rank 0 and read back with ``torch.load(weights_only=True)``.
+        folder: The checkpoint folder to create (replaced atomically if it exists).
+        meta: JSON-serialisable data stored in ``ignitrain_sharded.json`` (e.g. epoch,
+            iteration, score).
+
+    Returns:
+        ``folder`` as a ``Path``, complete on every rank when this returns.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    folder = Path(folder)
+    models, optimizers, others = _split_state(state)
+    meta_doc = {
+        "format": _FORMAT,
+        "version": _VERSION,
+        "world_size": _world_size(),
+        "torch": torch.__version__,
+        "models": list(models),
+        "optimizers": {name: owner for name, (owner, _) in optimizers.items()},
+        "extra": list(others),
+        "meta": dict(meta or {}),
+    }
+    json.dumps(meta_doc)  # fail before writing anything if meta is not JSON data
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    if _rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a save that was killed
+        tmp.mkdir(parents=True)
+    _barrier()
+    # 1. every rank writes its shards; DCP's coordinator writes .metadata last
+    dcp.save(_dcp_state(models, optimizers), storage_writer=_writer(tmp))
+    # 2. other state: state_dict() may be a collective (per-rank RNG), so every rank calls it
+    extra = {name: _plain_state(obj) for name, obj in others.items()}
+    if _rank() == 0:
+        _write_file(tmp / _EXTRA, lambda f: torch.save(extra, f))
+        _write_file(tmp / SHARDED_MARKER, lambda f: f.write(json.dumps(meta_doc).encode()))
+    _barrier()  # 3. every shard is on disk before the folder takes its final name
+    if _rank() == 0:
+        _publish(tmp, folder)
+    _barrier()
+    return folder
+
+
+def _writer(path: Path) -> Any:
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    return FileSystemWriter(path, sync_files=True)
+
+
+def _write_file(path: Path, write: Any) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, folder: Path) -> None:
+    """Rename the finished ``tmp`` to ``folder``; an older ``folder`` goes only after."""
+    _fsync_dir(tmp)
+    old = None
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    _fsync_dir(folder.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -- loading -------------------------------------------------------------------------
+
+
+def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a complete folder written by :func:`save_sharded`."""
+    return (Path(path) / SHARDED_MARKER).is_file()
+
+
+def read_sharded_meta(folder: str | os.PathLike) -> dict[str, Any]:
+    """The contents of ``ignitrain_sharded.json`` (format, world size, names, ``meta``)."""
+    path = Path(folder) / SHARDED_MARKER
+    if not path.is_file():
+        raise CheckpointError(
+            f"{folder} is not a complete ignitrain sharded checkpoint: {SHARDED_MARKER} "
+            "is missing (a save that did not finish leaves only a '.NAME.tmp' folder)"
+        )
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is corrupted: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+        raise CheckpointError(f"{path} is not an ignitrain sharded checkpoint description")
+    if doc.get("version", 0) > _VERSION:
+        raise CheckpointError(
+            f"{path} has format version {doc['version']}; this ignitrain reads up to "
+            f"{_VERSION}: upgrade ignitrain"
+        )
+    return doc
+
+
+def load_sharded(
+    folder: str | os.PathLike, state: Mapping[str, Any], *, strict: bool = True
+) -> dict[str, Any]:
+    """Load a :func:`save_sharded` folder into the objects of ``state`` (in place).
+
+    Call it on every rank (a collective), or on one process with no process group. The
+    objects may be sharded differently from the ones saved (another world size, no FSDP
+    at all): DCP reshards. A different world size is reported with a ``UserWarning``.
+
+    Args:
+        folder: The checkpoint folder.
+        state: Name -> object, as given to :func:`save_sharded`; may be a subset.
+        strict: Every name in ``state`` must be in the checkpoint, and every model key.
+
+    Returns:
+        The checkpoint's description (``read_sharded_meta``); ``["meta"]`` is the
+        ``meta`` given when saving.
+
+    Raises:
+        CheckpointError: the folder is incomplete, corrupted, unsafe, or lacks a name.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    folder = Path(folder)
+    doc = read_sharded_meta(folder)
+    models, optimizers, others = _split_state(state)
+    saved = set(doc["models"]) | set(doc["optimizers"]) | set(doc["extra"])
+    missing = [name for name in state if name not in saved]
+    if missing and strict:
+        raise CheckpointError(
+            f"Sharded checkpoint {folder} has no {missing}; it holds {sorted(saved)}"
+        )
+    models = {k: v for k, v in models.items() if k in saved}
+    optimizers = {k: v for k, v in optimizers.items() if k in saved}
+    if doc["world_size"] != _world_size():
+        warnings.warn(
+            f"Sharded checkpoint {folder} was written by {doc['world_size']} process(es) and "
+            f"is loaded by {_world_size()}: its tensors are resharded; the data order and "
+            "per-rank RNG streams of the saved run do not carry over exactly",
+            UserWarning,
+            stacklevel=2,
+        )
+    sd = _dcp_state(models, optimizers)
+    try:
+        dcp.load(sd, storage_reader=SafeFileSystemReader(folder), planner=SafeLoadPlanner())
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        cause = _checkpoint_cause(exc)
+        if cause is not None:
+            raise cause from exc
+        raise CheckpointError(
+            f"Sharded checkpoint {folder} does not load into the given objects: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    options = StateDictOptions(strict=strict)
+    for name, model in models.items():
+        set_model_state_dict(model, sd[name], options=options)
+    for name, (owner, opt) in optimizers.items():
+        set_optimizer_state_dict(models[owner], opt, sd[name], options=options)
+    _load_extra(folder, {k: v for k, v in others.items() if k in saved})
+    return doc
+
+
+def _checkpoint_cause(exc: BaseException) -> CheckpointError | None:
+    """DCP wraps errors raised while reading (``CheckpointException``): find ours."""
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, CheckpointError):
+            return e
+        failures = getattr(e, "failures", None)
+        if isinstance(failures, Mapping):
+            for failure in failures.values():
+                stack.append(failure[0] if isinstance(failure, tuple) else failure)
+        stack.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return None
+
+
+def _load_extra(folder: Path, objects: Mapping[str, Any]) -> None:
+    if not objects:
+        return
+    path = folder / _EXTRA
+    try:
+        extra = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"Sharded checkpoint {folder} has no {_EXTRA}") from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} does not load with torch.load(weights_only=True): {exc}"
+        ) from exc
+    for name, obj in objects.items():
+        if hasattr(obj, "load_state_dict"):
+            obj.load_state_dict(extra[name])
+
+
+# -- one consolidated model -----------------------------------------------------------
+
+
+def find_sharded(path: str | os.PathLike) -> Path:
+    """The sharded checkpoint folder ``path`` names: the folder itself, or the newest
+    complete one in ``path`` or ``path/checkpoints`` (a run directory).
+
+    Newest is by ``meta["iteration"]`` when saved, then by modification time.
+    """
+    path = Path(path)
+    if is_sharded_checkpoint(path):
+        return path
+    candidates = [
+        p
+        for base in (path, path / "checkpoints")
+        if base.is_dir()
+        for p in base.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and is_sharded_checkpoint(p)
+    ]
+    if not candidates:
+        raise CheckpointError(
+            f"{path} is neither a sharded checkpoint folder nor a run directory holding one "
+            f"(no folder with {SHARDED_MARKER} in it or in its checkpoints/)"
+        )
+
+    def order(p: Path) -> tuple[float, float]:
+        iteration = read_sharded_meta(p)["meta"].get("iteration")
+        it = float(iteration) if isinstance(iteration, (int, float)) else -1.0
+        return it, (p / SHARDED_MARKER).stat().st_mtime
+
+    return max(candidates, key=order)
+
+
+def consolidated_state_dict(folder: str | os.PathLike, key: str = "model") -> dict[str, Any]:
+    """The full (unsharded) state dict of model ``key``, read on one process.
+
+    Needs no model and no process group: tensors are allocated from the checkpoint's
+    metadata (global shapes and dtypes) and filled by DCP. The result loads into an
+    ordinary model with ``model.load_state_dict``.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    folder = Path(folder)
+    doc = read_sharded_meta(folder)
+    if key not in doc["models"]:
+        raise CheckpointError(
+            f"Sharded checkpoint {folder} has no model {key!r}; its models: {doc['models']}"
+        )
+    metadata = _read_metadata(folder / ".metadata")
+    prefix = f"{key}."
+    flat: dict[str, Any] = {}
+    for fqn, item in metadata.state_dict_metadata.items():
+        if fqn.startswith(prefix) and isinstance(item, TensorStorageMetadata):
+            flat[fqn] = torch.empty(item.size, dtype=item.properties.dtype)
+    dcp.load(
+        flat,
+        storage_reader=SafeFileSystemReader(folder),
+        planner=SafeLoadPlanner(),
+        no_dist=True,
+    )
+    return {fqn[len(prefix) :]: t for fqn, t in flat.items()}
+
+
+def export_model(
+    src: str | os.PathLike, out: str | os.PathLike, *, key: str = "model"
+) -> pathlib.Path:
+    """Write model ``key`` of a sharded checkpoint (or the newest in a run directory) as
+    one full state dict that ``torch.load(out, weights_only=True)`` opens.
+
+    Returns:
+        ``out`` as a ``Path`` (written atomically).
+    """
+    folder = find_sharded(src)
+    weights = consolidated_state_dict(folder, key)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    _write_file(tmp, lambda f: torch.save(weights, f))
+    os.replace(tmp, out)
+    return out
