@@ -55,6 +55,7 @@ __all__ = [
     "find_sharded",
     "consolidated_state_dict",
     "export_model",
+    "safe_dcp_load",
     "SafeFileSystemReader",
     "SafeLoadPlanner",
 ]
@@ -303,7 +304,9 @@ def save_sharded(
         tmp.mkdir(parents=True)
     _barrier()
     # 1. every rank writes its shards; DCP's coordinator writes .metadata last
-    dcp.save(_dcp_state(models, optimizers), storage_writer=_writer(tmp))
+    dcp.save(
+        _dcp_state(models, optimizers), storage_writer=_writer(tmp), no_dist=not _distributed()
+    )
     # 2. other state: state_dict() may be a collective (per-rank RNG), so every rank calls it
     extra = {name: _plain_state(obj) for name, obj in others.items()}
     if _rank() == 0:
@@ -405,7 +408,6 @@ def load_sharded(
     Raises:
         CheckpointError: the folder is incomplete, corrupted, unsafe, or lacks a name.
     """
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_model_state_dict,
@@ -432,18 +434,7 @@ def load_sharded(
             stacklevel=2,
         )
     sd = _dcp_state(models, optimizers)
-    try:
-        dcp.load(sd, storage_reader=SafeFileSystemReader(folder), planner=SafeLoadPlanner())
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        cause = _checkpoint_cause(exc)
-        if cause is not None:
-            raise cause from exc
-        raise CheckpointError(
-            f"Sharded checkpoint {folder} does not load into the given objects: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+    safe_dcp_load(sd, folder)
     options = StateDictOptions(strict=strict)
     for name, model in models.items():
         set_model_state_dict(model, sd[name], options=options)
@@ -451,6 +442,38 @@ def load_sharded(
         set_optimizer_state_dict(models[owner], opt, sd[name], options=options)
     _load_extra(folder, {k: v for k, v in others.items() if k in saved})
     return doc
+
+
+def safe_dcp_load(state_dict: dict[str, Any], folder: str | os.PathLike) -> None:
+    """``dcp.load(state_dict)`` from ``folder`` in place, read safely.
+
+    The metadata is checked by the restricted unpickler before DCP starts (DCP turns
+    a reader's error into a bare message), non-tensor items are read with
+    ``weights_only=True``, and every failure is a ``CheckpointError``. Works on every
+    rank of a process group (a collective) or on one process without one.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    folder = Path(folder)
+    _read_metadata(folder / ".metadata")
+    try:
+        dcp.load(
+            state_dict,
+            storage_reader=SafeFileSystemReader(folder),
+            planner=SafeLoadPlanner(),
+            no_dist=not _distributed(),
+        )
+    except CheckpointError:
+        raise
+    except (Exception, CheckpointException) as exc:  # CheckpointException: a BaseException
+        cause = _checkpoint_cause(exc)
+        if cause is not None:
+            raise cause from exc
+        raise CheckpointError(
+            f"Sharded checkpoint {folder} does not load into the given objects: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _checkpoint_cause(exc: BaseException) -> CheckpointError | None:
@@ -529,7 +552,6 @@ def consolidated_state_dict(folder: str | os.PathLike, key: str = "model") -> di
     metadata (global shapes and dtypes) and filled by DCP. The result loads into an
     ordinary model with ``model.load_state_dict``.
     """
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     folder = Path(folder)
@@ -539,17 +561,14 @@ def consolidated_state_dict(folder: str | os.PathLike, key: str = "model") -> di
             f"Sharded checkpoint {folder} has no model {key!r}; its models: {doc['models']}"
         )
     metadata = _read_metadata(folder / ".metadata")
+    if _distributed() and dist.get_rank() != 0:
+        raise RuntimeError("consolidated_state_dict runs on one process: call it on rank 0")
     prefix = f"{key}."
     flat: dict[str, Any] = {}
     for fqn, item in metadata.state_dict_metadata.items():
         if fqn.startswith(prefix) and isinstance(item, TensorStorageMetadata):
             flat[fqn] = torch.empty(item.size, dtype=item.properties.dtype)
-    dcp.load(
-        flat,
-        storage_reader=SafeFileSystemReader(folder),
-        planner=SafeLoadPlanner(),
-        no_dist=True,
-    )
+    safe_dcp_load(flat, folder)
     return {fqn[len(prefix) :]: t for fqn, t in flat.items()}
 
 

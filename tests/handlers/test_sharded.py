@@ -1,0 +1,270 @@
+"""Sharded (DCP) checkpoints: save/load, resharding, consolidation, export, safe loading.
+
+Multi-process tests spawn 2 real gloo processes with ``ignitrain.launch``; their
+workers live in tests/_fsdp_workers.py.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
+
+from ignitrain.cli import main as cli_main
+from ignitrain.distributed import launch
+from ignitrain.handlers.checkpoint import CheckpointError
+from ignitrain.handlers.sharded import (
+    SHARDED_MARKER,
+    consolidated_state_dict,
+    export_model,
+    find_sharded,
+    is_sharded_checkpoint,
+    load_sharded,
+    read_sharded_meta,
+    safe_dcp_load,
+    save_sharded,
+)
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+import _fsdp_workers as workers  # noqa: E402
+
+TOTAL, AT = 6, 3
+
+
+def _trained(seed=0):
+    model = workers.make_model(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    for s in range(2):
+        x, y = workers.global_batch(s)
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    return model, opt
+
+
+# -- one process, no process group --------------------------------------------------------
+
+
+def test_save_and_load_on_one_process(tmp_path):
+    model, opt = _trained()
+    counter = workers.Counter()
+    counter.steps = 7
+    folder = save_sharded(
+        {"model": model, "optimizer": opt, "counter": counter},
+        tmp_path / "ck" / "iter00000002",
+        meta={"iteration": 2},
+    )
+    assert is_sharded_checkpoint(folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [".metadata", "__0_0.distcp", "extra.pt", SHARDED_MARKER]
+    )
+    assert not any(p.name.startswith(".iter") for p in folder.parent.iterdir())  # no temp left
+    doc = read_sharded_meta(folder)
+    assert (doc["world_size"], doc["models"], doc["optimizers"]) == (
+        1,
+        ["model"],
+        {"optimizer": "model"},
+    )
+    assert torch.load(folder / "extra.pt", weights_only=True) == {"counter": {"steps": 7}}
+
+    fresh, fresh_opt = _trained(seed=5)
+    fresh_counter = workers.Counter()
+    meta = load_sharded(folder, {"model": fresh, "optimizer": fresh_opt, "counter": fresh_counter})
+    assert meta["meta"] == {"iteration": 2}
+    assert fresh_counter.steps == 7
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    for pa, pb in zip(model.parameters(), fresh.parameters(), strict=True):
+        sa, sb = opt.state[pa], fresh_opt.state[pb]
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["step"], sb["step"])
+
+
+def test_saving_again_replaces_the_folder_atomically(tmp_path):
+    model, opt = _trained()
+    folder = tmp_path / "latest"
+    save_sharded({"model": model}, folder, meta={"iteration": 1})
+    (tmp_path / ".latest.tmp").mkdir()  # a save killed half way leaves its temp folder
+    save_sharded({"model": model, "optimizer": opt}, folder, meta={"iteration": 2})
+    assert read_sharded_meta(folder)["meta"] == {"iteration": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
+
+
+def test_argument_validation(tmp_path):
+    model, opt = _trained()
+    with pytest.raises(TypeError, match=r"state must be a non-empty mapping"):
+        save_sharded({}, tmp_path / "a")
+    with pytest.raises(ValueError, match=r"state key 'a.b' is not allowed"):
+        save_sharded({"a.b": model}, tmp_path / "a")
+    with pytest.raises(ValueError, match=r"optimizer whose parameters belong to none"):
+        save_sharded({"optimizer": opt}, tmp_path / "a")
+    with pytest.raises(TypeError, match=r"not JSON serializable"):
+        save_sharded({"model": model}, tmp_path / "a", meta={"x": object()})
+    with pytest.raises(CheckpointError, match=r"is not a complete ignitrain sharded checkpoint"):
+        load_sharded(tmp_path / "missing", {"model": model})
+    save_sharded({"model": model}, tmp_path / "ok")
+    with pytest.raises(CheckpointError, match=r"has no \['optimizer'\]; it holds \['model'\]"):
+        load_sharded(tmp_path / "ok", {"model": model, "optimizer": opt})
+    with pytest.raises(CheckpointError, match=r"has no model 'generator'"):
+        consolidated_state_dict(tmp_path / "ok", "generator")
+    with pytest.raises(CheckpointError, match=r"neither a sharded checkpoint folder"):
+        find_sharded(tmp_path / "ok" / "...")
+    # a model of another shape: DCP's error, named as a CheckpointError
+    with pytest.raises(CheckpointError, match=r"does not load into the given objects"):
+        load_sharded(tmp_path / "ok", {"model": nn.Sequential(nn.Linear(6, 2))})
+
+
+def test_find_sharded_picks_the_newest_in_a_run_dir(tmp_path):
+    model, _ = _trained()
+    for it in (10, 30, 20):
+        save_sharded({"model": model}, tmp_path / "checkpoints" / f"it{it}", meta={"iteration": it})
+    (tmp_path / "checkpoints" / ".it40.tmp").mkdir()  # incomplete: never chosen
+    assert find_sharded(tmp_path) == tmp_path / "checkpoints" / "it30"
+    assert find_sharded(tmp_path / "checkpoints" / "it10") == tmp_path / "checkpoints" / "it10"
+
+
+def test_consolidated_state_dict_and_export_cli(tmp_path, capsys):
+    model, opt = _trained()
+    save_sharded({"model": model, "optimizer": opt}, tmp_path / "run" / "checkpoints" / "it2")
+    weights = consolidated_state_dict(tmp_path / "run" / "checkpoints" / "it2")
+    assert weights.keys() == model.state_dict().keys()
+    out = tmp_path / "export" / "model.pt"
+    assert cli_main(["export", str(tmp_path / "run"), str(out)]) == 0
+    assert "exported" in capsys.readouterr().out
+    loaded = torch.load(out, weights_only=True)
+    plain = workers.make_model(seed=9)
+    plain.load_state_dict(loaded)
+    for a, b in zip(model.state_dict().values(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert cli_main(["export", str(tmp_path / "nothing"), str(out)]) == 2
+
+
+# -- safe loading -------------------------------------------------------------------------
+
+
+class _Evil:
+    """Unpickling this runs code: it creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def test_malicious_metadata_runs_nothing(tmp_path):
+    model, _ = _trained()
+    folder = save_sharded({"model": model}, tmp_path / "ck")
+    marker = tmp_path / "pwned"
+    (folder / ".metadata").write_bytes(pickle.dumps(_Evil(marker)))
+    for load in (
+        lambda: load_sharded(folder, {"model": workers.make_model()}),
+        lambda: consolidated_state_dict(folder),
+        lambda: export_model(folder, tmp_path / "out.pt"),
+    ):
+        with pytest.raises(CheckpointError, match=r"refers to builtins.exec.*refusing"):
+            load()
+        assert not marker.exists()
+    assert cli_main(["export", str(folder), str(tmp_path / "out.pt")]) == 2
+    assert not marker.exists() and not (tmp_path / "out.pt").exists()
+    # the file is truly malicious: DCP's own reader runs it
+    with pytest.raises(CheckpointException):  # it fails, but only after the code ran
+        dcp.load({"x": torch.zeros(1)}, checkpoint_id=folder, no_dist=True)
+    assert marker.exists()
+
+
+def test_malicious_non_tensor_item_runs_nothing(tmp_path):
+    # DCP's DefaultLoadPlanner reads non-tensor items with torch.load(weights_only=False)
+    marker = tmp_path / "pwned"
+    dcp.save({"lr": _Evil(marker)}, checkpoint_id=tmp_path / "ck", no_dist=True)
+    assert not marker.exists()
+    state = {"lr": 0.5}
+    with pytest.raises(CheckpointError, match=r"item 'lr' is not plain data"):
+        safe_dcp_load(state, tmp_path / "ck")
+    assert not marker.exists() and state == {"lr": 0.5}
+    dcp.load(state, checkpoint_id=tmp_path / "ck", no_dist=True)  # DCP's own planner
+    assert marker.exists()
+
+
+def test_corrupted_metadata_is_a_checkpoint_error(tmp_path):
+    model, _ = _trained()
+    folder = save_sharded({"model": model}, tmp_path / "ck")
+    data = (folder / ".metadata").read_bytes()
+    (folder / ".metadata").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"metadata .* is corrupted"):
+        consolidated_state_dict(folder)
+    (folder / ".metadata").write_bytes(pickle.dumps({"not": "metadata"}))
+    with pytest.raises(CheckpointError, match=r"holds a dict, not DCP Metadata"):
+        consolidated_state_dict(folder)
+    (folder / SHARDED_MARKER).write_text(json.dumps({"format": "ignitrain.sharded", "version": 99}))
+    with pytest.raises(CheckpointError, match=r"format version 99.*upgrade ignitrain"):
+        read_sharded_meta(folder)
+
+
+# -- two real processes ----------------------------------------------------------------------
+
+
+def _run(tmp_path, phase, nproc):
+    if nproc == 1:
+        workers.plain_resume(str(tmp_path), phase, TOTAL, AT)
+    else:
+        launch(
+            workers.resume_worker,
+            str(tmp_path),
+            phase,
+            TOTAL,
+            AT,
+            backend="gloo",
+            nproc_per_node=nproc,
+        )
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_fsdp_save_kill_load_resumes_bit_for_bit_and_reshards(tmp_path):
+    # 2 processes: train 3 steps, save, train on to 6 (the uninterrupted run); the
+    # processes end (everything in memory is gone). Fresh processes load and continue.
+    _run(tmp_path, "straight", 2)
+    _run(tmp_path, "resume:ck_ws2", 2)
+    straight = torch.load(tmp_path / "straight_ws2.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed_from_ck_ws2_ws2.pt", weights_only=True)
+    assert _equal(resumed["loaded"], torch.load(tmp_path / "saved_ws2.pt", weights_only=True))
+    assert _equal(
+        resumed["loaded_opt"], torch.load(tmp_path / "saved_opt_ws2.pt", weights_only=True)
+    )
+    assert _equal(resumed["final"], straight)  # bit for bit
+    assert resumed["counter"] == TOTAL and resumed["meta"] == {"iteration": AT}
+    assert resumed["warnings"] == []
+
+    # the 2-process checkpoint on 1 process, no process group: same state, a warning
+    _run(tmp_path, "resume:ck_ws2", 1)
+    one = torch.load(tmp_path / "resumed_from_ck_ws2_ws1.pt", weights_only=True)
+    assert _equal(one["loaded"], resumed["loaded"])
+    assert _equal(one["loaded_opt"], resumed["loaded_opt"])
+    assert any("written by 2 process(es) and is loaded by 1" in w for w in one["warnings"])
+    for k in straight:  # same data, one process: equal up to the reduction order
+        torch.testing.assert_close(one["final"][k], straight[k], rtol=1e-4, atol=1e-6)
+    # ...and into a plain model for inference
+    plain = workers.make_model(seed=9)
+    plain.load_state_dict(consolidated_state_dict(tmp_path / "ck_ws2"))
+    assert _equal({k: v.detach() for k, v in plain.state_dict().items()}, resumed["loaded"])
+
+    # the reverse: a 1-process checkpoint resumes on 2 processes
+    _run(tmp_path, "straight", 1)
+    _run(tmp_path, "resume:ck_ws1", 2)
+    two = torch.load(tmp_path / "resumed_from_ck_ws1_ws2.pt", weights_only=True)
+    assert _equal(two["loaded"], torch.load(tmp_path / "saved_ws1.pt", weights_only=True))
+    assert _equal(two["loaded_opt"], torch.load(tmp_path / "saved_opt_ws1.pt", weights_only=True))
+    assert any("written by 1 process(es) and is loaded by 2" in w for w in two["warnings"])
+    straight1 = torch.load(tmp_path / "straight_ws1.pt", weights_only=True)
+    for k in straight1:
+        torch.testing.assert_close(two["final"][k], straight1[k], rtol=1e-4, atol=1e-6)
