@@ -24,6 +24,7 @@ __all__ = [
     "step_features_worker",
     "resume_worker",
     "plain_resume",
+    "compile_worker",
 ]
 
 GLOBAL_BATCH = 8
@@ -262,3 +263,27 @@ def resume_worker(local_rank: int, out_dir: str, phase: str, total: int, at: int
 def plain_resume(out_dir: str, phase: str, total: int, at: int) -> None:
     """``resume_worker`` on this process, with no process group."""
     resume_worker(0, out_dir, phase, total, at)
+
+
+# -- torch.compile on a sharded model ---------------------------------------------------------
+
+
+def compile_worker(local_rank: int, out_dir: str) -> None:
+    """Three steps of a sharded tiny model, eager and ``torch.compile``-d: the losses."""
+    _one_thread()
+    from ignitrain.fsdp import FSDPOptions, shard_model
+
+    losses: dict[str, list[float]] = {}
+    for mode in ("eager", "compiled"):
+        model = shard_model(make_model(), FSDPOptions())
+        net = torch.compile(model) if mode == "compiled" else model
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        losses[mode] = []
+        for s in range(3):
+            x, y = _local_batch(s)
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(net(x), y)
+            loss.backward()
+            opt.step()
+            losses[mode].append(loss.item())
+    (Path(out_dir) / f"compile{idist.get_rank()}.json").write_text(json.dumps(losses))

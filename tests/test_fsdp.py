@@ -179,3 +179,12 @@ def test_step_features_under_fsdp(tmp_path):
         assert rec["stepped"] is False
         assert rec["stop_reason"] == "non_finite_loss"
         assert rec["should_terminate"] is True
+
+
+@pytest.mark.slow
+def test_torch_compile_of_a_sharded_model_trains_like_eager(tmp_path):
+    launch(workers.compile_worker, str(tmp_path), backend="gloo", nproc_per_node=2)
+    for rank in (0, 1):
+        losses = json.loads((tmp_path / f"compile{rank}.json").read_text())
+        assert len(losses["compiled"]) == 3
+        torch.testing.assert_close(losses["compiled"], losses["eager"], rtol=1e-5, atol=1e-6)
