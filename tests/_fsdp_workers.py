@@ -25,6 +25,7 @@ __all__ = [
     "resume_worker",
     "plain_resume",
     "compile_worker",
+    "ignite_checkpoint_worker",
 ]
 
 GLOBAL_BATCH = 8
@@ -287,3 +288,46 @@ def compile_worker(local_rank: int, out_dir: str) -> None:
             opt.step()
             losses[mode].append(loss.item())
     (Path(out_dir) / f"compile{idist.get_rank()}.json").write_text(json.dumps(losses))
+
+
+# -- Ignite's Checkpoint with the sharded saver -----------------------------------------------
+
+
+def ignite_checkpoint_worker(local_rank: int, out_dir: str, resume_from: str | None) -> None:
+    """An Ignite ``Engine`` trains a sharded model 3 epochs with Ignite's ``Checkpoint`` +
+    ``ShardedSaver`` every epoch (``n_saved=2``); or, with ``resume_from``, fresh
+    processes load that folder and run on to epoch 3. Rank 0 writes the final weights."""
+    _one_thread()
+    from ignite.engine import Events
+    from ignite.handlers import Checkpoint
+
+    from ignitrain.handlers.sharded import ShardedSaver, checkpointables, load_sharded_objects
+
+    model, opt = _build(True, seed=0 if resume_from is None else 77)
+    batches = [_local_batch(s) for s in range(4)]
+
+    def step(engine: Engine, batch: tuple) -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.mse_loss(model(batch[0]), batch[1])
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    engine = Engine(step)
+    to_save = checkpointables({"model": model, "optimizer": opt, "trainer": engine})
+    saver = ShardedSaver(
+        Path(out_dir) / "checkpoints",
+        sharded=["model", "optimizer"],
+        meta_fn=lambda: {"iteration": engine.state.iteration, "epoch": engine.state.epoch},
+    )
+    checkpoint = Checkpoint(to_save, saver, n_saved=2)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, checkpoint)
+    if resume_from is not None:
+        load_sharded_objects(Path(out_dir) / "checkpoints" / resume_from, to_save)
+    engine.run(batches, max_epochs=3)
+    name = "straight" if resume_from is None else "resumed"
+    _write(Path(out_dir) / f"ignite_{name}.pt", _full_params(model))
+    if idist.get_rank() == 0:
+        (Path(out_dir) / f"ignite_{name}.json").write_text(
+            json.dumps({"last": str(saver.folder_of(checkpoint.last_checkpoint))})
+        )

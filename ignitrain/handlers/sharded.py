@@ -42,14 +42,21 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from ignite.handlers.checkpoint import BaseSaveHandler
 from torch import nn
 
 from ignitrain.handlers.checkpoint import CheckpointError
 
 __all__ = [
     "SHARDED_MARKER",
+    "ModelState",
+    "OptimizerState",
+    "checkpointables",
+    "ShardedSaver",
     "save_sharded",
+    "write_sharded",
     "load_sharded",
+    "load_sharded_objects",
     "read_sharded_meta",
     "is_sharded_checkpoint",
     "find_sharded",
@@ -214,26 +221,86 @@ def SafeLoadPlanner(**kwargs: Any) -> Any:  # noqa: N802 - a class factory
 # -- what goes where ----------------------------------------------------------------
 
 
-def _split_state(state: Mapping[str, Any]) -> tuple[dict, dict, dict]:
-    """``(models, optimizers -> (model name, optimizer), others)`` of ``state``."""
+class ModelState:
+    """A model as Ignite's ``Checkpoint`` sees it: ``state_dict`` keyed by parameter
+    name whatever the sharding (``get_model_state_dict``: ``DTensor`` shards under FSDP),
+    ``load_state_dict`` through ``set_model_state_dict``. A collective under FSDP.
+
+    Args:
+        model: The model (FSDP-sharded or not; not the ``torch.compile`` wrapper).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = getattr(model, "_orig_mod", model)
+
+    def state_dict(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(self.model)
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+        )
+
+        set_model_state_dict(self.model, state, options=StateDictOptions(strict=strict))
+
+
+class OptimizerState:
+    """An optimizer as Ignite's ``Checkpoint`` sees it: state keyed by parameter *name*
+    (``get_optimizer_state_dict``), so it reloads under another sharding or world size.
+
+    Args:
+        model: The model whose parameters ``optimizer`` steps.
+        optimizer: The optimizer.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        self.model = ModelState(model).model
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.model, self.optimizer)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        set_optimizer_state_dict(self.model, self.optimizer, state)
+
+
+def checkpointables(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with every model wrapped in :class:`ModelState` and every optimizer in
+    :class:`OptimizerState` (paired with the model in ``state`` holding its parameters).
+
+    The result is what to give Ignite's ``Checkpoint(to_save=...)`` with a
+    :class:`ShardedSaver`, and what :func:`load_sharded_objects` loads into.
+    """
     if not isinstance(state, Mapping) or not state:
         raise TypeError(
             "state must be a non-empty mapping name -> model/optimizer/object with "
             f"state_dict, got {type(state).__name__}"
         )
     models = {k: v for k, v in state.items() if isinstance(v, nn.Module)}
-    optimizers: dict[str, tuple[str, torch.optim.Optimizer]] = {}
-    others = {}
+    out: dict[str, Any] = {}
     for name, obj in state.items():
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"state key {name!r} is not allowed: expected a name without '.'")
         if isinstance(obj, nn.Module):
-            continue
-        if isinstance(obj, torch.optim.Optimizer):
-            optimizers[name] = (_owner(name, obj, models), obj)
+            out[name] = ModelState(obj)
+        elif isinstance(obj, torch.optim.Optimizer):
+            out[name] = OptimizerState(models[_owner(name, obj, models)], obj)
         else:
-            others[name] = obj
-    return models, optimizers, others
+            out[name] = obj
+    return out
 
 
 def _owner(name: str, optimizer: torch.optim.Optimizer, models: Mapping[str, nn.Module]) -> str:
@@ -247,16 +314,8 @@ def _owner(name: str, optimizer: torch.optim.Optimizer, models: Mapping[str, nn.
     )
 
 
-def _dcp_state(models: Mapping, optimizers: Mapping) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    sd: dict[str, Any] = {name: get_model_state_dict(m) for name, m in models.items()}
-    for name, (owner, opt) in optimizers.items():
-        sd[name] = get_optimizer_state_dict(models[owner], opt)
-    return sd
+def _is_sharded_entry(obj: Any) -> bool:
+    return isinstance(obj, (ModelState, OptimizerState))
 
 
 def _plain_state(obj: Any) -> Any:
@@ -283,21 +342,54 @@ def save_sharded(
     Returns:
         ``folder`` as a ``Path``, complete on every rank when this returns.
     """
+    objects = checkpointables(state)
+    sharded = [name for name, obj in objects.items() if _is_sharded_entry(obj)]
+    # state_dict() may be a collective (FSDP, per-rank RNG): every rank calls each
+    checkpoint = {name: _plain_state(obj) for name, obj in objects.items()}
+    return write_sharded(checkpoint, folder, sharded=sharded, meta=meta)
+
+
+def write_sharded(
+    checkpoint: Mapping[str, Any],
+    folder: str | os.PathLike,
+    *,
+    sharded: Any,
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write state dicts already taken (name -> state) as one sharded folder.
+
+    The entries named in ``sharded`` go through DCP (every rank its shard); the others
+    to ``extra.pt`` (rank 0). A collective: call on every rank with the same names.
+
+    Args:
+        checkpoint: Name -> state dict (what Ignite's ``Checkpoint`` hands a saver).
+        folder: The checkpoint folder to create (replaced atomically if it exists).
+        sharded: The names to write with DCP (models, optimizers).
+        meta: JSON-serialisable data for ``ignitrain_sharded.json``.
+    """
     import torch.distributed.checkpoint as dcp
 
     folder = Path(folder)
-    models, optimizers, others = _split_state(state)
-    meta_doc = {
+    if not isinstance(checkpoint, Mapping) or not checkpoint:
+        raise TypeError(
+            f"checkpoint must be a non-empty mapping name -> state, got {type(checkpoint).__name__}"
+        )
+    sharded = list(sharded)
+    unknown = [n for n in sharded if n not in checkpoint]
+    if unknown:
+        raise ValueError(
+            f"sharded names {unknown} are not in the checkpoint ({', '.join(checkpoint)})"
+        )
+    doc = {
         "format": _FORMAT,
         "version": _VERSION,
         "world_size": _world_size(),
         "torch": torch.__version__,
-        "models": list(models),
-        "optimizers": {name: owner for name, (owner, _) in optimizers.items()},
-        "extra": list(others),
+        "sharded": sharded,
+        "extra": [n for n in checkpoint if n not in sharded],
         "meta": dict(meta or {}),
     }
-    json.dumps(meta_doc)  # fail before writing anything if meta is not JSON data
+    text = json.dumps(doc)  # fail before writing anything if meta is not JSON data
     tmp = folder.with_name(f".{folder.name}.tmp")
     if _rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a save that was killed
@@ -305,13 +397,15 @@ def save_sharded(
     _barrier()
     # 1. every rank writes its shards; DCP's coordinator writes .metadata last
     dcp.save(
-        _dcp_state(models, optimizers), storage_writer=_writer(tmp), no_dist=not _distributed()
+        {name: checkpoint[name] for name in sharded},
+        storage_writer=_writer(tmp),
+        no_dist=not _distributed(),
     )
-    # 2. other state: state_dict() may be a collective (per-rank RNG), so every rank calls it
-    extra = {name: _plain_state(obj) for name, obj in others.items()}
+    # 2. the rest, and the marker that says the folder is an ignitrain checkpoint
     if _rank() == 0:
+        extra = {name: checkpoint[name] for name in doc["extra"]}
         _write_file(tmp / _EXTRA, lambda f: torch.save(extra, f))
-        _write_file(tmp / SHARDED_MARKER, lambda f: f.write(json.dumps(meta_doc).encode()))
+        _write_file(tmp / SHARDED_MARKER, lambda f: f.write(text.encode()))
     _barrier()  # 3. every shard is on disk before the folder takes its final name
     if _rank() == 0:
         _publish(tmp, folder)
@@ -357,6 +451,61 @@ def _publish(tmp: Path, folder: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+class ShardedSaver(BaseSaveHandler):
+    """An Ignite save handler that writes each checkpoint as a sharded folder.
+
+    Ignite's ``Checkpoint`` decides when and what (it calls every object's
+    ``state_dict()`` on every rank, then this saver on every rank); this saver writes
+    the entries named in ``sharded`` with DCP and the rest to ``extra.pt``::
+
+        to_save = checkpointables({"model": model, "optimizer": opt, "trainer": engine})
+        saver = ShardedSaver(out_dir / "checkpoints", sharded=["model", "optimizer"])
+        engine.add_event_handler(Events.EPOCH_COMPLETED, Checkpoint(to_save, saver))
+        ...
+        load_sharded_objects(saver.folder_of(checkpoint.last_checkpoint), to_save)
+
+    Args:
+        dirname: The folder holding one sub-folder per checkpoint.
+        sharded: Names of the entries written with DCP (models and optimizers).
+        meta_fn: Called at each save; its JSON-serialisable mapping is stored in the
+            folder's ``meta`` next to Ignite's own metadata (e.g. ``{"iteration": ...}``,
+            which :func:`find_sharded` orders by).
+    """
+
+    def __init__(
+        self,
+        dirname: str | os.PathLike,
+        *,
+        sharded: Any,
+        meta_fn: Any = None,
+    ) -> None:
+        if isinstance(sharded, str) or not all(isinstance(n, str) for n in sharded):
+            raise TypeError(f"sharded must be a list of entry names, got {sharded!r}")
+        if meta_fn is not None and not callable(meta_fn):
+            raise TypeError(f"meta_fn must be callable or None, got {type(meta_fn).__name__}")
+        self.dirname = Path(dirname)
+        self.sharded = list(sharded)
+        self.meta_fn = meta_fn
+
+    def folder_of(self, filename: str) -> Path:
+        """The folder of Ignite's checkpoint ``filename`` (its ``.pt`` extension dropped)."""
+        name = filename[: -len(".pt")] if filename.endswith(".pt") else filename
+        return self.dirname / name
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        meta = {**dict(metadata or {}), "filename": filename}
+        if self.meta_fn is not None:
+            meta.update(self.meta_fn())
+        if _rank() == 0:
+            self.dirname.mkdir(parents=True, exist_ok=True)
+        write_sharded(checkpoint, self.folder_of(filename), sharded=self.sharded, meta=meta)
+
+    def remove(self, filename: str) -> None:
+        if _rank() == 0:
+            shutil.rmtree(self.folder_of(filename), ignore_errors=True)
+        _barrier()
+
+
 # -- loading -------------------------------------------------------------------------
 
 
@@ -390,7 +539,8 @@ def read_sharded_meta(folder: str | os.PathLike) -> dict[str, Any]:
 def load_sharded(
     folder: str | os.PathLike, state: Mapping[str, Any], *, strict: bool = True
 ) -> dict[str, Any]:
-    """Load a :func:`save_sharded` folder into the objects of ``state`` (in place).
+    """Load a :func:`save_sharded` folder into the models, optimizers and objects of
+    ``state`` (in place; models and optimizers are wrapped by :func:`checkpointables`).
 
     Call it on every rank (a collective), or on one process with no process group. The
     objects may be sharded differently from the ones saved (another world size, no FSDP
@@ -399,7 +549,7 @@ def load_sharded(
     Args:
         folder: The checkpoint folder.
         state: Name -> object, as given to :func:`save_sharded`; may be a subset.
-        strict: Every name in ``state`` must be in the checkpoint, and every model key.
+        strict: Every name in ``state`` must be in the checkpoint.
 
     Returns:
         The checkpoint's description (``read_sharded_meta``); ``["meta"]`` is the
@@ -408,39 +558,46 @@ def load_sharded(
     Raises:
         CheckpointError: the folder is incomplete, corrupted, unsafe, or lacks a name.
     """
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
+    return load_sharded_objects(folder, checkpointables(state), strict=strict)
 
+
+def load_sharded_objects(
+    folder: str | os.PathLike, to_load: Mapping[str, Any], *, strict: bool = True
+) -> dict[str, Any]:
+    """``Checkpoint.load_objects`` for a sharded folder: ``obj.load_state_dict(state)``
+    for every ``name -> obj`` of ``to_load`` (models as :class:`ModelState`, optimizers
+    as :class:`OptimizerState`). A collective under a process group.
+
+    Returns:
+        The checkpoint's description, as :func:`load_sharded`.
+    """
     folder = Path(folder)
     doc = read_sharded_meta(folder)
-    models, optimizers, others = _split_state(state)
-    saved = set(doc["models"]) | set(doc["optimizers"]) | set(doc["extra"])
-    missing = [name for name in state if name not in saved]
+    if not isinstance(to_load, Mapping) or not to_load:
+        raise TypeError(
+            f"to_load must be a non-empty mapping name -> object, got {type(to_load).__name__}"
+        )
+    saved = set(doc["sharded"]) | set(doc["extra"])
+    missing = [name for name in to_load if name not in saved]
     if missing and strict:
         raise CheckpointError(
             f"Sharded checkpoint {folder} has no {missing}; it holds {sorted(saved)}"
         )
-    models = {k: v for k, v in models.items() if k in saved}
-    optimizers = {k: v for k, v in optimizers.items() if k in saved}
     if doc["world_size"] != _world_size():
         warnings.warn(
             f"Sharded checkpoint {folder} was written by {doc['world_size']} process(es) and "
             f"is loaded by {_world_size()}: its tensors are resharded; the data order and "
             "per-rank RNG streams of the saved run do not carry over exactly",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    sd = _dcp_state(models, optimizers)
-    safe_dcp_load(sd, folder)
-    options = StateDictOptions(strict=strict)
-    for name, model in models.items():
-        set_model_state_dict(model, sd[name], options=options)
-    for name, (owner, opt) in optimizers.items():
-        set_optimizer_state_dict(models[owner], opt, sd[name], options=options)
-    _load_extra(folder, {k: v for k, v in others.items() if k in saved})
+    # the objects' own state dicts are the templates: DCP fills them in their sharding
+    sharded = {name: to_load[name].state_dict() for name in doc["sharded"] if name in to_load}
+    if sharded:
+        safe_dcp_load(sharded, folder)
+    for name, state in sharded.items():
+        to_load[name].load_state_dict(state)
+    _load_extra(folder, {k: v for k, v in to_load.items() if k in doc["extra"]})
     return doc
 
 
@@ -556,9 +713,10 @@ def consolidated_state_dict(folder: str | os.PathLike, key: str = "model") -> di
 
     folder = Path(folder)
     doc = read_sharded_meta(folder)
-    if key not in doc["models"]:
+    if key not in doc["sharded"]:
         raise CheckpointError(
-            f"Sharded checkpoint {folder} has no model {key!r}; its models: {doc['models']}"
+            f"Sharded checkpoint {folder} has no model {key!r}; its sharded entries: "
+            f"{doc['sharded']}"
         )
     metadata = _read_metadata(folder / ".metadata")
     if _distributed() and dist.get_rank() != 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import sys
 from pathlib import Path
 
@@ -67,10 +68,10 @@ def test_save_and_load_on_one_process(tmp_path):
     )
     assert not any(p.name.startswith(".iter") for p in folder.parent.iterdir())  # no temp left
     doc = read_sharded_meta(folder)
-    assert (doc["world_size"], doc["models"], doc["optimizers"]) == (
+    assert (doc["world_size"], doc["sharded"], doc["extra"]) == (
         1,
-        ["model"],
-        {"optimizer": "model"},
+        ["model", "optimizer"],
+        ["counter"],
     )
     assert torch.load(folder / "extra.pt", weights_only=True) == {"counter": {"steps": 7}}
 
@@ -268,3 +269,73 @@ def test_fsdp_save_kill_load_resumes_bit_for_bit_and_reshards(tmp_path):
     straight1 = torch.load(tmp_path / "straight_ws1.pt", weights_only=True)
     for k in straight1:
         torch.testing.assert_close(two["final"][k], straight1[k], rtol=1e-4, atol=1e-6)
+
+
+def test_sharded_saver_with_ignite_checkpoint_on_one_process(tmp_path):
+    from ignite.engine import Engine, Events
+    from ignite.handlers import Checkpoint
+
+    from ignitrain.handlers.sharded import ShardedSaver, checkpointables, load_sharded_objects
+
+    model, opt = _trained()
+    engine = Engine(lambda e, b: None)
+    to_save = checkpointables({"model": model, "optimizer": opt, "trainer": engine})
+    saver = ShardedSaver(tmp_path / "ck", sharded=["model", "optimizer"])
+    checkpoint = Checkpoint(to_save, saver, n_saved=2)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, checkpoint)
+    engine.run([0, 1], max_epochs=3)
+    # Ignite evicts through saver.remove: 2 folders left, each complete
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["checkpoint_4", "checkpoint_6"]
+    last = saver.folder_of(checkpoint.last_checkpoint)
+    assert last == tmp_path / "ck" / "checkpoint_6" and is_sharded_checkpoint(last)
+    assert read_sharded_meta(last)["meta"]["priority"] == 6
+
+    fresh, fresh_opt = _trained(seed=3)
+    fresh_engine = Engine(lambda e, b: None)
+    to_load = checkpointables({"model": fresh, "optimizer": fresh_opt, "trainer": fresh_engine})
+    load_sharded_objects(last, to_load)
+    assert fresh_engine.state.epoch == 3 and fresh_engine.state.iteration == 6
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_sharded_saver_argument_validation(tmp_path):
+    from ignitrain.handlers.sharded import ModelState, OptimizerState, ShardedSaver, write_sharded
+
+    with pytest.raises(TypeError, match=r"sharded must be a list of entry names"):
+        ShardedSaver(tmp_path, sharded="model")
+    with pytest.raises(TypeError, match=r"meta_fn must be callable"):
+        ShardedSaver(tmp_path, sharded=["model"], meta_fn=3)
+    with pytest.raises(ValueError, match=r"sharded names \['model'\] are not in the checkpoint"):
+        write_sharded({"trainer": {}}, tmp_path / "x", sharded=["model"])
+    with pytest.raises(TypeError, match=r"model must be a torch.nn.Module"):
+        ModelState("net")
+    with pytest.raises(TypeError, match=r"optimizer must be a torch.optim.Optimizer"):
+        OptimizerState(nn.Linear(1, 1), "adam")
+    assert (
+        ShardedSaver(tmp_path, sharded=[]).folder_of("best_0.5000.pt") == tmp_path / "best_0.5000"
+    )
+
+
+@pytest.mark.slow
+def test_ignite_checkpoint_resume_under_fsdp_is_bit_for_bit(tmp_path):
+    # the uninterrupted run (3 epochs, a sharded checkpoint per epoch, 2 kept) ...
+    launch(workers.ignite_checkpoint_worker, str(tmp_path), None, backend="gloo", nproc_per_node=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "checkpoint_12",
+        "checkpoint_8",
+    ]
+    # ... and fresh processes resuming from the epoch-2 folder, running to epoch 3
+    resumed_dir = tmp_path / "resumed" / "checkpoints"
+    resumed_dir.mkdir(parents=True)
+    shutil.copytree(tmp_path / "checkpoints" / "checkpoint_8", resumed_dir / "checkpoint_8")
+    launch(
+        workers.ignite_checkpoint_worker,
+        str(tmp_path / "resumed"),
+        "checkpoint_8",
+        backend="gloo",
+        nproc_per_node=2,
+    )
+    straight = torch.load(tmp_path / "ignite_straight.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "ignite_resumed.pt", weights_only=True)
+    assert _equal(straight, resumed)
