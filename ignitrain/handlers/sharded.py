@@ -49,6 +49,8 @@ from ignitrain.handlers.checkpoint import CheckpointError
 
 __all__ = [
     "SHARDED_MARKER",
+    "LATEST",
+    "sharded_names",
     "ModelState",
     "OptimizerState",
     "checkpointables",
@@ -69,6 +71,8 @@ __all__ = [
 
 #: The file that marks a folder as a complete ignitrain sharded checkpoint.
 SHARDED_MARKER = "ignitrain_sharded.json"
+#: :class:`ShardedSaver`'s pointer to the newest complete folder in its directory.
+LATEST = "sharded_latest.json"
 _EXTRA = "extra.pt"
 _FORMAT = "ignitrain.sharded"
 _VERSION = 1
@@ -318,6 +322,12 @@ def _is_sharded_entry(obj: Any) -> bool:
     return isinstance(obj, (ModelState, OptimizerState))
 
 
+def sharded_names(to_save: Mapping[str, Any]) -> list[str]:
+    """The names of ``to_save`` (from :func:`checkpointables`) that DCP writes: its
+    :class:`ModelState` and :class:`OptimizerState` entries."""
+    return [name for name, obj in to_save.items() if _is_sharded_entry(obj)]
+
+
 def _plain_state(obj: Any) -> Any:
     return obj.state_dict() if hasattr(obj, "state_dict") else obj
 
@@ -343,7 +353,7 @@ def save_sharded(
         ``folder`` as a ``Path``, complete on every rank when this returns.
     """
     objects = checkpointables(state)
-    sharded = [name for name, obj in objects.items() if _is_sharded_entry(obj)]
+    sharded = sharded_names(objects)
     # state_dict() may be a collective (FSDP, per-rank RNG): every rank calls each
     checkpoint = {name: _plain_state(obj) for name, obj in objects.items()}
     return write_sharded(checkpoint, folder, sharded=sharded, meta=meta)
@@ -390,27 +400,51 @@ def write_sharded(
         "meta": dict(meta or {}),
     }
     text = json.dumps(doc)  # fail before writing anything if meta is not JSON data
+    # Every rank holds the same non-sharded state: serialising it everywhere first makes
+    # an unsaveable object fail on all ranks alike, before any collective.
+    buffer = io.BytesIO()
+    torch.save({name: checkpoint[name] for name in doc["extra"]}, buffer)
     tmp = folder.with_name(f".{folder.name}.tmp")
-    if _rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a save that was killed
-        tmp.mkdir(parents=True)
-    _barrier()
-    # 1. every rank writes its shards; DCP's coordinator writes .metadata last
+    _on_rank_zero(folder, lambda: _fresh_dir(tmp))
+    # 1. every rank writes its shards; DCP's coordinator writes .metadata last (DCP
+    #    gathers a failure of any rank and raises it on all)
     dcp.save(
         {name: checkpoint[name] for name in sharded},
         storage_writer=_writer(tmp),
         no_dist=not _distributed(),
     )
-    # 2. the rest, and the marker that says the folder is an ignitrain checkpoint
-    if _rank() == 0:
-        extra = {name: checkpoint[name] for name in doc["extra"]}
-        _write_file(tmp / _EXTRA, lambda f: torch.save(extra, f))
+
+    # 2. the rest and the marker, then 3. the final name, once every shard is on disk
+    def finish() -> None:
+        _write_file(tmp / _EXTRA, lambda f: f.write(buffer.getbuffer()))
         _write_file(tmp / SHARDED_MARKER, lambda f: f.write(text.encode()))
-    _barrier()  # 3. every shard is on disk before the folder takes its final name
-    if _rank() == 0:
         _publish(tmp, folder)
-    _barrier()
+
+    _on_rank_zero(folder, finish)
     return folder
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)  # left by a save that was killed
+    path.mkdir(parents=True)
+
+
+def _on_rank_zero(folder: Path, work: Any) -> None:
+    """Run ``work`` on rank 0; every rank learns whether it failed (no rank is left
+    waiting in a barrier for a rank 0 that hit a full disk)."""
+    from ignitrain.distributed import agree_all
+
+    error: BaseException | None = None
+    if _rank() == 0:
+        try:
+            work()
+        except OSError as exc:
+            error = exc
+    ok = agree_all(error is None) if _distributed() else error is None
+    if not ok:
+        raise CheckpointError(
+            f"Writing sharded checkpoint {folder} failed on rank 0: {error or 'see rank 0'}"
+        ) from error
 
 
 def _writer(path: Path) -> Any:
@@ -486,6 +520,7 @@ class ShardedSaver(BaseSaveHandler):
         self.dirname = Path(dirname)
         self.sharded = list(sharded)
         self.meta_fn = meta_fn
+        self._evict: list[str] = []
 
     def folder_of(self, filename: str) -> Path:
         """The folder of Ignite's checkpoint ``filename`` (its ``.pt`` extension dropped)."""
@@ -498,12 +533,34 @@ class ShardedSaver(BaseSaveHandler):
             meta.update(self.meta_fn())
         if _rank() == 0:
             self.dirname.mkdir(parents=True, exist_ok=True)
-        write_sharded(checkpoint, self.folder_of(filename), sharded=self.sharded, meta=meta)
+        folder = write_sharded(
+            checkpoint, self.folder_of(filename), sharded=self.sharded, meta=meta
+        )
+        if _rank() == 0:
+            _write_latest(self.dirname, folder)
+            # evict only now that the new folder is complete (see remove)
+            for name in self._evict:
+                if self.folder_of(name) != folder:
+                    shutil.rmtree(self.folder_of(name), ignore_errors=True)
+        self._evict.clear()
+        _barrier()
 
     def remove(self, filename: str) -> None:
-        if _rank() == 0:
-            shutil.rmtree(self.folder_of(filename), ignore_errors=True)
-        _barrier()
+        """Evict ``filename`` after the next successful save, not now.
+
+        Ignite's ``Checkpoint`` calls ``remove`` *before* writing the new checkpoint:
+        with ``n_saved=1`` a failed write (disk full, a kill) would leave none at all.
+        """
+        self._evict.append(filename)
+
+
+def _write_latest(dirname: Path, folder: Path) -> None:
+    """Point ``dirname/sharded_latest.json`` at ``folder`` (complete), atomically."""
+    path = dirname / LATEST
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    text = json.dumps({"folder": folder.name}).encode()
+    _write_file(tmp, lambda f: f.write(text))
+    os.replace(tmp, path)
 
 
 # -- loading -------------------------------------------------------------------------
@@ -673,18 +730,21 @@ def _load_extra(folder: Path, objects: Mapping[str, Any]) -> None:
 
 
 def find_sharded(path: str | os.PathLike) -> Path:
-    """The sharded checkpoint folder ``path`` names: the folder itself, or the newest
-    complete one in ``path`` or ``path/checkpoints`` (a run directory).
-
-    Newest is by ``meta["iteration"]`` when saved, then by modification time.
+    """The sharded checkpoint folder ``path`` names: the folder itself, or in ``path`` or
+    ``path/checkpoints`` (a run directory) the one ``sharded_latest.json`` names, else the
+    newest complete one (by ``meta["iteration"]``, then modification time).
     """
     path = Path(path)
     if is_sharded_checkpoint(path):
         return path
+    bases = [b for b in (path, path / "checkpoints") if b.is_dir()]
+    for base in bases:
+        latest = _read_latest(base)
+        if latest is not None:
+            return latest
     candidates = [
         p
-        for base in (path, path / "checkpoints")
-        if base.is_dir()
+        for base in bases
         for p in base.iterdir()
         if p.is_dir() and not p.name.startswith(".") and is_sharded_checkpoint(p)
     ]
@@ -700,6 +760,16 @@ def find_sharded(path: str | os.PathLike) -> Path:
         return it, (p / SHARDED_MARKER).stat().st_mtime
 
     return max(candidates, key=order)
+
+
+def _read_latest(base: Path) -> Path | None:
+    try:
+        name = json.loads((base / LATEST).read_text())["folder"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no pointer (or a broken one): fall back to scanning
+    folder = base / str(name)
+    # the pointer names a folder by its final name only: never a partial one
+    return folder if "/" not in str(name) and is_sharded_checkpoint(folder) else None
 
 
 def consolidated_state_dict(folder: str | os.PathLike, key: str = "model") -> dict[str, Any]:

@@ -285,9 +285,14 @@ def test_sharded_saver_with_ignite_checkpoint_on_one_process(tmp_path):
     engine.add_event_handler(Events.EPOCH_COMPLETED, checkpoint)
     engine.run([0, 1], max_epochs=3)
     # Ignite evicts through saver.remove: 2 folders left, each complete
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["checkpoint_4", "checkpoint_6"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "checkpoint_4",
+        "checkpoint_6",
+        "sharded_latest.json",
+    ]
     last = saver.folder_of(checkpoint.last_checkpoint)
     assert last == tmp_path / "ck" / "checkpoint_6" and is_sharded_checkpoint(last)
+    assert find_sharded(tmp_path / "ck") == last  # through the pointer
     assert read_sharded_meta(last)["meta"]["priority"] == 6
 
     fresh, fresh_opt = _trained(seed=3)
@@ -297,6 +302,43 @@ def test_sharded_saver_with_ignite_checkpoint_on_one_process(tmp_path):
     assert fresh_engine.state.epoch == 3 and fresh_engine.state.iteration == 6
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_sharded_saver_evicts_only_after_a_complete_write(tmp_path):
+    # Ignite's Checkpoint calls remove() before the new write; with n_saved=1 a failed
+    # write must still leave the previous checkpoint, and "latest" must name it.
+    from ignite.engine import Engine, Events
+    from ignite.handlers import Checkpoint
+
+    from ignitrain.handlers.sharded import ShardedSaver, checkpointables
+
+    model, _ = _trained()
+
+    class Flaky:
+        fail = False
+
+        def state_dict(self):
+            if self.fail:
+                return {"bad": lambda: 0}  # torch.save cannot pickle it: the write fails
+            return {"ok": 1}
+
+    flaky = Flaky()
+    engine = Engine(lambda e, b: None)
+    saver = ShardedSaver(tmp_path / "ck", sharded=["model"])
+    checkpoint = Checkpoint(checkpointables({"model": model, "flaky": flaky}), saver, n_saved=1)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, checkpoint)
+    engine.run([0], max_epochs=1)
+
+    @engine.on(Events.EPOCH_STARTED)
+    def break_it(engine):
+        flaky.fail = engine.state.epoch == 2
+
+    with pytest.raises(Exception, match=r"lambda"):
+        engine.run([0], max_epochs=2)
+    names = sorted(p.name for p in (tmp_path / "ck").iterdir() if not p.name.startswith("."))
+    assert names == ["checkpoint_1", "sharded_latest.json"]
+    assert find_sharded(tmp_path / "ck") == tmp_path / "ck" / "checkpoint_1"
+    assert read_sharded_meta(tmp_path / "ck" / "checkpoint_1")["extra"] == ["flaky"]
 
 
 def test_sharded_saver_argument_validation(tmp_path):
