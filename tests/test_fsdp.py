@@ -188,3 +188,14 @@ def test_torch_compile_of_a_sharded_model_trains_like_eager(tmp_path):
         losses = json.loads((tmp_path / f"compile{rank}.json").read_text())
         assert len(losses["compiled"]) == 3
         torch.testing.assert_close(losses["compiled"], losses["eager"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_every_flavor_trains_under_fsdp(tmp_path):
+    launch(workers.flavors_worker, str(tmp_path), backend="gloo", nproc_per_node=2)
+    for rank in (0, 1):
+        results = json.loads((tmp_path / f"flavors{rank}.json").read_text())
+        assert results == {
+            name: {"ok": True, "sharded": True}
+            for name in ("classification", "autoencoder", "gan_bce")
+        }
