@@ -152,6 +152,12 @@ def step_features_worker(local_rank: int, out_dir: str) -> None:
         step.backward(engine, loss)
         if it == 1:
             record["grads_after_first"] = [p.grad is not None for p in model.parameters()]
+            import warnings
+
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                step.state_dict()  # mid-group: FSDP holds the gradients, say so
+            record["mid_group_warning"] = [str(w.message) for w in caught]
     accumulated = [_full(p.grad).clone() for p in model.parameters()]
     ref = make_model()
     nn.functional.mse_loss(ref(gx), gy).backward()

@@ -175,6 +175,9 @@ def test_step_features_under_fsdp(tmp_path):
         # no reduce-scatter after the first micro-batch: the sharded grads are not set yet
         assert rec["grads_after_first"] == [False] * 6
         assert rec["accum_max_diff"] < 1e-6
+        assert any(
+            "middle of an accumulation group under FSDP" in w for w in rec["mid_group_warning"]
+        )
         # rank 1's NaN stops rank 0 too, before any update
         assert rec["stepped"] is False
         assert rec["stop_reason"] == "non_finite_loss"
