@@ -366,7 +366,9 @@ def test_ignite_checkpoint_resume_under_fsdp_is_bit_for_bit(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "checkpoint_12",
         "checkpoint_8",
+        "sharded_latest.json",
     ]
+    assert find_sharded(tmp_path) == tmp_path / "checkpoints" / "checkpoint_12"
     # ... and fresh processes resuming from the epoch-2 folder, running to epoch 3
     resumed_dir = tmp_path / "resumed" / "checkpoints"
     resumed_dir.mkdir(parents=True)
