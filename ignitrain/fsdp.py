@@ -27,6 +27,7 @@ test checks it equals the unsharded one); the NaN guard all-reduces the loss fla
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -196,9 +197,17 @@ def shard_model(
         kwargs["mp_policy"] = MixedPrecisionPolicy(
             param_dtype=options.param_dtype, reduce_dtype=torch.float32
         )
-    if options.cpu_offload:
+    if options.cpu_offload and device.type == "cpu":
+        # FSDP2's CPUOffloadPolicy pins memory, which needs an accelerator; on the CPU
+        # the shards are where offloading would put them anyway
+        warnings.warn(
+            "fsdp_cpu_offload=True has no effect: the model already runs on the CPU",
+            UserWarning,
+            stacklevel=2,
+        )
+    elif options.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
-    else:
+    if "offload_policy" not in kwargs:
         model = model.to(device)
     blocks = block_modules(model, options.wrap)
     for block in blocks:

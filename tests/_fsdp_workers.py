@@ -27,6 +27,7 @@ __all__ = [
     "compile_worker",
     "ignite_checkpoint_worker",
     "flavors_worker",
+    "offload_worker",
 ]
 
 GLOBAL_BATCH = 8
@@ -174,6 +175,14 @@ def step_features_worker(local_rank: int, out_dir: str) -> None:
     record["stepped"] = step.backward(engine, loss)
     record["stop_reason"] = getattr(engine.state, "stop_reason", None)
     record["should_terminate"] = engine.should_terminate
+
+    # 4. amp="bf16" -> MixedPrecisionPolicy: bf16 compute, fp32 shards and gradients
+    model = shard_model(make_model(), FSDPOptions(param_dtype=torch.bfloat16))
+    out = model(x)
+    nn.functional.mse_loss(out.float(), y).backward()
+    record["bf16_out_dtype"] = str(out.dtype)
+    record["bf16_param_dtypes"] = sorted({str(p.dtype) for p in model.parameters()})
+    record["bf16_grad_dtypes"] = sorted({str(p.grad.dtype) for p in model.parameters()})
     (Path(out_dir) / f"rank{idist.get_rank()}.json").write_text(json.dumps(record))
 
 
@@ -399,3 +408,26 @@ def flavors_worker(local_rank: int, out_dir: str) -> None:
         except Exception as exc:  # recorded: the test names the flavor that failed
             results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:400]}
     (Path(out_dir) / f"flavors{idist.get_rank()}.json").write_text(json.dumps(results))
+
+
+def offload_worker(local_rank: int, out_dir: str) -> None:
+    """``cpu_offload=True`` on a CPU-only machine: a warning, and training still works."""
+    _one_thread()
+    import math
+    import warnings
+
+    from ignitrain.fsdp import FSDPOptions, shard_model
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = shard_model(make_model(), FSDPOptions(cpu_offload=True))
+    x, y = _local_batch(0)
+    loss = nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    torch.optim.Adam(model.parameters()).step()
+    if idist.get_rank() == 0:
+        (Path(out_dir) / "offload.json").write_text(
+            json.dumps(
+                {"finite": math.isfinite(loss.item()), "warnings": [str(w.message) for w in caught]}
+            )
+        )

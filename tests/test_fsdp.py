@@ -115,6 +115,13 @@ def test_policy_by_class_name_and_by_parameter_count():
         block_modules(model, ["LlamaDecoderLayer"])
 
 
+@pytest.mark.slow
+def test_cpu_offload_on_cpu_warns_and_trains(tmp_path):
+    launch(workers.offload_worker, str(tmp_path), backend="gloo", nproc_per_node=2)
+    rec = json.loads((tmp_path / "offload.json").read_text())
+    assert rec["finite"] and any("has no effect" in w for w in rec["warnings"])
+
+
 def test_shard_model_needs_a_process_group():
     with pytest.raises(RuntimeError, match=r"parallel='fsdp' needs a process group"):
         shard_model(nn.Linear(2, 2))
@@ -182,6 +189,9 @@ def test_step_features_under_fsdp(tmp_path):
         assert rec["stepped"] is False
         assert rec["stop_reason"] == "non_finite_loss"
         assert rec["should_terminate"] is True
+        # bf16 through FSDP2's MixedPrecisionPolicy: the master shards stay fp32
+        assert rec["bf16_out_dtype"] == "torch.bfloat16"
+        assert rec["bf16_param_dtypes"] == rec["bf16_grad_dtypes"] == ["torch.float32"]
 
 
 @pytest.mark.slow
