@@ -6,17 +6,13 @@ workers live in tests/_fsdp_workers.py.
 
 from __future__ import annotations
 
-import json
-import pickle
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.api import CheckpointException
 
 from ignitrain.cli import main as cli_main
 from ignitrain.distributed import launch
@@ -24,12 +20,10 @@ from ignitrain.handlers.checkpoint import CheckpointError
 from ignitrain.handlers.sharded import (
     SHARDED_MARKER,
     consolidated_state_dict,
-    export_model,
     find_sharded,
     is_sharded_checkpoint,
     load_sharded,
     read_sharded_meta,
-    safe_dcp_load,
     save_sharded,
 )
 
@@ -144,68 +138,6 @@ def test_consolidated_state_dict_and_export_cli(tmp_path, capsys):
     for a, b in zip(model.state_dict().values(), plain.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert cli_main(["export", str(tmp_path / "nothing"), str(out)]) == 2
-
-
-# -- safe loading -------------------------------------------------------------------------
-
-
-class _Evil:
-    """Unpickling this runs code: it creates ``marker``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
-
-
-def test_malicious_metadata_runs_nothing(tmp_path):
-    model, _ = _trained()
-    folder = save_sharded({"model": model}, tmp_path / "ck")
-    marker = tmp_path / "pwned"
-    (folder / ".metadata").write_bytes(pickle.dumps(_Evil(marker)))
-    for load in (
-        lambda: load_sharded(folder, {"model": workers.make_model()}),
-        lambda: consolidated_state_dict(folder),
-        lambda: export_model(folder, tmp_path / "out.pt"),
-    ):
-        with pytest.raises(CheckpointError, match=r"refers to builtins.exec.*refusing"):
-            load()
-        assert not marker.exists()
-    assert cli_main(["export", str(folder), str(tmp_path / "out.pt")]) == 2
-    assert not marker.exists() and not (tmp_path / "out.pt").exists()
-    # the file is truly malicious: DCP's own reader runs it
-    with pytest.raises(CheckpointException):  # it fails, but only after the code ran
-        dcp.load({"x": torch.zeros(1)}, checkpoint_id=folder, no_dist=True)
-    assert marker.exists()
-
-
-def test_malicious_non_tensor_item_runs_nothing(tmp_path):
-    # DCP's DefaultLoadPlanner reads non-tensor items with torch.load(weights_only=False)
-    marker = tmp_path / "pwned"
-    dcp.save({"lr": _Evil(marker)}, checkpoint_id=tmp_path / "ck", no_dist=True)
-    assert not marker.exists()
-    state = {"lr": 0.5}
-    with pytest.raises(CheckpointError, match=r"item 'lr' is not plain data"):
-        safe_dcp_load(state, tmp_path / "ck")
-    assert not marker.exists() and state == {"lr": 0.5}
-    dcp.load(state, checkpoint_id=tmp_path / "ck", no_dist=True)  # DCP's own planner
-    assert marker.exists()
-
-
-def test_corrupted_metadata_is_a_checkpoint_error(tmp_path):
-    model, _ = _trained()
-    folder = save_sharded({"model": model}, tmp_path / "ck")
-    data = (folder / ".metadata").read_bytes()
-    (folder / ".metadata").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"metadata .* is corrupted"):
-        consolidated_state_dict(folder)
-    (folder / ".metadata").write_bytes(pickle.dumps({"not": "metadata"}))
-    with pytest.raises(CheckpointError, match=r"holds a dict, not DCP Metadata"):
-        consolidated_state_dict(folder)
-    (folder / SHARDED_MARKER).write_text(json.dumps({"format": "ignitrain.sharded", "version": 99}))
-    with pytest.raises(CheckpointError, match=r"format version 99.*upgrade ignitrain"):
-        read_sharded_meta(folder)
 
 
 # -- two real processes ----------------------------------------------------------------------
