@@ -352,8 +352,32 @@ def ignite_checkpoint_worker(local_rank: int, out_dir: str, resume_from: str | N
 # -- every flavor under parallel="fsdp" -------------------------------------------------------
 
 
+class OwnLossModel(nn.Module):
+    """Hugging Face style: ``model(x=..., labels=...)`` returns ``{"loss", "logits"}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+        logits = self.net(x)
+        loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
+        return {"loss": loss, "logits": logits}
+
+
+class DictSamples(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        self.x, self.labels = x, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": self.x[i], "labels": self.labels[i]}
+
+
 def flavors_worker(local_rank: int, out_dir: str) -> None:
-    """One short run of the classification, autoencoder and GAN flavors with
+    """One short run of the classification, autoencoder, GAN and generic flavors with
     ``parallel="fsdp"``: each records whether its losses are finite.
 
     Not here: WGAN-GP. Its gradient penalty differentiates twice through the
@@ -390,6 +414,9 @@ def flavors_worker(local_rank: int, out_dir: str) -> None:
         ),
         "gan_bce": lambda: ignitrain.create_gan_trainer(
             mlp(4, 6), mlp(6, 1), cfg(), TensorDataset(x), latent_dim=4, fixed_noise_size=0
+        ),
+        "generic": lambda: ignitrain.create_trainer(
+            OwnLossModel(), cfg(), DictSamples(x, labels), DictSamples(x, labels)
         ),
     }  # fmt: skip
     for name, build in runs.items():

@@ -210,5 +210,5 @@ def test_every_flavor_trains_under_fsdp(tmp_path):
         results = json.loads((tmp_path / f"flavors{rank}.json").read_text())
         assert results == {
             name: {"ok": True, "sharded": True}
-            for name in ("classification", "autoencoder", "gan_bce")
+            for name in ("classification", "autoencoder", "gan_bce", "generic")
         }
