@@ -1,0 +1,93 @@
+"""What a run prints by default: the epoch lines and one final line, on stderr.
+
+ignitrain reports through the ``"ignitrain"`` logger. A new user who configured no
+``logging`` saw nothing at all (Python shows only warnings then), so with
+``TrainConfig.verbose=True`` (the default) :func:`attach_console` gives that logger a
+stderr handler, once per process, that stands aside as soon as the user configures
+logging themselves (a handler on the root logger): their set-up then decides what is
+shown, and nothing is printed twice. ``verbose=False`` adds nothing.
+
+It also attaches :func:`final_line` at ``COMPLETED``: epochs run, wall time, the best
+value of the ranking metric and why training stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import ignite.distributed as idist
+from ignite.engine import Engine, Events
+
+__all__ = ["ensure_console_output", "attach_console", "final_line"]
+
+logger = logging.getLogger("ignitrain")
+
+
+class _NoRootHandlers(logging.Filter):
+    """Pass records only while the root logger has no handlers (the user's set-up wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not logging.getLogger().handlers
+
+
+def ensure_console_output() -> None:
+    """Make ``ignitrain`` INFO records reach stderr when logging is not configured."""
+    if any(getattr(h, "_ignitrain_console", False) for h in logger.handlers):
+        return
+    if logger.handlers:  # configured by the user or the CLI: leave it
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_NoRootHandlers())
+    handler._ignitrain_console = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
+def final_line(engine: Engine, trainer: Any, started: float, metric: str | None) -> str:
+    """``"Finished 10 epochs (2300 iterations) in 12.3s | best val/accuracy 0.98 at
+    epoch 8 | completed"``."""
+    history = trainer.history
+    parts = [
+        f"Finished {engine.state.epoch} epochs ({engine.state.iteration} iterations) "
+        f"in {time.perf_counter() - started:.1f}s"
+    ]
+    if metric:
+        from ignitrain.metric_names import is_train_metric
+
+        name = metric if is_train_metric(metric) else f"val/{metric}"
+        if name in history:
+            from ignitrain.handlers._modes import infer_mode
+
+            mode = trainer.config.best_mode or infer_mode(metric)
+            steps, values = history.steps(name), history[name]
+            pick = min if mode == "min" else max
+            finite = [(v, s) for v, s in zip(values, steps) if v == v]
+            if finite:
+                value, step = pick(finite, key=lambda vs: vs[0])
+                parts.append(f"best {name} {value:.4g} at epoch {step}")
+    reason = history.meta.get("stop_reason") or "completed"
+    parts.append(f"stopped: {reason}")
+    return " | ".join(parts)
+
+
+def attach_console(trainer: Any, metric: str | None = None) -> None:
+    """With ``trainer.config.verbose``: console output and the final line (rank 0)."""
+    if not trainer.config.verbose:
+        return
+    ensure_console_output()
+    state = {"started": time.perf_counter()}
+
+    def started(_: Engine) -> None:
+        state["started"] = time.perf_counter()
+
+    def completed(engine: Engine) -> None:
+        if idist.get_rank() == 0:
+            logger.info(final_line(engine, trainer, state["started"], metric))
+
+    trainer.engine.add_event_handler(Events.STARTED, started)
+    trainer.engine.add_event_handler(Events.COMPLETED, completed)
