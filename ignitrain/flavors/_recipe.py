@@ -75,7 +75,13 @@ def check_config(config: Any) -> TrainConfig:
     return config
 
 
-def check_model(model: Any, name: str = "model") -> nn.Module:
+def check_model(model: Any, name: str = "model", *, seed: int | None = None) -> nn.Module:
+    """``model``, or ``model()`` built after seeding with ``seed`` when it is a factory."""
+    if callable(model) and not isinstance(model, nn.Module):
+        from ignitrain.seeding import seed_everything
+
+        seed_everything(seed)  # issue 13: initial weights follow config.seed
+        model = model()
     if not isinstance(model, nn.Module):
         raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
     if not any(True for _ in model.parameters()):
