@@ -110,7 +110,7 @@ def choose_checkpoint(
             )
         return ChosenCheckpoint(path, "path")
     if not run.is_dir():
-        raise FileNotFoundError(f"run directory {str(run)!r} does not exist")
+        raise FileNotFoundError(f"checkpoint or run directory {str(run)!r} does not exist")
     directory = _checkpoint_dir(run)
     note = ""
     if which == "best":

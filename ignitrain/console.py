@@ -7,8 +7,9 @@ stderr handler, once per process, that stands aside as soon as the user configur
 logging themselves (a handler on the root logger): their set-up then decides what is
 shown, and nothing is printed twice. ``verbose=False`` adds nothing.
 
-It also attaches :func:`final_line` at ``COMPLETED``: epochs run, wall time, the best
-value of the ranking metric and why training stopped.
+It also keeps the run's wall time in ``history.meta["wall_time_s"]`` (the report shows
+it) and logs :func:`final_line` at ``COMPLETED``: epochs run, wall time, the best value
+of the ranking metric and why training stopped.
 """
 
 from __future__ import annotations
@@ -48,13 +49,13 @@ def ensure_console_output() -> None:
         logger.setLevel(logging.INFO)
 
 
-def final_line(engine: Engine, trainer: Any, started: float, metric: str | None) -> str:
+def final_line(engine: Engine, trainer: Any, seconds: float, metric: str | None) -> str:
     """``"Finished 10 epochs (2300 iterations) in 12.3s | best val/accuracy 0.98 at
     epoch 8 | completed"``."""
     history = trainer.history
     parts = [
         f"Finished {engine.state.epoch} epochs ({engine.state.iteration} iterations) "
-        f"in {time.perf_counter() - started:.1f}s"
+        f"in {seconds:.1f}s"
     ]
     if metric:
         from ignitrain.metric_names import is_train_metric
@@ -76,18 +77,30 @@ def final_line(engine: Engine, trainer: Any, started: float, metric: str | None)
 
 
 def attach_console(trainer: Any, metric: str | None = None) -> None:
-    """With ``trainer.config.verbose``: console output and the final line (rank 0)."""
-    if not trainer.config.verbose:
-        return
-    ensure_console_output()
-    state = {"started": time.perf_counter()}
+    """The wall time in ``history.meta["wall_time_s"]`` (summed over resumes, updated each
+    epoch) and, with ``trainer.config.verbose``, console output and the final line.
+
+    Attach it before the History's handlers so that the saved ``history.json`` holds the
+    epoch's wall time and the stop reason the final line reports.
+    """
+    history = trainer.history
+    state = {"started": time.perf_counter(), "before": 0.0}
 
     def started(_: Engine) -> None:
+        # a resumed run's History came back from the checkpoint: continue its clock
         state["started"] = time.perf_counter()
+        state["before"] = float(history.meta.get("wall_time_s") or 0.0)
+
+    def tick(_: Engine) -> None:
+        history.meta["wall_time_s"] = state["before"] + time.perf_counter() - state["started"]
 
     def completed(engine: Engine) -> None:
-        if idist.get_rank() == 0:
-            logger.info(final_line(engine, trainer, state["started"], metric))
+        tick(engine)
+        if trainer.config.verbose and idist.get_rank() == 0:
+            logger.info(final_line(engine, trainer, history.meta["wall_time_s"], metric))
 
+    if trainer.config.verbose:
+        ensure_console_output()
     trainer.engine.add_event_handler(Events.STARTED, started)
+    trainer.engine.add_event_handler(Events.EPOCH_COMPLETED, tick)
     trainer.engine.add_event_handler(Events.COMPLETED, completed)

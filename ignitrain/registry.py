@@ -253,7 +253,7 @@ def check_loss_spec(spec: Mapping[str, Any], *, field: str = "loss") -> dict[str
 
 def describe_loss(loss: Any) -> Any:
     """Plain data for a config's ``loss``: a name or spec as given; a ``torch.nn`` loss
-    module as ``{"name": class, **its arguments that differ from the defaults}``; any
+    module with non-default arguments as ``{"name": class, **those arguments}``; any
     other object as its import path (as ``TrainConfig.to_dict`` writes objects)."""
     if loss is None or isinstance(loss, str):
         return loss
@@ -270,6 +270,7 @@ def describe_loss(loss: Any) -> Any:
                 spec[name] = value.detach().cpu().tolist()
             elif isinstance(value, _PLAIN) and value != param.default:
                 spec[name] = value
-        return spec
+        if len(spec) > 1:  # with its defaults the import path says everything
+            return spec
     target = loss if isinstance(loss, type) or hasattr(loss, "__qualname__") else cls
     return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"

@@ -77,7 +77,7 @@ def check_config(config: Any) -> TrainConfig:
 
 def check_model(model: Any, name: str = "model", *, seed: int | None = None) -> nn.Module:
     """``model``, or ``model()`` built after seeding with ``seed`` when it is a factory."""
-    if callable(model) and not isinstance(model, nn.Module):
+    if _is_factory(model):
         from ignitrain.seeding import seed_everything
 
         seed_everything(seed)  # issue 13: initial weights follow config.seed
@@ -87,6 +87,19 @@ def check_model(model: Any, name: str = "model", *, seed: int | None = None) -> 
     if not any(True for _ in model.parameters()):
         raise ValueError(f"{name} ({type(model).__name__}) has no parameters to train")
     return model
+
+
+def _is_factory(model: Any) -> bool:
+    """A callable taking no arguments that is not a module: ``lambda: Net()``, ``Net``."""
+    if isinstance(model, nn.Module) or not callable(model):
+        return False
+    import inspect
+
+    try:
+        inspect.signature(model).bind()
+    except (TypeError, ValueError):
+        return False  # e.g. a forward function passed by mistake: "must be a Module"
+    return True
 
 
 def check_metrics(metrics: Any) -> dict[str, Metric]:
@@ -309,6 +322,8 @@ def attach_handlers(
         attach_validation(engine, val, trainer.val_loader, every=config.validate_every)
     # before History's own COMPLETED save, so history.json holds the stop reason
     engine.add_event_handler(Events.COMPLETED, _report_stop, trainer.history)
+    # issue 13: wall time into history.meta and the final line, before History saves
+    attach_console(trainer, best_metric)
     attach_history(
         engine,
         trainer.history,
@@ -325,7 +340,6 @@ def attach_handlers(
     attach_progress_bar(engine, enabled=config.progress_bar)
     attach_epoch_summary(engine, trainer.history)
     attach_callbacks(trainer)  # issue 13: fn(trainer, epoch, metrics), after the History
-    attach_console(trainer, best_metric)  # issue 13: visible by default (verbose)
     _attach_checkpoints(trainer, objects, ranked_by, ranked_name, best_mode, out_dir, tensorboard)
 
 
