@@ -405,10 +405,8 @@ def _test_after_training(job: dict[str, Any], output_dir: Path) -> None:
         chosen = choose_checkpoint(output_dir, "best", mode=job["train"].get("best_mode"))
     except FileNotFoundError:
         return
-    result = _evaluate_checkpoint(job, chosen, None)
-    write_evaluation(output_dir, result)
-    figures = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items())
-    print(f"test      {figures} ({chosen.describe()}, epoch {result['epoch']})")
+    # printed by the summary table that follows (it reads evaluation.json)
+    write_evaluation(output_dir, _evaluate_checkpoint(job, chosen, None))
 
 
 def _run_dir_of(checkpoint: Path) -> Path:
