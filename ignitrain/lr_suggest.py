@@ -26,8 +26,8 @@ MIN_POINTS = 10
 FLAT_DROP = 0.05
 """The loss must fall by at least this fraction of its starting value somewhere."""
 
-NOISE_RATIO = 0.5
-"""Step-to-step jitter larger than this fraction of the total drop makes the curve noise."""
+NOISE_RATIO = 0.25
+"""A typical deviation from the trend larger than this fraction of the drop is noise."""
 
 _EDGE = 0.05  # a suggestion within the first/last 5% of the sweep (in log LR) is an edge
 
@@ -63,6 +63,14 @@ def _check(lrs: Sequence[float], losses: Sequence[float]) -> tuple[list[float], 
     return lrs, losses
 
 
+def _running_median(values: list[float], half: int = 3) -> list[float]:
+    out = []
+    for i in range(len(values)):
+        window = sorted(values[max(0, i - half) : i + half + 1])
+        out.append(window[len(window) // 2])
+    return out
+
+
 def judge_lr_curve(
     lrs: Sequence[float], losses: Sequence[float], suggestion: float | None = None
 ) -> LRVerdict:
@@ -72,7 +80,8 @@ def judge_lr_curve(
     loss is not finite before it ever fell; the loss never falls by :data:`FLAT_DROP` of
     its start (flat); its lowest point is in the first 10% of the sweep (it diverges at
     once: even the smallest rates are too large, or the start is already the best); the
-    jitter between neighbouring points exceeds :data:`NOISE_RATIO` of the drop (noisy);
+    typical deviation from the trend (a running median of 7 points) exceeds
+    :data:`NOISE_RATIO` of the drop (noisy);
     the suggestion is missing or sits at an end of the sweep.
 
     Args:
@@ -97,27 +106,29 @@ def judge_lr_curve(
     finite = [i for i, v in enumerate(losses) if math.isfinite(v)]
     if not finite or finite[0] != 0:
         return unreliable("the loss is not finite from the start")
-    # the curve up to the first non-finite value (where the finder stopped)
+    # the curve up to the first non-finite value (where the finder stopped), and its
+    # running median: the trend a person sees through the jitter
     end = next((i for i, v in enumerate(losses) if not math.isfinite(v)), len(losses))
     curve = losses[:end]
-    start, low = curve[0], min(curve)
-    low_at = curve.index(low)
+    trend = _running_median(curve)
+    start, low = trend[0], min(trend)
+    low_at = trend.index(low)
     drop = start - low
     if drop <= FLAT_DROP * max(abs(start), 1e-12):
-        if low_at == 0 and max(curve) > start * (1 + FLAT_DROP):
+        if low_at == 0 and max(trend) > start * (1 + FLAT_DROP):
             return unreliable("the loss rises from the first step: it diverges at once")
         return unreliable(
             f"the loss is flat (it falls by {drop / max(abs(start), 1e-12):.1%} of its start "
             f"at most): the model does not learn over lr {lrs[0]:.3g} .. {lrs[end - 1]:.3g}"
         )
-    if low_at < max(1, len(curve) // 10):
+    if low_at < max(1, len(trend) // 10):
         return unreliable("the loss is lowest at the start of the sweep: it diverges at once")
-    jitter = sorted(abs(b - a) for a, b in zip(curve, curve[1:]))
-    median_jitter = jitter[len(jitter) // 2]
-    if median_jitter > NOISE_RATIO * drop:
+    deviations = sorted(abs(v - t) for v, t in zip(curve, trend))
+    noise = deviations[len(deviations) // 2]
+    if noise > NOISE_RATIO * drop:
         return unreliable(
-            f"the curve is noise (step-to-step change {median_jitter:.3g} against a drop of "
-            f"{drop:.3g}): use more iterations or a larger batch"
+            f"the curve is noise (typical deviation {noise:.3g} from its trend against a drop "
+            f"of {drop:.3g}): use more iterations or a larger batch"
         )
     if suggestion is None or not math.isfinite(suggestion) or suggestion <= 0:
         return unreliable("the finder gave no suggestion")

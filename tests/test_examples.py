@@ -8,6 +8,7 @@ an example fails CI, and checks what the script promises to write and print.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,38 @@ def test_example_runs_and_writes_its_outputs(name, tmp_path):
     latest = json.loads((out / "checkpoints" / "checkpoint_latest.json").read_text())
     payload = torch.load(out / "checkpoints" / latest["file"], weights_only=True)
     assert payload["iteration"] > 0 and "config" in payload
+
+
+# -- every shipped job reaches its stated figure (the README's examples table) --------------
+
+# job file -> (test metric, the figure it must reach, "min" when lower is better)
+JOB_FIGURES = {
+    "digits_cnn.yaml": ("accuracy", 0.97, "max"),
+    "digits_mlp.yaml": ("accuracy", 0.87, "max"),
+    "diabetes_mlp.yaml": ("r2", 0.50, "max"),
+    "breast_cancer_mlp.json": ("accuracy", 0.95, "max"),
+}
+
+
+@pytest.mark.parametrize("job", sorted(JOB_FIGURES))
+def test_each_shipped_job_reaches_its_stated_test_figure(job, tmp_path):
+    metric, figure, mode = JOB_FIGURES[job]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ignitrain", "train", f"examples/configs/{job}"]
+    result = subprocess.run(
+        [*cmd, "--set", f"train.output_dir={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # printed: the summary's test line names the metric and the checkpoint it used
+    test_line = next(line for line in result.stdout.splitlines() if line.startswith("test "))
+    assert f"{metric} " in test_line and "best" in test_line, test_line
+    value = json.loads((out / "evaluation.json").read_text())["metrics"][metric]
+    assert (value >= figure) if mode == "max" else (value <= figure), (job, metric, value)
+    # the epoch lines and the final line reach stderr
+    assert "Epoch 1/" in result.stderr and "Finished " in result.stderr
