@@ -432,6 +432,8 @@ def _resumes_html(summary: RunSummary) -> str | None:
         parts.append(
             f'<p class="muted">Every checkpoint was written by {sizes[0][2]} process(es).</p>'
         )
+    if not summary.resumes and not sizes:
+        return None  # nothing ran that could have been resumed
     if not summary.resumes:
         parts.insert(
             0,

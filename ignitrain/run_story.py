@@ -67,9 +67,7 @@ def stop_detail(reason: str | None, train: Mapping[str, Any], history: Any) -> s
         return f"max_steps={train.get('max_steps')} optimizer steps done"
     if reason == "non_finite_loss":
         return "the loss was NaN or infinite (stop_on_nan): the update was not applied"
-    if reason == "completed":
-        return f"all {train.get('num_epochs', '?')} planned epochs ran"
-    return ""
+    return ""  # "completed" (every planned epoch ran) says it all
 
 
 def wall_time_text(seconds: Any) -> str | None:
