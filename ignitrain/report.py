@@ -296,7 +296,9 @@ th { font-size: 12px; color: #5b6478; font-weight: 600; background: #f7f8fa; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; font-family: ui-monospace,
          "DejaVu Sans Mono", monospace; }
 th.num { text-align: right; }
-.curves { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 12px; }
+/* two columns on a laptop screen: each 500 px panel shows at (nearly) 100% */
+.curves { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 12px; }
+img.curve { max-width: 560px; }
 img.curve { width: 100%; height: auto; display: block; }
 pre { background: #f7f8fa; border-radius: 6px; padding: 12px; overflow-x: auto; margin: 0;
       font: 12px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; white-space: pre-wrap; }
@@ -418,19 +420,21 @@ def _resumes_html(summary: RunSummary) -> str | None:
         )
         parts.append(f"<table><tr>{head}</tr>{body}</table>")
     sizes = [(name, it, ws) for name, it, ws in summary.world_sizes if ws is not None]
-    changes = [sizes[0]] if sizes else []
-    for item in sizes[1:]:
-        if item[2] != changes[-1][2]:
-            changes.append(item)
-    if len(changes) > 1:
+    groups: list[list[Any]] = []  # [world size, first iteration, last iteration]
+    for _, iteration, world in sizes:
+        if groups and groups[-1][0] == world:
+            groups[-1][2] = iteration
+        else:
+            groups.append([world, iteration, iteration])
+    if len(groups) > 1:
         steps = "; then ".join(
-            f"{ws} process(es) from iteration {it} (<code>{_e(name)}</code>)"
-            for name, it, ws in changes
+            f"{world} process(es) (checkpoints at iterations {first}..{last})"
+            for world, first, last in groups
         )
         parts.append(f"<p><b>World size changed:</b> {steps}.</p>")
-    elif sizes:
+    elif groups:
         parts.append(
-            f'<p class="muted">Every checkpoint was written by {sizes[0][2]} process(es).</p>'
+            f'<p class="muted">Every kept checkpoint was written by {groups[0][0]} process(es).</p>'
         )
     if not summary.resumes and not sizes:
         return None  # nothing ran that could have been resumed
