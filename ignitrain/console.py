@@ -38,8 +38,8 @@ def ensure_console_output() -> None:
     """Make ``ignitrain`` INFO records reach stderr when logging is not configured."""
     if any(getattr(h, "_ignitrain_console", False) for h in logger.handlers):
         return
-    if logger.handlers:  # configured by the user or the CLI: leave it
-        return
+    if logger.handlers or logging.getLogger().handlers:
+        return  # configured by the user (or the CLI): their levels and handlers decide
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(_NoRootHandlers())

@@ -239,3 +239,15 @@ def test_epoch_lines_and_final_line_print_without_logging_setup(verbose):
     else:
         assert result.stderr == ""
     assert result.stdout == ""
+
+
+@pytest.mark.slow
+def test_a_users_own_logging_setup_decides_what_is_shown():
+    script = "import logging\nlogging.basicConfig(level=logging.WARNING)\n" + textwrap.dedent(
+        _SCRIPT.format(verbose=True)
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Epoch 1/2" not in result.stderr and "Finished" not in result.stderr
