@@ -76,10 +76,13 @@ class DigitsMLP(MLP):
 
 
 class DigitsCNN(nn.Module):
-    """Two 3x3 convolutions and a linear head for ``(N, 1, 8, 8)`` digits -> 10 logits.
+    """Two 3x3 conv blocks with batch norm and a linear head for ``(N, 1, 8, 8)`` digits.
+
+    The head sees the whole 4x4 feature map: an earlier version pooled it to 1x1 and
+    lost where the strokes are (it early-stopped near 42% validation accuracy).
 
     Args:
-        channels: Channels of the first convolution (the second has twice as many).
+        channels: Channels of both convolutions.
         dropout: Dropout before the head.
     """
 
@@ -90,13 +93,14 @@ class DigitsCNN(nn.Module):
         self.channels, self.dropout = channels, dropout
         self.features = nn.Sequential(
             nn.Conv2d(1, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
             nn.ReLU(),
             nn.MaxPool2d(2),  # 8x8 -> 4x4
-            nn.Conv2d(channels, 2 * channels, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * channels, 10))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels * 16, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -15,6 +15,8 @@ from ignitrain.flavors.seq2seq import create_seq2seq_trainer
 from ignitrain.handlers.checkpoint import load_checkpoint
 from ignitrain.handlers.history import History
 from ignitrain.lr_finder import find_lr
+from ignitrain.rebuild import rebuild_model
+from ignitrain.seeding import seed_everything
 from ignitrain.trainer import Trainer
 
 __all__ = [
@@ -30,5 +32,7 @@ __all__ = [
     "load_checkpoint",
     "launch",
     "find_lr",
+    "seed_everything",
+    "rebuild_model",
 ]
 __version__ = "0.1.0"

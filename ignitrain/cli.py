@@ -108,8 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint and print its metrics")
     evaluate.add_argument(
         "checkpoint",
-        metavar="CHECKPOINT",
-        help="a checkpoint file, or a run directory (its latest)",
+        metavar="RUN",
+        help="a run directory (pick its checkpoint with --checkpoint) or a checkpoint file",
+    )
+    evaluate.add_argument(
+        "--checkpoint",
+        dest="which",
+        metavar="last|best|PATH",
+        default="best",
+        help="which checkpoint of RUN: best (default: the best by best_metric; the newest "
+        "when the run kept none), last (the newest valid one) or a file",
     )
     evaluate.add_argument(
         "--data",
@@ -165,7 +173,7 @@ def _command_line(argv: Sequence[str] | None) -> str:
 
 # what a run leaves in output_dir; --overwrite removes these (config.yaml is rewritten
 # and lr_find.png, made before training, is kept)
-_RUN_FILES = ("history.json", "report.html")
+_RUN_FILES = ("history.json", "report.html", "evaluation.json")
 _RUN_DIRS = ("checkpoints", "tb")
 
 
@@ -229,6 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if _is_rank_zero():
         write_job(job, output_dir / "config.yaml", command=args.command_line)
     _launch(job, args.nproc, {})
+    _test_after_training(job, output_dir)
     _finish(output_dir)
     return 0
 
@@ -257,6 +266,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if args.set and _is_rank_zero():
         write_job(job, config_path, command=args.command_line)  # record the changed options
     _launch(job, args.nproc, {"resume": "latest"})
+    _test_after_training(job, output_dir)
     _finish(output_dir)
     return 0
 
@@ -316,30 +326,26 @@ def _evaluation_data(job: dict[str, Any], data_arg: str | None) -> tuple[Any, An
     return job_data, chosen, f"{label_name}:{split}"
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """``ignitrain evaluate CHECKPOINT [--data NAME[:SPLIT]] [--config JOB] [--json]``."""
-    from ignitrain.handlers.checkpoint import safe_load
-    from ignitrain.jobs import build_trainer, load_job
+def _evaluate_checkpoint(
+    job: dict[str, Any], chosen: Any, data_arg: str | None, device: str | None = None
+) -> dict[str, Any]:
+    """Build the job's trainer, load ``chosen``'s weights and evaluate on ``data_arg``."""
+    from ignitrain.handlers.checkpoint import load_checkpoint
+    from ignitrain.jobs import build_trainer
 
-    checkpoint = _resolve_checkpoint(args.checkpoint)
-    job_file = Path(args.config) if args.config else _find_job_file(checkpoint)
-    if job_file is None:
-        raise JobError(
-            f"no config.yaml next to {str(checkpoint)!r}: pass the job file with --config JOB.yaml"
-        )
-    job = load_job(job_file)
-    try:
-        safe_load(checkpoint)  # a corrupt or foreign file is the user's input, not a crash
-    except Exception as exc:
-        raise JobError(f"cannot read checkpoint {str(checkpoint)!r}: {exc}") from None
-    job_data, dataset, label = _evaluation_data(job, args.data)
+    job_data, dataset, label = _evaluation_data(job, data_arg)
     # evaluation writes nothing: no output_dir, no TensorBoard, no resume of its own
     changes: dict[str, Any] = {"output_dir": None, "resume": None, "tensorboard": False}
     changes["progress_bar"] = False
-    if args.device:
-        changes["device"] = args.device
+    changes["verbose"] = False
+    if device:
+        changes["device"] = device
     trainer = build_trainer(job, train_changes=changes, data=job_data)
-    trainer.resume(checkpoint)
+    try:
+        # the weights only: evaluating is not resuming (no engine state, no "Resumed from")
+        payload = load_checkpoint(chosen.path, **trainer.models)
+    except Exception as exc:  # a corrupt or foreign file is the user's input, not a crash
+        raise JobError(f"cannot load checkpoint {str(chosen.path)!r}: {exc}") from None
     try:
         metrics = trainer.evaluate(dataset)
     except RuntimeError as exc:
@@ -347,23 +353,76 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise  # the job's own data failing is not a mismatch: show the traceback
         first = str(exc).strip().splitlines()[0]
         raise JobError(f"evaluating on {label} failed, does it match the model? {first}") from None
-    result = {
-        "checkpoint": str(checkpoint),
+    return {
+        "checkpoint": str(chosen.path),
+        "which": chosen.which,
+        "chosen": chosen.describe(),
         "data": label,
         "num_samples": len(dataset) if hasattr(dataset, "__len__") else None,
-        "epoch": int(trainer.engine.state.epoch),
-        "iteration": int(trainer.engine.state.iteration),
+        "epoch": int(payload.get("epoch") or 0),
+        "iteration": int(payload.get("iteration") or 0),
         "metrics": metrics,
     }
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``ignitrain evaluate RUN [--checkpoint best|last|PATH] [--data NAME[:SPLIT]] [--json]``."""
+    from ignitrain.checkpoint_choice import choose_checkpoint
+    from ignitrain.jobs import load_job
+
+    try:
+        chosen = choose_checkpoint(args.checkpoint, args.which)
+    except FileNotFoundError as exc:
+        raise JobError(str(exc)) from None
+    checkpoint = chosen.path
+    job_file = Path(args.config) if args.config else _find_job_file(checkpoint)
+    if job_file is None:
+        raise JobError(
+            f"no config.yaml next to {str(checkpoint)!r}: pass the job file with --config JOB.yaml"
+        )
+    job = load_job(job_file)
+    result = _evaluate_checkpoint(job, chosen, args.data, args.device)
+    if chosen.note:
+        print(f"note: {chosen.note}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"checkpoint {checkpoint} (epoch {result['epoch']}, iteration {result['iteration']})")
-        print(f"data       {label} ({result['num_samples']} samples)")
+        print(f"checkpoint {chosen.describe()}: {checkpoint}")
+        print(f"           epoch {result['epoch']}, iteration {result['iteration']}")
+        print(f"data       {result['data']} ({result['num_samples']} samples)")
+        metrics = result["metrics"]
         width = max((len(k) for k in metrics), default=6)
         for key, value in metrics.items():
             print(f"{key:<{width}}  {value:.6g}")
+    if _is_rank_zero() and result["data"].endswith(":test") and chosen.which != "path":
+        from ignitrain.evaluation_record import write_evaluation
+
+        write_evaluation(_run_dir_of(checkpoint), result)
     return 0
+
+
+def _test_after_training(job: dict[str, Any], output_dir: Path) -> None:
+    """Evaluate the best checkpoint on the job's test split, print and record it."""
+    from ignitrain.checkpoint_choice import choose_checkpoint
+    from ignitrain.evaluation_record import write_evaluation
+    from ignitrain.jobs import build_data
+
+    if not _is_rank_zero() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return  # under torchrun the process group is the launcher's: evaluate afterwards
+    if getattr(build_data(job), "test", None) is None:
+        return
+    try:
+        chosen = choose_checkpoint(output_dir, "best", mode=job["train"].get("best_mode"))
+    except FileNotFoundError:
+        return
+    # printed by the summary table that follows (it reads evaluation.json)
+    write_evaluation(output_dir, _evaluate_checkpoint(job, chosen, None))
+
+
+def _run_dir_of(checkpoint: Path) -> Path:
+    return (
+        checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    )
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
@@ -401,12 +460,17 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     print(
         f"range test    {tried}" + (" (stopped: the loss diverged)" if result.stopped_early else "")
     )
-    if result.suggestion is None:
-        print("suggested lr  none: the curve is too short to read; try --num-iter 200")
-    else:
+    from ignitrain.lr_suggest import judge_lr_curve
+
+    verdict = judge_lr_curve(result.lrs, result.losses, result.suggestion)
+    if verdict.reliable:
         print(f"suggested lr  {result.suggestion:.3g}")
+    else:
+        # a number over a curve that says nothing is worse than none: no ready-made command
+        print(f"suggested lr  none reliable: {verdict.reason}", file=sys.stderr)
+        print("suggested lr  none (see the plot; the warning above says why)")
     print(f"plot          {plot}")
-    if result.suggestion is not None:
+    if verdict.reliable:
         print(f"train with    ignitrain train {args.config} --set train.lr={result.suggestion:.3g}")
     return 0
 

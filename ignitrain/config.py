@@ -109,6 +109,11 @@ class TrainConfig:
             CPU (FSDP2 ``CPUOffloadPolicy``); saves device memory, costs speed.
         fsdp_reshard_after_forward: Free each unit's gathered parameters after its
             forward (less memory, one more all-gather in the backward).
+        verbose: Print the epoch summary and the final line to stderr (rank 0) when
+            ``logging`` is not configured; ``False`` keeps the run quiet.
+        callbacks: Functions ``fn(trainer, epoch, metrics)`` called after each epoch
+            (qurious style; ``metrics`` maps History names to this epoch's values), or
+            their import paths (``"pkg.module.fn"``).
     """
 
     # what and how long
@@ -169,6 +174,9 @@ class TrainConfig:
     fsdp_wrap: Any = "auto"
     fsdp_cpu_offload: bool = False
     fsdp_reshard_after_forward: bool = True
+    # issue 13: what a new user sees and the habits they bring
+    verbose: bool = True
+    callbacks: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -201,7 +209,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view: objects (optimizers, losses, callables) become import paths."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        from ignitrain.registry import describe_loss  # issue 13: a loss keeps its arguments
+
+        data["loss"] = describe_loss(self.loss)
+        return data
 
     def to_file(self, path: str | os.PathLike) -> None:
         """Write ``to_dict()`` as YAML or JSON (by suffix), atomically."""
@@ -227,8 +239,11 @@ def check_names(names: Any) -> None:
     known = TrainConfig.field_names()
     for name in names:
         if name not in known:
+            from ignitrain.aliases import alias_hint  # issue 13: other trainers' names
+
+            hint = alias_hint(name) or suggest(name, known)
             raise TypeError(
-                f"TrainConfig got an unknown option {name!r}.{suggest(name, known)} "
+                f"TrainConfig got an unknown option {name!r}.{hint} "
                 f"Known options: {', '.join(known)}"
             )
 
@@ -404,12 +419,28 @@ def _validate(cfg: TrainConfig) -> None:
         "deterministic",
         "progress_bar",
         "tensorboard",
+        "verbose",
     ):
         _bool(cfg, name)
     _validate_choices(cfg)
     _validate_parallel(cfg)  # issue 14
     _validate_containers(cfg)
     _validate_objects(cfg)
+    _validate_issue13(cfg)
+
+
+# -- issue 13: metric names from other trainers, loss specs, callbacks ----------------
+
+
+def _validate_issue13(cfg: TrainConfig) -> None:
+    from ignitrain.callbacks import check_callbacks
+    from ignitrain.metric_names import canonical_metric
+
+    # one spelling for every handler: "eval_loss", "val/loss" -> "loss"
+    if cfg.best_metric is not None:
+        cfg.best_metric = canonical_metric(cfg.best_metric)
+    cfg.stop_when = {canonical_metric(k): v for k, v in cfg.stop_when.items()}
+    cfg.callbacks = check_callbacks(cfg.callbacks, field="TrainConfig.callbacks")
 
 
 def _validate_choices(cfg: TrainConfig) -> None:
@@ -563,11 +594,14 @@ def _validate_objects(cfg: TrainConfig) -> None:
         )
     if isinstance(cfg.loss, str):
         registry.loss_class(cfg.loss, field="loss")
+    elif isinstance(cfg.loss, Mapping):  # issue 13: {"name": ..., **arguments}
+        cfg.loss = registry.check_loss_spec(cfg.loss, field="loss")
     elif cfg.loss is not None and not callable(cfg.loss):
         _fail(
             "loss",
             cfg.loss,
-            "a loss name, an nn.Module or a callable (y_pred, y) -> loss",
+            "a loss name, a spec {'name': ..., **args}, an nn.Module or a callable "
+            "(y_pred, y) -> loss",
             TypeError,
         )
     for name in ("lr_scheduler", "momentum_scheduler"):

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ignitrain.config import TrainConfig, read_mapping, suggest
+from ignitrain.seeding import seed_everything
 
 __all__ = [
     "FLAVORS",
@@ -544,7 +545,7 @@ def build_trainer(
         raise JobError(f"train: {exc}") from None
     # the models are built here, before the factory seeds the run: seed first so that
     # their initial weights (and so the whole run) follow train.seed
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     models = build_models(job)
     data = data if data is not None else build_data(job)
     kwargs: dict[str, Any] = {
@@ -579,21 +580,6 @@ def build_trainer(
         # factories validate their inputs at entry with TypeError/ValueError naming
         # the argument: that is a mistake in the job, not a crash
         raise JobError(f"flavor {name!r}: cannot build the trainer: {exc}") from None
-
-
-def _seed_everything(seed: int | None) -> None:
-    """Seed Python, NumPy and torch (the same seed on every rank: DDP broadcasts
-    rank 0's weights anyway, and equal initial weights keep a 1-process run equal)."""
-    if seed is None:
-        return
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # -- the record of a run ---------------------------------------------------------------------

@@ -7,7 +7,8 @@ what exists and suggests the closest match.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -21,6 +22,8 @@ __all__ = [
     "build_optimizer",
     "loss_class",
     "build_loss",
+    "check_loss_spec",
+    "describe_loss",
     "SCHEDULE_NAMES",
     "canonical_schedule_name",
     "check_schedule_name",
@@ -187,6 +190,10 @@ def build_loss(spec: Any, default: Callable[[], Callable] | None = None) -> Call
         return default()
     if isinstance(spec, str):
         return loss_class(spec)()
+    if isinstance(spec, Mapping):
+        spec = check_loss_spec(spec)
+        args = {k: _tensor_arg(k, v) for k, v in spec.items() if k != "name"}
+        return loss_class(spec["name"])(**args)
     if isinstance(spec, type) and issubclass(spec, nn.Module):
         return spec()
     return spec
@@ -203,3 +210,67 @@ def canonical_schedule_name(name: str, *, field: str = "lr_scheduler") -> str:
 def check_schedule_name(name: str, *, field: str = "lr_scheduler") -> None:
     """Raise when ``name`` is not a known schedule."""
     canonical_schedule_name(name, field=field)
+
+
+# -- loss specs with arguments (issue 13) ---------------------------------------------
+
+_TENSOR_ARGS = ("weight", "pos_weight")  # given as lists in a spec, tensors in the module
+_PLAIN = (bool, int, float, str)
+
+
+def _tensor_arg(name: str, value: Any) -> Any:
+    if name in _TENSOR_ARGS and isinstance(value, (list, tuple)):
+        return torch.tensor(value, dtype=torch.float32)
+    return value
+
+
+def check_loss_spec(spec: Mapping[str, Any], *, field: str = "loss") -> dict[str, Any]:
+    """Check ``{"name": "CrossEntropyLoss", "label_smoothing": 0.1}``; return it as a dict.
+
+    The name is looked up like a plain loss name; every other key must be an argument
+    of that loss class.
+
+    Raises:
+        ConfigError: no ``name``, an unknown loss, or an argument the class does not take.
+    """
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+        raise ConfigError(
+            f"TrainConfig.{field}={spec!r} is not allowed: a loss spec needs a 'name', e.g. "
+            "{'name': 'CrossEntropyLoss', 'label_smoothing': 0.1}"
+        )
+    cls = loss_class(spec["name"], field=field)
+    args = {str(k): v for k, v in spec.items() if k != "name"}
+    params = inspect.signature(cls.__init__).parameters
+    allowed = [p for p in params if p != "self"]
+    for key in args:
+        if key not in allowed:
+            raise ConfigError(
+                f"TrainConfig.{field}: {cls.__name__} has no argument {key!r}."
+                f"{suggest(key, allowed)} Its arguments: {', '.join(allowed)}"
+            )
+    return {"name": spec["name"], **args}
+
+
+def describe_loss(loss: Any) -> Any:
+    """Plain data for a config's ``loss``: a name or spec as given; a ``torch.nn`` loss
+    module with non-default arguments as ``{"name": class, **those arguments}``; any
+    other object as its import path (as ``TrainConfig.to_dict`` writes objects)."""
+    if loss is None or isinstance(loss, str):
+        return loss
+    if isinstance(loss, Mapping):
+        return {str(k): v for k, v in loss.items()}
+    cls = type(loss)
+    if isinstance(loss, nn.Module) and cls in set(_LOSSES.values()):
+        spec: dict[str, Any] = {"name": cls.__name__}
+        for name, param in inspect.signature(cls.__init__).parameters.items():
+            if name in ("self", "size_average", "reduce") or not hasattr(loss, name):
+                continue
+            value = getattr(loss, name)
+            if isinstance(value, torch.Tensor) and name in _TENSOR_ARGS:
+                spec[name] = value.detach().cpu().tolist()
+            elif isinstance(value, _PLAIN) and value != param.default:
+                spec[name] = value
+        if len(spec) > 1:  # with its defaults the import path says everything
+            return spec
+    target = loss if isinstance(loss, type) or hasattr(loss, "__qualname__") else cls
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"

@@ -1,9 +1,10 @@
 """A run's report: one self-contained HTML page and a short terminal summary.
 
 Both read only what a run leaves in its ``output_dir``: ``config.yaml`` (the job),
-``history.json`` (every logged value, and in ``meta`` why training stopped) and the
-files in ``checkpoints/``. So a report can be made for any run, finished, stopped or
-still going, and again later::
+``history.json`` (every logged value; in ``meta`` why training stopped and the wall
+time), ``evaluation.json`` (test metrics, when evaluated), ``run.json`` (the run
+record with its resumes, when the run has one) and the files in ``checkpoints/``. So a
+report can be made for any run, finished, stopped or still going, and again later::
 
     ignitrain report runs/digits_cnn        # writes runs/digits_cnn/report.html
 
@@ -53,6 +54,11 @@ class RunSummary:
     stop_reason: str | None = None
     stopped_at: dict[str, Any] = field(default_factory=dict)
     checkpoints: list[tuple[str, int, float]] = field(default_factory=list)
+    evaluation: dict[str, Any] | None = None
+    wall_time_s: float | None = None
+    stop_detail: str = ""
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    world_sizes: list[tuple[str, int, int | None]] = field(default_factory=list)
 
 
 def _check_dir(output_dir: str | os.PathLike) -> Path:
@@ -86,7 +92,32 @@ def collect(output_dir: str | os.PathLike) -> RunSummary:
         summary.stop_reason = history.meta.get("stop_reason")
         summary.stopped_at = dict(history.meta.get("stopped_at") or {})
     summary.checkpoints = _list_checkpoints(path / "checkpoints")
+    _collect_story(summary)
     return summary
+
+
+def _collect_story(summary: RunSummary) -> None:
+    """Test metrics, wall time, stop detail and resumes (see :mod:`ignitrain.run_story`)."""
+    from ignitrain.evaluation_record import read_evaluation
+    from ignitrain.run_story import (
+        checkpoint_world_sizes,
+        read_run_record,
+        resume_rows,
+        stop_detail,
+    )
+
+    summary.evaluation = read_evaluation(summary.output_dir)
+    train = summary.job.get("train") or {}
+    if summary.history is not None:
+        wall = summary.history.meta.get("wall_time_s")
+        summary.wall_time_s = float(wall) if isinstance(wall, (int, float)) else None
+        summary.stop_detail = stop_detail(summary.stop_reason, train, summary.history)
+    record = read_run_record(summary.output_dir)
+    summary.resumes = resume_rows(record)
+    if summary.wall_time_s is None and record:
+        wall = record.get("wall_time_s")
+        summary.wall_time_s = float(wall) if isinstance(wall, (int, float)) else None
+    summary.world_sizes = checkpoint_world_sizes(summary.output_dir / "checkpoints")
 
 
 def _read_config(path: Path) -> tuple[str | None, dict[str, Any]]:
@@ -191,7 +222,8 @@ def _stop_text(summary: RunSummary) -> str:
     at = ""
     if where:
         at = f" at epoch {where.get('epoch', '?')}, iteration {where.get('iteration', '?')}"
-    return f"{summary.stop_reason}{at}"
+    detail = f": {summary.stop_detail}" if summary.stop_detail else ""
+    return f"{summary.stop_reason}{at}{detail}"
 
 
 # -- terminal -----------------------------------------------------------------------------------
@@ -217,6 +249,17 @@ def summary_table(output_dir: str | os.PathLike) -> str:
             lines.append(
                 f"{row.name:<{width}}  {_fmt(row.final):>10}  {_fmt(row.best):>10}  {row.best_step}"
             )
+    if summary.evaluation:
+        figures = ", ".join(f"{k} {_fmt(v)}" for k, v in summary.evaluation["metrics"].items())
+        evaluation = summary.evaluation
+        lines.append(
+            f"test      {figures} ({evaluation.get('chosen') or evaluation.get('which', '?')} "
+            f"checkpoint, epoch {evaluation.get('epoch', '?')}, {evaluation.get('data', '?')})"
+        )
+    from ignitrain.run_story import wall_time_text
+
+    if wall_time_text(summary.wall_time_s):
+        lines.append(f"wall time {wall_time_text(summary.wall_time_s)}")
     if summary.checkpoints:
         names = ", ".join(name for name, _, _ in summary.checkpoints)
         lines.append(f"checkpoints ({len(summary.checkpoints)}): {names}")
@@ -247,12 +290,15 @@ code { font: 12px ui-monospace, "DejaVu Sans Mono", monospace; background: #eef0
 img.lr-find { max-width: 520px; width: 100%; height: auto; display: block; }
 @media (min-width: 900px) { pre.config { column-count: 2; column-gap: 28px; } }
 table { border-collapse: collapse; width: 100%; }
+table.narrow { width: auto; min-width: 260px; }
 th, td { text-align: left; padding: 5px 10px; border-bottom: 1px solid #eceef2; }
 th { font-size: 12px; color: #5b6478; font-weight: 600; background: #f7f8fa; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; font-family: ui-monospace,
          "DejaVu Sans Mono", monospace; }
 th.num { text-align: right; }
-.curves { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 12px; }
+/* two columns on a laptop screen: each 500 px panel shows at (nearly) 100% */
+.curves { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 12px; }
+img.curve { max-width: 560px; }
 img.curve { width: 100%; height: auto; display: block; }
 pre { background: #f7f8fa; border-radius: 6px; padding: 12px; overflow-x: auto; margin: 0;
       font: 12px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; white-space: pre-wrap; }
@@ -283,6 +329,16 @@ def _facts_html(summary: RunSummary) -> str:
     ]
     if summary.metrics:
         facts.append(("epochs (done)", max(row.last_step for row in summary.metrics)))
+    from ignitrain.run_story import wall_time_text
+
+    facts.append(("wall time", wall_time_text(summary.wall_time_s)))
+    if summary.evaluation:
+        metrics = summary.evaluation["metrics"]
+        key = next((k for k in ("accuracy", "loss") if k in metrics), next(iter(metrics), None))
+        if key is not None:
+            facts.append((f"test {key}", _fmt(metrics[key])))
+    if summary.resumes:
+        facts.append(("resumed", f"{len(summary.resumes)} time(s)"))
     wide = ("model", "data")  # import paths: give them two columns instead of breaking them
     cells = "".join(
         f'<div class="fact{" wide" if k in wide else ""}"><b>{_e(k)}</b><span>{_e(v)}</span></div>'
@@ -328,6 +384,78 @@ def _metrics_html(summary: RunSummary) -> str:
     return f"<table>{head}{rows}</table>"
 
 
+def _test_html(summary: RunSummary) -> str | None:
+    """The recorded test evaluation: which checkpoint, which data, every metric."""
+    evaluation = summary.evaluation
+    if not evaluation:
+        return None
+    rows = "".join(
+        f"<tr><td>{_e(k)}</td><td class=num>{_e(_fmt(v))}</td></tr>"
+        for k, v in evaluation["metrics"].items()
+    )
+    where = (
+        f"{_e(evaluation.get('chosen') or evaluation.get('which', '?'))} checkpoint "
+        f"<code>{_e(Path(str(evaluation.get('checkpoint', '?'))).name)}</code> (epoch "
+        f"{_e(evaluation.get('epoch', '?'))}) on <code>{_e(evaluation.get('data', '?'))}</code>"
+        f" ({_e(evaluation.get('num_samples', '?'))} samples)"
+    )
+    return (
+        f'<p>{where}</p><table class="narrow"><tr><th>metric</th><th class=num>test</th></tr>'
+        f"{rows}</table>"
+    )
+
+
+def _resumes_html(summary: RunSummary) -> str | None:
+    """Every resume the run record lists, and the world size the checkpoints were saved
+    with (a change means the run moved between process counts)."""
+    parts = []
+    if summary.resumes:
+        keys: list[str] = []
+        for row in summary.resumes:
+            keys += [k for k in row if k not in keys]
+        head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{_e(row.get(k, ''))}</td>" for k in keys) + "</tr>"
+            for row in summary.resumes
+        )
+        parts.append(f"<table><tr>{head}</tr>{body}</table>")
+    sizes = [(name, it, ws) for name, it, ws in summary.world_sizes if ws is not None]
+    groups: list[list[Any]] = []  # [world size, first iteration, last iteration]
+    for _, iteration, world in sizes:
+        if groups and groups[-1][0] == world:
+            groups[-1][2] = iteration
+        else:
+            groups.append([world, iteration, iteration])
+    if len(groups) > 1:
+        steps = "; then ".join(
+            f"{world} process(es) (checkpoints at iterations {first}..{last})"
+            for world, first, last in groups
+        )
+        parts.append(f"<p><b>World size changed:</b> {steps}.</p>")
+    elif groups:
+        parts.append(
+            f'<p class="muted">Every kept checkpoint was written by {groups[0][0]} process(es).</p>'
+        )
+    if not summary.resumes and not sizes:
+        return None  # nothing ran that could have been resumed
+    if not summary.resumes:
+        parts.insert(
+            0,
+            '<p class="muted">Not resumed (no resume in the run record).</p>'
+            if (summary.output_dir / "run.json").is_file()
+            else '<p class="muted">No run record (run.json) in this directory.</p>',
+        )
+    return "".join(parts)
+
+
+def _best_series(summary: RunSummary) -> str | None:
+    metric = (summary.job.get("train") or {}).get("best_metric")
+    if not metric or summary.history is None:
+        return None
+    name = metric if str(metric).startswith("train/") else f"val/{metric}"
+    return name if name in summary.history else None
+
+
 def _curves_html(summary: RunSummary) -> str:
     """One embedded PNG per panel (train and val of a metric share one), in a grid.
 
@@ -352,7 +480,7 @@ def _curves_html(summary: RunSummary) -> str:
         for i, (title, names) in enumerate(order):
             png = Path(tmp) / f"panel{i}.png"
             try:
-                summary.history.plot(png, names=names)
+                summary.history.plot(png, names=names, best=_best_series(summary))
             except ModuleNotFoundError as exc:
                 return f'<p class="muted">{_e(exc)}</p>'
             data = base64.b64encode(png.read_bytes()).decode("ascii")
@@ -399,7 +527,9 @@ def render_html(summary: RunSummary) -> str:
     title = f"ignitrain run: {summary.output_dir}"
     sections = [
         ("Summary", _facts_html(summary) + _stop_html(summary)),
+        ("Test", _test_html(summary)),
         ("Metrics", _metrics_html(summary)),
+        ("Resumes", _resumes_html(summary)),
         ("Curves", _curves_html(summary)),
         ("Learning-rate range test", _lr_find_html(summary)),
         ("Checkpoints", _checkpoints_html(summary)),

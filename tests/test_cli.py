@@ -124,6 +124,21 @@ def followups(trained):
         "resume": ["resume", resumed, "--set", "train.num_epochs=3"],
         "evaluate": ["evaluate", last, "--data", "digits:test", "--json"],
         "report": ["report", reported],
+        "evaluate_best": ["evaluate", output_dir, "--data", "digits:test"],
+        "evaluate_last": ["evaluate", output_dir, "--checkpoint", "last", "--json"],
+        # rates far too small to move the loss: a flat curve, no suggestion to trust
+        "lr_flat": [
+            "lr-find",
+            trained["job"],
+            "--start-lr",
+            "1e-12",
+            "--end-lr",
+            "1e-11",
+            "--num-iter",
+            "20",
+            "--set",
+            f"train.output_dir={root / 'lr_flat'}",
+        ],
         "lr_find": [
             "lr-find",
             trained["job"],
@@ -202,6 +217,8 @@ def test_lr_find_suggests_a_rate_and_writes_only_its_plot(trained, followups):
     result = followups["lr_find"]
     assert_ok(result)
     assert "range test    25 steps" in result.stdout and "suggested lr" in result.stdout
+    # a ready-made command only with a suggestion the curve supports
+    assert ("train with" in result.stdout) == ("none reliable" not in result.stderr)
     lr_dir = trained["root"] / "lr"
     # the range test must leave no run behind: no checkpoints, history or config
     assert sorted(p.name for p in lr_dir.iterdir()) == ["lr_find.png"]
@@ -326,3 +343,34 @@ def test_main_returns_2_for_a_user_error_without_traceback(in_process, tmp_path,
     err = capsys.readouterr().err
     assert "ignitrain report: error:" in err and "does not exist" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_evaluate_uses_the_best_checkpoint_by_default_and_says_so(trained, followups):
+    result = followups["evaluate_best"]
+    assert_ok(result)
+    assert "checkpoint best (accuracy=" in result.stdout and "checkpoint_best_" in result.stdout
+    assert "Resumed from" not in result.stderr + result.stdout  # evaluating is not resuming
+    accuracies = history_series(trained["output_dir"])["val/accuracy"]["values"]
+    best = result.stdout.split("checkpoint best (accuracy=")[1].split(")")[0]
+    assert float(best) == pytest.approx(max(accuracies), abs=1e-5)
+    last = json.loads(followups["evaluate_last"].stdout)
+    assert last["which"] == "last" and "checkpoint_last_" in last["checkpoint"]
+    # the test evaluation is recorded for the report
+    record = json.loads((trained["output_dir"] / "evaluation.json").read_text())
+    assert record["data"].endswith(":test") and "accuracy" in record["metrics"]
+
+
+@pytest.mark.slow
+def test_train_evaluates_the_best_checkpoint_on_the_test_split(trained):
+    lines = trained["result"].stdout.splitlines()
+    test_line = next(line for line in lines if line.startswith("test "))
+    assert "accuracy" in test_line and "best (accuracy=" in test_line
+
+
+@pytest.mark.slow
+def test_lr_find_warns_over_a_flat_curve_and_prints_no_command(followups):
+    result = followups["lr_flat"]
+    assert_ok(result)
+    assert "suggested lr  none reliable: the loss is flat" in result.stderr
+    assert "train with" not in result.stdout and "suggested lr  none" in result.stdout

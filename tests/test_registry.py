@@ -75,3 +75,24 @@ def test_build_optimizer_maps_momentum_to_betas():
     assert registry.build_optimizer(given, params, lr=0.1) is given
     built = registry.build_optimizer(lambda p: torch.optim.Adam(p, lr=0.2), params, lr=0.1)
     assert built.param_groups[0]["lr"] == 0.2
+
+
+# -- loss specs (issue 13) ---------------------------------------------------------------------
+
+
+def test_loss_specs_build_with_their_arguments_and_describe_back():
+    from ignitrain.registry import build_loss, check_loss_spec, describe_loss
+
+    loss = build_loss({"name": "cross_entropy", "label_smoothing": 0.1})
+    assert isinstance(loss, nn.CrossEntropyLoss) and loss.label_smoothing == 0.1
+    weighted = build_loss({"name": "BCEWithLogitsLoss", "pos_weight": [2.0]})
+    assert torch.equal(weighted.pos_weight, torch.tensor([2.0]))
+    assert describe_loss(weighted) == {"name": "BCEWithLogitsLoss", "pos_weight": [2.0]}
+    assert describe_loss(nn.HuberLoss(delta=0.5)) == {"name": "HuberLoss", "delta": 0.5}
+    assert describe_loss(nn.MSELoss()) == "torch.nn.modules.loss.MSELoss"  # defaults: a path
+    assert describe_loss("mse") == "mse" and describe_loss(None) is None
+    assert check_loss_spec({"name": "ce"}) == {"name": "ce"}
+    with pytest.raises(ValueError, match="has no argument 'delt'. Did you mean 'delta'"):
+        check_loss_spec({"name": "huber", "delt": 1.0})
+    with pytest.raises(ValueError, match="not a known loss"):
+        check_loss_spec({"name": "no_such_loss"})

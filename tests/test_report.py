@@ -189,3 +189,92 @@ def test_report_renders_in_headless_chromium(report_page, tmp_path):
     data = shot.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and _png_size(data) == (1280, 1600)
     assert len(data) > 50_000  # a rendered page with plots, not a blank canvas
+
+
+# -- issue 13: test metrics, wall time, resumes, stop detail, the grid plot -------------------
+
+
+def test_report_shows_test_metrics_wall_time_and_stop_detail(tmp_path, digits_flat):
+    from ignitrain.evaluation_record import write_evaluation
+
+    out = make_run(tmp_path / "run", digits_flat, stop_when={"accuracy": 0.05})
+    write_evaluation(
+        out,
+        {
+            "checkpoint": str(out / "checkpoints" / "checkpoint_best_accuracy=0.9_iter1.pt"),
+            "which": "best",
+            "chosen": "best (accuracy=0.9)",
+            "data": "ignitrain.datasets.digits:test",
+            "num_samples": 270,
+            "epoch": 2,
+            "metrics": {"accuracy": 0.912345, "loss": 0.3},
+        },
+    )
+    summary = collect(out)
+    assert summary.wall_time_s is not None and 0 < summary.wall_time_s < 300
+    page = render_html(summary)
+    assert "<h2>Test</h2>" in page and "0.9123" in page and "best (accuracy=0.9)" in page
+    assert "wall time" in page
+    table = summary_table(out)
+    assert "test      accuracy 0.9123" in table and "wall time " in table
+    # the stop reason comes with its detail, from the run's own config
+    assert summary.stop_reason == "target_reached"
+    assert "target_reached at epoch 1, iteration 20: reached stop_when: accuracy 0.05" in page
+    from ignitrain.run_story import stop_detail
+
+    history = summary.history
+    early = stop_detail("early_stopping", {"early_stopping_patience": 3}, history)
+    best = max(history["val/accuracy"])
+    assert early == f"val/accuracy did not improve on {best:.4g} (epoch 1) for 3 validations"
+
+
+def test_report_lists_resumes_from_the_run_record_and_world_size_changes(tmp_path, digits_flat):
+    import json
+
+    import torch
+
+    out = make_run(tmp_path / "run", digits_flat)
+    record = {
+        "resumes": [
+            {"at": "2026-12-01T21:00:00", "from": "checkpoint_preempt_iter00000030.pt",
+             "world_size_before": 2, "world_size_after": 1},
+        ]
+    }  # fmt: skip
+    (out / "run.json").write_text(json.dumps(record))
+    # one checkpoint as if written by 2 processes: the report says the world size changed
+    first = sorted((out / "checkpoints").glob("checkpoint_periodic_*.pt"))[0]
+    payload = torch.load(first, weights_only=True)
+    payload["world_size"] = 2
+    torch.save(payload, first)
+    page = render_html(collect(out))
+    assert "<h2>Resumes</h2>" in page and "checkpoint_preempt_iter00000030.pt" in page
+    assert "world_size_before" in page and "World size changed" in page
+    assert "resumed</b><span>1 time(s)" in page
+    (out / "run.json").unlink()
+    assert "No run record (run.json)" in render_html(collect(out))
+
+
+def test_history_plot_is_a_grid_readable_at_100_percent_with_the_best_epoch(tmp_path):
+    from matplotlib.image import imread
+
+    from ignitrain import History
+
+    history = History()
+    for epoch, (acc, loss) in enumerate([(0.5, 1.0), (0.9, 0.4), (0.8, 0.5)], start=1):
+        history.log("val/accuracy", acc, epoch)
+        history.log("val/loss", loss, epoch)
+        history.log("train/loss", loss + 0.1, epoch)
+    for name in ("val/f1", "val/precision", "val/recall"):
+        for epoch in (1, 2, 3):
+            history.log(name, 0.5 + 0.1 * epoch, epoch)
+    for it in range(1, 31):
+        history.log("lr", 0.1 / it, it)
+    path = history.plot(tmp_path / "history.png")
+    height, width = imread(path).shape[:2]
+    # 6 panels in 3 columns: 2 rows, each panel ~500x360 px (the old strip: 2268x306)
+    assert width <= 1600 and height >= 600 and width / height < 2.5
+    assert history._best_point(None, None) == (2, "val/accuracy", 0.9)
+    assert history._best_point("val/loss", None) == (2, "val/loss", 0.4)
+    assert history._best_point("val/loss", 3) == (3, "val/loss", 0.5)
+    with pytest.raises(ValueError, match="columns=0 is not allowed"):
+        history.plot(tmp_path / "x.png", columns=0)

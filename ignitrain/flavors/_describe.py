@@ -1,4 +1,11 @@
-"""A small, plain-data description of a model so an inference user can rebuild it."""
+"""A small, plain-data description of a model so an inference user can rebuild it.
+
+Two kinds of models rebuild from their description (:func:`ignitrain.rebuild_model`):
+a class that keeps its constructor arguments as attributes (``"args"``), and a
+Hugging Face model (``"hf_config"``: its ``model.config`` as a plain dict, rebuilt
+with ``cls(cls.config_class.from_dict(hf_config))``). Everything stays plain data, so
+the checkpoint loads with ``torch.load(weights_only=True)``.
+"""
 
 from __future__ import annotations
 
@@ -44,8 +51,30 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
             args[name] = value
         elif isinstance(value, (list, tuple)) and all(isinstance(v, _PLAIN) for v in value):
             args[name] = list(value)
-    return {
+    description = {
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "args": args,
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
+    hf_config = _hf_config(model)
+    if hf_config is not None:
+        description["hf_config"] = hf_config
+    return description
+
+
+def _hf_config(model: nn.Module) -> dict[str, Any] | None:
+    """A Hugging Face model's ``config`` as JSON-plain data, or ``None`` for other models.
+
+    ``to_json_string`` is the library's own serialisation (dtypes become strings), so the
+    dict holds only what ``torch.load(weights_only=True)`` accepts.
+    """
+    config = getattr(model, "config", None)
+    to_json = getattr(config, "to_json_string", None)
+    if config is None or not callable(to_json) or not hasattr(type(model), "config_class"):
+        return None
+    import json
+
+    try:
+        return json.loads(to_json(use_diff=False))
+    except (TypeError, ValueError):
+        return None

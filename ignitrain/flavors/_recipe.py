@@ -27,7 +27,9 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from torch import nn
 
+from ignitrain.callbacks import attach_callbacks
 from ignitrain.config import TrainConfig
+from ignitrain.console import attach_console
 from ignitrain.data import (
     attach_epoch_sync,
     loader_length,
@@ -39,6 +41,7 @@ from ignitrain.handlers._modes import infer_mode
 from ignitrain.handlers.history import History, attach_history
 from ignitrain.handlers.logging import attach_epoch_summary, attach_progress_bar, attach_tensorboard
 from ignitrain.handlers.metrics import attach_epoch_mean
+from ignitrain.train_ranking import ranking_source
 from ignitrain.trainer import Trainer
 
 __all__ = [
@@ -72,12 +75,31 @@ def check_config(config: Any) -> TrainConfig:
     return config
 
 
-def check_model(model: Any, name: str = "model") -> nn.Module:
+def check_model(model: Any, name: str = "model", *, seed: int | None = None) -> nn.Module:
+    """``model``, or ``model()`` built after seeding with ``seed`` when it is a factory."""
+    if _is_factory(model):
+        from ignitrain.seeding import seed_everything
+
+        seed_everything(seed)  # issue 13: initial weights follow config.seed
+        model = model()
     if not isinstance(model, nn.Module):
         raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}")
     if not any(True for _ in model.parameters()):
         raise ValueError(f"{name} ({type(model).__name__}) has no parameters to train")
     return model
+
+
+def _is_factory(model: Any) -> bool:
+    """A callable taking no arguments that is not a module: ``lambda: Net()``, ``Net``."""
+    if isinstance(model, nn.Module) or not callable(model):
+        return False
+    import inspect
+
+    try:
+        inspect.signature(model).bind()
+    except (TypeError, ValueError):
+        return False  # e.g. a forward function passed by mistake: "must be a Module"
+    return True
 
 
 def check_metrics(metrics: Any) -> dict[str, Metric]:
@@ -297,11 +319,15 @@ def attach_handlers(
     val = trainer.evaluators.get("val")
     best_metric = config.best_metric or default_best_metric
     best_mode = config.best_mode or infer_mode(best_metric)
-    _attach_schedules(trainer, objects, val, best_metric, best_mode)
+    # issue 13: best_metric="train/loss" ranks by the training epoch means (no val needed)
+    ranked_by, ranked_name = ranking_source(engine, val, best_metric)
+    _attach_schedules(trainer, objects, ranked_by, ranked_name, best_mode)
     if val is not None:
         attach_validation(engine, val, trainer.val_loader, every=config.validate_every)
     # before History's own COMPLETED save, so history.json holds the stop reason
     engine.add_event_handler(Events.COMPLETED, _report_stop, trainer.history)
+    # issue 13: wall time into history.meta and the final line, before History saves
+    attach_console(trainer, best_metric)
     attach_history(
         engine,
         trainer.history,
@@ -311,13 +337,14 @@ def attach_handlers(
         path=out_dir / "history.json" if out_dir else None,
     )
     objects["history"] = trainer.history
-    _attach_stopping(trainer, objects, val, best_metric, best_mode)
+    _attach_stopping(trainer, objects, ranked_by, ranked_name, best_mode)
     tensorboard = None
     if out_dir is not None and config.tensorboard:
         tensorboard = attach_tensorboard(engine, trainer.history, out_dir / "tb")
     attach_progress_bar(engine, enabled=config.progress_bar)
     attach_epoch_summary(engine, trainer.history)
-    _attach_checkpoints(trainer, objects, val, best_metric, best_mode, out_dir, tensorboard)
+    attach_callbacks(trainer)  # issue 13: fn(trainer, epoch, metrics), after the History
+    _attach_checkpoints(trainer, objects, ranked_by, ranked_name, best_mode, out_dir, tensorboard)
 
 
 def _key(name: str) -> Callable[[Any], Any]:
@@ -373,7 +400,8 @@ def _attach_stopping(
     if needs_val and val is None:
         raise ValueError(
             "TrainConfig.early_stopping_patience/stop_when need validation data: "
-            "pass val_data to the factory"
+            "pass val_data to the factory, or rank by a training metric with "
+            "best_metric='train/loss'"
         )
     if not (needs_val or config.time_limit is not None or config.max_steps is not None):
         return

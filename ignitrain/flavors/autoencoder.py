@@ -339,7 +339,7 @@ def create_autoencoder_trainer(
         >>> trainer.train()["val/recon"][-1]
     """
     config = recipe.check_config(config)
-    model = recipe.check_model(model)
+    model = recipe.check_model(model, seed=config.seed)
     user_metrics = recipe.check_metrics(metrics)
     _check_options(kind, noise_std, kl_weight, kl_warmup_epochs)
     recon_fn = build_loss(loss if loss is not None else config.loss, nn.MSELoss)

@@ -418,7 +418,7 @@ def create_gan_trainer(
         >>> trainer.train()
     """
     config = recipe.check_config(config)
-    generator = recipe.check_model(generator, "generator")
+    generator = recipe.check_model(generator, "generator", seed=config.seed)
     discriminator = recipe.check_model(discriminator, "discriminator")
     latent_shape = _check_latent(latent_dim)
     objective = GANObjective(

@@ -475,7 +475,7 @@ def create_trainer(
         >>> trainer.evaluate(test_ds)["perplexity"]
     """
     config = recipe.check_config(config)
-    model = recipe.check_model(model)
+    model = recipe.check_model(model, seed=config.seed)
     user_metrics = recipe.check_metrics(metrics)
     _check_step_fn(train_step, "train_step")
     _check_step_fn(eval_step, "eval_step")

@@ -645,7 +645,7 @@ def create_seq2seq_trainer(
         >>> trainer.evaluate(test_ds)["sequence_accuracy"]
     """
     config = recipe.check_config(config)
-    model = recipe.check_model(model)
+    model = recipe.check_model(model, seed=config.seed)
     user_metrics = recipe.check_metrics(metrics)
     tokens = SpecialTokens(pad=pad_idx, bos=bos_idx, eos=eos_idx)
     ratio_fn = _teacher_forcing_fn(teacher_forcing)

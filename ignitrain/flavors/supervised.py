@@ -39,7 +39,7 @@ def build_supervised_trainer(
         default_best_metric: Ranks checkpoints when ``config.best_metric`` is unset.
     """
     config = recipe.check_config(config)
-    model = recipe.check_model(model)
+    model = recipe.check_model(model, seed=config.seed)
     user_metrics = recipe.check_metrics(metrics)
     loss_fn = build_loss(loss if loss is not None else config.loss, default_loss)
     if not callable(loss_fn):

@@ -156,12 +156,32 @@ class History:
         history.load_state_dict(data)
         return history
 
-    def plot(self, path: str | os.PathLike, names: list[str] | None = None) -> Path:
-        """Write a PNG with one panel per metric (train and val of a metric share one).
+    def plot(
+        self,
+        path: str | os.PathLike,
+        names: list[str] | None = None,
+        *,
+        best: str | None = None,
+        best_epoch: int | None = None,
+        columns: int = 3,
+    ) -> Path:
+        """Write a PNG: one panel per metric (train and val of a metric share one), laid
+        out in a grid of ``columns`` that stays readable at 100%, the best epoch marked.
+
+        Args:
+            path: The PNG to write.
+            names: Series to plot (default: all).
+            best: The series whose best value marks the best epoch (default: the first
+                ``val/`` series; its mode follows the name, as everywhere).
+            best_epoch: Mark this epoch instead of inferring it from ``best``.
+            columns: Panels per row.
 
         Raises:
             ModuleNotFoundError: matplotlib is not installed.
+            ValueError: nothing to plot, or ``columns`` < 1.
         """
+        if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+            raise ValueError(f"Argument columns={columns!r} is not allowed: expected an int >= 1")
         try:
             import matplotlib
 
@@ -172,22 +192,55 @@ class History:
         panels = _panels(names or self.names())
         if not panels:
             raise ValueError("history is empty: nothing to plot")
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-        for ax, (title, series) in zip(axes[0], panels.items()):
+        marked = self._best_point(best, best_epoch)
+        cols = min(columns, len(panels))
+        rows = -(-len(panels) // cols)
+        # ~5 x 3.6 inches per panel at 100 dpi: 11-12 px text, a 1500 px wide image at most
+        fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.6 * rows), squeeze=False)
+        for ax, (title, series) in zip(axes.flat, panels.items()):
+            per_iteration = title in ("lr", "momentum") or title.startswith("batch_")
             for name in series:
                 steps, values = self._steps[name], self._values[name]
                 style = "-" if len(values) > 30 else "o-"
                 ax.plot(steps, values, style, label=name, markersize=3)
-            ax.set_title(title)
-            ax.set_xlabel("iteration" if title in ("lr", "batch_loss") else "epoch")
-            ax.legend(fontsize=8)
+            if marked is not None and not per_iteration:
+                epoch, name, value = marked
+                ax.axvline(epoch, color="#c0392b", linestyle="--", linewidth=1, alpha=0.8)
+                if name in series:
+                    ax.plot([epoch], [value], "*", color="#c0392b", markersize=12, zorder=5)
+                ax.set_title(f"{title}  (best epoch {epoch})", fontsize=11)
+            else:
+                ax.set_title(title, fontsize=11)
+            ax.set_xlabel("iteration" if per_iteration else "epoch")
+            ax.legend(fontsize=9)
             ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(panels) :]:
+            ax.set_visible(False)
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=90)
+        fig.savefig(path, dpi=100)
         plt.close(fig)
         return path
+
+    def _best_point(
+        self, best: str | None, best_epoch: int | None
+    ) -> tuple[int, str, float] | None:
+        """``(epoch, series, value)`` to mark, or ``None`` when there is nothing to rank."""
+        candidates = [best] if best else [n for n in self.names() if n.startswith("val/")]
+        if not candidates or candidates[0] not in self._values:
+            return None
+        name = candidates[0]
+        pairs = [(s, v) for s, v in zip(self._steps[name], self._values[name]) if v == v]
+        if not pairs:
+            return None
+        if best_epoch is not None:
+            value = dict(pairs).get(best_epoch, float("nan"))
+            return best_epoch, name, value
+        pick = min if infer_mode(name) == "min" else max
+        # the first epoch reaching the best value, as the best checkpoint keeps it
+        step, value = pick(pairs, key=lambda sv: (sv[1], -sv[0]) if pick is max else (sv[1], sv[0]))
+        return step, name, value
 
     def __repr__(self) -> str:
         return f"History({', '.join(f'{n}[{len(v)}]' for n, v in self._values.items())})"

@@ -1,0 +1,42 @@
+"""The README's quick start runs as printed and repeats exactly (issue 13)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def quick_start() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Quick start") :]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def _run(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_quick_start_prints_and_repeats_exactly(tmp_path):
+    code = quick_start()
+    assert "ignitrain.seed_everything(0)" in code and 'output_dir="runs/quickstart"' in code
+    results = []
+    for name in ("first", "second"):
+        # same code, a fresh output_dir each time (a second run in the same one would be
+        # a different thing: its checkpoints are there)
+        run = _run(code.replace("runs/quickstart", str(tmp_path / name)), ROOT)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "Epoch 1/10" in run.stderr and "Finished " in run.stderr
+        results.append(re.search(r"test accuracy (\S+)", run.stdout).group(1))
+    assert results[0] == results[1]
+    assert float(results[0]) > 0.85
