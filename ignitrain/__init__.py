@@ -15,6 +15,7 @@ from ignitrain.flavors.seq2seq import create_seq2seq_trainer
 from ignitrain.handlers.checkpoint import load_checkpoint
 from ignitrain.handlers.history import History
 from ignitrain.lr_finder import find_lr
+from ignitrain.stack import attach, resumable_loader
 from ignitrain.trainer import Trainer
 
 __all__ = [
@@ -30,5 +31,7 @@ __all__ = [
     "load_checkpoint",
     "launch",
     "find_lr",
+    "attach",
+    "resumable_loader",
 ]
 __version__ = "0.1.0"
