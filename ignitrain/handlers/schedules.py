@@ -71,6 +71,37 @@ How a schedule steps:
 
 ``Schedule.state_dict()`` holds the iteration count, the current values and the
 scheduler's own state, so a resumed run continues the exact value sequence.
+
+Counting units: ``warmup_steps``, ``steps_per_epoch`` / ``{NUM_UPDATE_STEPS_PER_EPOCH}``
+and ``total_steps`` count optimizer steps. Under ``grad_accumulation_steps=k`` an
+iteration schedule advances once per group of ``k`` micro-batches (at its first one;
+an epoch's last group may be shorter), ``{TRAIN_DATALOADER_LEN}`` stays the number of
+batches. A factory is called with the optimizer only (pytorch-accelerated's
+``create_scheduler_fn``: ``functools.partial(StepLR, step_size=7, gamma=0.1)``); the
+older ``(optimizer, num_epochs, steps_per_epoch)`` form still works.
+
+Ignite underneath, and what is kept custom:
+
+* Any Ignite ``ParamScheduler`` (``LRScheduler``, ``CosineAnnealingScheduler``,
+  ``PiecewiseLinear``, ``ConcatScheduler``, the result of
+  ``create_lr_scheduler_with_warmup``, ``ParamGroupScheduler``,
+  ``ReduceLROnPlateauScheduler``) is accepted as ``lr_scheduler=``/``momentum_scheduler=``
+  and driven at the unit chosen, checkpointed with the run; ``piecewise_linear`` is
+  Ignite's ``PiecewiseLinear``. A ``ParamScheduler`` attached to the engine beside an
+  ignitrain schedule of the same value, and Ignite's ``FastaiLRFinder`` on the run's
+  engine, are refused at ``STARTED`` (:class:`LRWriterGuard`) instead of silently
+  fighting it.
+* Kept custom, the driver around the torch schedulers of the named schedules, because
+  Ignite cannot (a) put an *iteration* warm-up in front of an *epoch* or *metric*
+  schedule -- ``create_lr_scheduler_with_warmup`` returns one scheduler for one event,
+  its own docstring wires such a mix with a hand-made event filter that needs the
+  epoch length and does not survive a resume at an epoch end; (b) schedule Adam-family
+  ``betas[0]`` -- a ``ParamScheduler`` writes a plain ``param_group[name]`` key;
+  (c) count optimizer steps under gradient accumulation -- it steps per event.
+  Ignite's ``LRScheduler`` wrapper of a torch scheduler would add an off-by-one (its
+  first value is set at construction and it writes, at each call, the value for the
+  *next* event) without adding a capability, so the shadow optimizer's torch
+  scheduler is stepped directly.
 """
 
 from __future__ import annotations
