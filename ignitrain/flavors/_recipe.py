@@ -260,7 +260,6 @@ def attach_handlers(
     default_best_metric: str,
     loss_names: tuple[str, ...] = ("loss",),
     validate: bool = True,
-    val_data: Any = None,
 ) -> AttachedHandlers:
     """The switchboard: attach everything the config asks for; return what it attached.
 
@@ -284,11 +283,9 @@ def attach_handlers(
     event handlers: ``engine.remove_event_handler(fn, event)`` removes one,
     ``entry.detach()`` all of them.
 
-    Args:
-        val_data: When the validation evaluator also runs on other data (Ignite's
-            examples run it on train then val), the validation loader: only its runs
-            drive early stopping and ``stop_when``. Default: ``trainer.val_loader``
-            when ignitrain runs the validation itself.
+    ``trainer.evaluators["val"]`` is the engine every decision listens to (with
+    :func:`ignitrain.attach` a :class:`~ignitrain.stack.SplitView` of a shared
+    evaluator).
     """
     config, engine = trainer.config, trainer.engine
     handlers = trainer._handlers
@@ -330,7 +327,7 @@ def attach_handlers(
             path=out_dir / "history.json" if out_dir else None,
         )
     objects["history"] = trainer.history
-    _attach_stopping(trainer, objects, val, best_metric, best_mode, val_data)
+    _attach_stopping(trainer, objects, val, best_metric, best_mode)
     tensorboard = None
     if out_dir is not None and config.tensorboard:
         with recording(handlers, "tensorboard", engine) as entry:
@@ -444,7 +441,6 @@ def _attach_stopping(
     val: Engine | None,
     metric: str,
     mode: str,
-    val_data: Any = None,
 ) -> None:
     config, engine, handlers = trainer.config, trainer.engine, trainer._handlers
     needs_val = config.early_stopping_patience is not None or config.stop_when
@@ -466,12 +462,11 @@ def _attach_stopping(
                 patience=config.early_stopping_patience,
                 min_delta=config.early_stopping_min_delta,
                 mode=mode,
-                val_data=val_data,
             )
     if config.stop_when:
         with recording(handlers, "stop_when", engine, val) as entry:
             objects["stop_when"] = entry.handler = stopping.attach_stop_when(
-                engine, val, config.stop_when, val_data=val_data
+                engine, val, config.stop_when
             )
     if config.time_limit is not None:
         with recording(handlers, "time_limit", engine) as entry:
@@ -541,7 +536,9 @@ def _flushed_extra(trainer: Trainer, tensorboard: Any) -> dict:
 
 
 def _report_stop(engine: Engine, history: Any) -> None:
-    reason = getattr(engine.state, "stop_reason", None)
+    from ignitrain.handlers.stopping import stop_reason
+
+    reason = stop_reason(engine)
     history.meta["stop_reason"] = reason or "completed"
     history.meta["stopped_at"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
     if reason:

@@ -300,31 +300,27 @@ class _Attached:
         self._handles.clear()
 
 
-def _is_validation_run(trainer: Engine, evaluator: Engine, last: int | None, data: Any) -> bool:
+def _is_new_evaluation(trainer: Engine, last: int | None) -> bool:
     # A run of the evaluator outside training (a final test, ``trainer.evaluate``)
-    # happens while the training engine stays at the same iteration; an evaluator
-    # reused on several data sets (Ignite's examples run it on train, then val) is
-    # told apart by its data: only ``val_data``'s run counts.
-    if data is not None and evaluator.state.dataloader is not data:
-        return False
+    # happens while the training engine stays at the same iteration: it does not count.
+    # An evaluator reused on several data sets is split with ignitrain.stack.SplitView.
     return trainer.state.iteration != last
 
 
 class _EvaluationRule(_Attached):
     """Calls ``_decide`` after each validation run, once per training iteration count."""
 
-    def __init__(self, engine: Engine, evaluator: Engine, val_data: Any = None) -> None:
+    def __init__(self, engine: Engine, evaluator: Engine) -> None:
         super().__init__()
         _check_engine("engine", engine)
         _check_engine("evaluator", evaluator)
         record_stop_reasons(engine)
         self.engine = engine
-        self.val_data = val_data
         self.last_iteration: int | None = None
         self._handles.append(evaluator.add_event_handler(Events.COMPLETED, self))
 
     def __call__(self, evaluator: Engine) -> None:
-        if not _is_validation_run(self.engine, evaluator, self.last_iteration, self.val_data):
+        if not _is_new_evaluation(self.engine, self.last_iteration):
             return
         self.last_iteration = self.engine.state.iteration
         self._decide(evaluator)
@@ -344,7 +340,7 @@ class EarlyStoppingHandler(EarlyStopping):
       for a NaN, so a NaN counts as an improvement, resets the patience counter and
       becomes the best score (no later score then compares as worse: training never
       stops). A NaN is turned into the worst score (``-inf`` for max, ``+inf`` for min).
-    * Only the validation run counts (see :func:`attach_early_stopping`).
+    * One decision per training iteration: a test run after training does not count.
     * ``state_dict`` also holds the last evaluated training iteration.
 
     Attributes:
@@ -364,7 +360,6 @@ class EarlyStoppingHandler(EarlyStopping):
         patience: int,
         min_delta: float = 0.0,
         mode: str = "max",
-        val_data: Any = None,
     ) -> None:
         _check_engine("engine", trainer)
         _check_engine("evaluator", evaluator)
@@ -387,7 +382,6 @@ class EarlyStoppingHandler(EarlyStopping):
             mode=mode,
         )
         self.metric = metric
-        self.val_data = val_data
         self.last_iteration: int | None = None
         self._handle = evaluator.add_event_handler(Events.COMPLETED, self)
 
@@ -397,7 +391,7 @@ class EarlyStoppingHandler(EarlyStopping):
         return None if self.best_score is None else float(self.best_score)
 
     def __call__(self, evaluator: Engine) -> None:
-        if not _is_validation_run(self.trainer, evaluator, self.last_iteration, self.val_data):
+        if not _is_new_evaluation(self.trainer, self.last_iteration):
             return
         self.last_iteration = self.trainer.state.iteration
         super().__call__(evaluator)
@@ -431,10 +425,8 @@ class StopWhenHandler(_EvaluationRule):
 
     stop_reason = STOP_TARGET
 
-    def __init__(
-        self, engine: Engine, evaluator: Engine, checker: TargetChecker, val_data: Any = None
-    ):
-        super().__init__(engine, evaluator, val_data)
+    def __init__(self, engine: Engine, evaluator: Engine, checker: TargetChecker):
+        super().__init__(engine, evaluator)
         self.checker = checker
 
     def _decide(self, evaluator: Engine) -> None:
@@ -560,7 +552,6 @@ def attach_early_stopping(
     patience: int,
     min_delta: float = 0.0,
     mode: str | None = None,
-    val_data: Any = None,
 ) -> EarlyStoppingHandler:
     """Stop ``engine`` when ``evaluator``'s ``metric`` stops improving (Ignite's ``EarlyStopping``).
 
@@ -575,9 +566,8 @@ def attach_early_stopping(
         patience: Evaluations without improvement before stopping.
         min_delta: Smallest change that counts as an improvement.
         mode: ``"min"``/``"max"``; ``None`` infers it from the name (loss -> min).
-        val_data: When the evaluator also runs on other data (train, test), the
-            validation data: only its runs count. ``None``: every run counts, once
-            per training iteration.
+            An evaluator that also runs on other data (train, test) in the same
+            iteration: pass its validation view (:class:`ignitrain.stack.SplitView`).
 
     Returns:
         The handler (``counter``, ``best``); its ``state_dict`` goes into checkpoints.
@@ -591,7 +581,6 @@ def attach_early_stopping(
         patience=patience,
         min_delta=min_delta,
         mode=resolve_mode(metric, mode),
-        val_data=val_data,
     )
 
 
@@ -601,7 +590,6 @@ def attach_stop_when(
     targets: Mapping[str, float],
     *,
     modes: Mapping[str, str] | None = None,
-    val_data: Any = None,
 ) -> StopWhenHandler:
     """Stop ``engine`` as soon as one ``evaluator`` run reaches every target.
 
@@ -611,12 +599,11 @@ def attach_stop_when(
         targets: Metric -> target, e.g. ``{"accuracy": 0.99}``; direction inferred
             (names with "loss"/"error" must fall to the target, others rise to it).
         modes: Optional per-metric ``"min"``/``"max"`` overriding the inference.
-        val_data: As in :func:`attach_early_stopping`: only this data's runs count.
 
     Returns:
         The handler, with the :class:`TargetChecker` in ``handler.checker``.
     """
-    return StopWhenHandler(engine, evaluator, TargetChecker(targets, modes), val_data)
+    return StopWhenHandler(engine, evaluator, TargetChecker(targets, modes))
 
 
 def attach_time_limit(engine: Engine, seconds: float) -> TimeLimitHandler:
