@@ -17,6 +17,7 @@ from ignitrain.handlers.history import History
 from ignitrain.lr_finder import find_lr
 from ignitrain.rebuild import rebuild_model
 from ignitrain.seeding import seed_everything
+from ignitrain.stack import attach, resumable_loader
 from ignitrain.trainer import Trainer
 
 __all__ = [
@@ -34,5 +35,7 @@ __all__ = [
     "find_lr",
     "seed_everything",
     "rebuild_model",
+    "attach",
+    "resumable_loader",
 ]
 __version__ = "0.1.0"

@@ -385,8 +385,9 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Return rank ``src``'s ``obj`` on every rank (any picklable object).
 
     Other ranks may pass ``None``. The object is pickled to a byte tensor and sent with
-    ``idist.broadcast(..., safe_mode=True)``, which first shares the size. Only the
-    processes of this job unpickle what ``src`` sent.
+    ``idist.broadcast(..., safe_mode=True)``, which first shares the size
+    (``idist.broadcast`` itself takes only tensors, numbers, strings and paths). Only
+    the processes of this job unpickle what ``src`` sent.
 
     Args:
         obj: The object on rank ``src``; ignored elsewhere.
@@ -407,9 +408,10 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 def all_gather_object(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank (any picklable object).
 
-    Every rank must call it at the same point. Objects are pickled to byte tensors,
-    padded to the longest and gathered with ``idist.all_gather``; only the processes of
-    this job unpickle what the others sent.
+    Every rank must call it at the same point. ``idist.all_gather`` (torch's
+    ``all_gather_object`` for objects that are not tensors, numbers or strings: the
+    object is wrapped in a tuple so that numbers and strings take that path too); only
+    the processes of this job unpickle what the others sent.
 
     Args:
         obj: This rank's object.
@@ -417,17 +419,9 @@ def all_gather_object(obj: Any) -> list[Any]:
     Returns:
         ``[obj of rank 0, obj of rank 1, ...]``; ``[obj]`` on a single process.
     """
-    size = idist.get_world_size()
-    if size == 1:
+    if idist.get_world_size() == 1:
         return [obj]
-    data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
-    lengths = [int(n) for n in idist.all_gather(torch.tensor([data.numel()]))]
-    longest = max(lengths)
-    padded = torch.zeros(longest, dtype=torch.uint8)
-    padded[: data.numel()] = data
-    gathered = idist.all_gather(padded).cpu()
-    chunks = (gathered[r * longest : r * longest + n] for r, n in enumerate(lengths))
-    return [pickle.loads(chunk.numpy().tobytes()) for chunk in chunks]
+    return [item[0] for item in idist.all_gather((obj,))]
 
 
 def with_rank_states(state: dict) -> dict:

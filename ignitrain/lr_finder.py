@@ -1,11 +1,24 @@
-"""Learning-rate range test: train briefly while the LR grows exponentially.
+"""Learning-rate range test: Ignite's ``FastaiLRFinder`` on a private engine, restored.
 
-:func:`find_lr` runs the user's training step on an ordinary Ignite ``Engine`` for
-``num_iter`` iterations, raising the LR from ``start_lr`` to ``end_lr`` geometrically,
-and records the loss. It trains the real model and optimizer (so AMP, accumulation,
-DDP... behave as in training) but first copies their ``state_dict``s, the gradients,
-the train/eval flags and the RNG states (torch, CUDA, NumPy, Python), and restores
-all of them afterwards, even when the step raises::
+:func:`find_lr` runs the user's training step on a private Ignite ``Engine`` (never
+the trainer's, so no checkpoint, History, schedule or "latest" pointer of the run
+sees it) with Ignite's ``FastaiLRFinder`` attached: its exponential LR ramp from
+``start_lr`` to ``end_lr``, its smoothed loss and its divergence stop. It trains the
+real model and optimizer (so AMP, accumulation, DDP... behave as in training).
+
+Kept around Ignite, each for a defect of ``FastaiLRFinder``:
+
+* Restoring: ``FastaiLRFinder.attach`` restores ``to_save`` only when its ``with``
+  block exits normally -- a step that raises leaves the model and optimizer trained
+  at a huge LR. Here the ``state_dict``s, the gradients, the train/eval flags and the
+  RNG states (torch, CUDA, NumPy, Python) are copied first and restored in a
+  ``finally``.
+* A NaN/inf loss: Ignite's divergence test ``loss > diverge_th * best`` is ``False`` for
+  NaN, so the sweep went on training NaN weights; here a non-finite loss stops it.
+* The raw losses and the suggestion (:func:`suggest_lr`, computed on Ignite's
+  smoothed curve) are recorded here; Ignite keeps only the smoothed curve.
+
+::
 
     result = find_lr(model, optimizer, train_step, train_loader)
     print(result.suggestion)
@@ -18,6 +31,7 @@ import copy
 import math
 import numbers
 import random
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import FastaiLRFinder
 
 __all__ = ["LRFinderResult", "find_lr", "suggest_lr"]
 
@@ -223,13 +238,14 @@ def find_lr(
 ) -> LRFinderResult:
     """Run an LR range test and restore the model and optimizer afterwards.
 
-    The loop, on a plain Ignite ``Engine(train_step)``::
+    The loop, on a private Ignite ``Engine(train_step)`` with Ignite's
+    ``FastaiLRFinder`` attached::
 
         for i in range(num_iter):
             lr = start_lr * (end_lr / start_lr) ** (i / (num_iter - 1))   # every group
             loss = train_step(engine, next(batches))                       # data cycled
-            avg = (1 - smooth) * avg + smooth * loss                       # smoothed
-            stop if avg / (1 - (1 - smooth) ** (i + 1)) > diverge_threshold * best
+            avg = smooth * loss + (1 - smooth) * avg                       # Ignite's
+            stop if avg > diverge_threshold * best or loss is not finite
 
     Args:
         model: The model ``train_step`` trains (saved and restored).
@@ -261,36 +277,55 @@ def find_lr(
     _check_args(start_lr, end_lr, num_iter, smooth, diverge_threshold)
 
     result = LRFinderResult()
-    ratio = end_lr / start_lr
-    engine = Engine(train_step)
-    state = {"avg": 0.0, "best": math.inf}
+    engine = Engine(train_step)  # private: nothing of the training run is attached
+    finder = FastaiLRFinder()
 
     @engine.on(Events.ITERATION_STARTED)
-    def _set_lr(engine: Engine) -> None:
-        i = engine.state.iteration - 1
-        lr = start_lr * ratio ** (i / (num_iter - 1))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        result.lrs.append(lr)
+    def _used_lr(engine: Engine) -> None:
+        result.lrs.append(float(optimizer.param_groups[0]["lr"]))
 
     @engine.on(Events.ITERATION_COMPLETED)
     def _record(engine: Engine) -> None:
-        i = engine.state.iteration - 1
+        # Registered before the finder's handlers (added at STARTED): it sees the loss
+        # first. Ignite's divergence test misses NaN/inf, so stop on those here.
         loss = _loss_of(engine.state.output)
-        state["avg"] = (1 - smooth) * state["avg"] + smooth * loss
-        smoothed = state["avg"] / (1 - (1 - smooth) ** (i + 1))  # bias correction
         result.raw_losses.append(loss)
-        result.losses.append(smoothed)
-        if not math.isfinite(smoothed) or smoothed > diverge_threshold * state["best"]:
-            result.stopped_early = True
+        if not math.isfinite(loss):
             engine.terminate()
-            return
-        state["best"] = min(state["best"], smoothed)
+
+    def _first_lr(engine: Engine) -> None:
+        # Ignite's ramp is shifted by one: building its schedule (at STARTED) already
+        # writes the ramp's second value, and each LR it logs is the one it writes for
+        # the *next* iteration. Start at start_lr, and record the LR each iteration
+        # really used (above), not Ignite's log.
+        for group in optimizer.param_groups:
+            group["lr"] = float(start_lr)
 
     snapshot = _Snapshot(model, optimizer)
     try:
-        engine.run(_cycle(data), max_epochs=1, epoch_length=num_iter)
+        with finder.attach(
+            engine,
+            to_save={"model": model, "optimizer": optimizer},
+            output_transform=_loss_of,
+            num_iter=num_iter,
+            start_lr=float(start_lr),
+            # Ignite's ramp reaches end_lr one iteration after the last; this end
+            # makes iteration i use start * (end / start) ** (i / (num_iter - 1)).
+            end_lr=float(start_lr * (end_lr / start_lr) ** (num_iter / (num_iter - 1))),
+            step_mode="exp",
+            smooth_f=float(smooth) if smooth < 1 else 0.0,  # Ignite: 0 = no smoothing
+            diverge_th=float(diverge_threshold),
+        ) as running:
+            running.add_event_handler(Events.STARTED, _first_lr)  # after the finder's
+            with warnings.catch_warnings():
+                # "Run completed without loss diverging": a normal outcome here.
+                warnings.filterwarnings("ignore", "Run completed without loss diverging")
+                running.run(_cycle(data), max_epochs=1, epoch_length=num_iter)
     finally:
         snapshot.restore()
+    result.losses = [float(loss) for loss in finder.get_results()["loss"]]
+    if len(result.raw_losses) > len(result.losses):  # a non-finite loss Ignite never logged
+        result.losses.append(math.nan)
+    result.stopped_early = len(result.raw_losses) < num_iter
     result.suggestion = suggest_lr(result.lrs, result.losses)
     return result

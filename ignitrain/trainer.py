@@ -20,6 +20,7 @@ from torch import nn
 
 from ignitrain.config import TrainConfig
 from ignitrain.data import make_eval_loader
+from ignitrain.handlers.attached import AttachedHandlers
 from ignitrain.handlers.history import History
 
 __all__ = ["Trainer"]
@@ -41,6 +42,8 @@ class Trainer:
         val_loader: The validation data, or ``None``.
         checkpointables: Everything a checkpoint saves and a resume restores, by name.
         checkpoints: The checkpoint handler (``None`` without ``output_dir``).
+        handlers: Read-only mapping, by name, of every handler ignitrain attached
+            (see :class:`~ignitrain.handlers.attached.AttachedHandlers`).
     """
 
     def __init__(
@@ -71,7 +74,18 @@ class Trainer:
         self.make_evaluator = make_evaluator
         self.checkpointables: dict[str, Any] = {}
         self.checkpoints: Any = None
+        self._handlers = AttachedHandlers()  # filled by the factory's attach_handlers
         self._resumed = False
+
+    @property
+    def handlers(self) -> AttachedHandlers:
+        """Every handler ignitrain attached, by name (read-only).
+
+        Each entry lists its ``(engine, event, handler)`` registrations, removable with
+        Ignite's ``engine.remove_event_handler(handler, event)``; ``entry.detach()``
+        removes them all.
+        """
+        return self._handlers
 
     # -- the single-model view ---------------------------------------------------------
     @property
@@ -109,7 +123,14 @@ class Trainer:
 
             finish_interrupted_run(self)
             return self.history
-        self.engine.run(self.train_loader, max_epochs=self.config.num_epochs)
+        try:
+            self.engine.run(self.train_loader, max_epochs=self.config.num_epochs)
+        finally:
+            # A run that raised fired neither COMPLETED nor TERMINATE: give the
+            # process its own signal handlers back.
+            preemption = self._handlers.get("preemption")
+            if preemption is not None and preemption.handler is not None:
+                preemption.handler.restore()
         return self.history
 
     def evaluate(self, data: Any) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 
@@ -179,3 +180,77 @@ def test_argument_validation(digits):
         find_lr(model, optimizer, lambda e, b: {"loss_value": 1.0}, data, num_iter=3)
     with pytest.raises(TypeError, match="returned str"):
         find_lr(model, optimizer, lambda e, b: "1.0", data, num_iter=3)
+
+
+# -- the Ignite defects find_lr works around ------------------------------------------
+
+
+def _tiny():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    data = [(torch.randn(8, 3), torch.randn(8, 1)) for _ in range(2)]
+
+    def train_step(engine, batch):
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(batch[0]), batch[1])
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return model, optimizer, train_step, data
+
+
+def test_ignite_lr_finder_does_not_restore_when_the_step_raises():
+    from ignite.engine import Engine
+    from ignite.handlers import FastaiLRFinder
+
+    model, optimizer, train_step, data = _tiny()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def failing(engine, batch):
+        if engine.state.iteration == 3:
+            raise RuntimeError("boom")
+        return train_step(engine, batch)
+
+    engine = Engine(failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        with FastaiLRFinder().attach(engine, {"model": model, "optimizer": optimizer}) as run:
+            run.run(data * 5, max_epochs=1)
+    # Ignite left the model trained and the LR on its ramp: find_lr's try/finally exists
+    assert not torch.equal(model.weight, weights["weight"])
+    assert optimizer.param_groups[0]["lr"] != 0.5
+
+
+@pytest.mark.filterwarnings("ignore:Run completed without loss diverging")
+def test_ignite_lr_finder_ramp_is_shifted_and_find_lr_records_the_used_lr():
+    from ignite.engine import Engine, Events
+    from ignite.handlers import FastaiLRFinder
+
+    model, optimizer, train_step, data = _tiny()
+    used = []
+    engine = Engine(train_step)
+    engine.add_event_handler(
+        Events.ITERATION_STARTED, lambda e: used.append(optimizer.param_groups[0]["lr"])
+    )
+    finder = FastaiLRFinder()
+    to_save = {"model": model, "optimizer": optimizer}
+    with finder.attach(engine, to_save, num_iter=5, start_lr=1e-4, end_lr=1.0) as run:
+        run.run(data * 3, max_epochs=1)
+    logged = finder.get_results()["lr"]
+    assert used[0] != 1e-4 and logged[:-1] == pytest.approx(used[1:])  # logged one ahead
+
+    result = find_lr(model, optimizer, train_step, data, start_lr=1e-4, end_lr=1.0, num_iter=5)
+    assert result.lrs == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+
+
+def test_a_nan_loss_stops_the_sweep():
+    model, optimizer, train_step, data = _tiny()
+
+    def nan_at_four(engine, batch):
+        loss = train_step(engine, batch)
+        return math.nan if engine.state.iteration == 4 else loss
+
+    result = find_lr(model, optimizer, nan_at_four, data, num_iter=20)
+    assert result.stopped_early and len(result.raw_losses) == 4
+    assert math.isnan(result.raw_losses[-1]) and len(result.lrs) == 4

@@ -38,6 +38,7 @@ from ignitrain.data import (
     quiet_ignite_auto_loggers,
 )
 from ignitrain.handlers._modes import infer_mode
+from ignitrain.handlers.attached import AttachedHandler, AttachedHandlers, recording
 from ignitrain.handlers.history import History, attach_history
 from ignitrain.handlers.logging import attach_epoch_summary, attach_progress_bar, attach_tensorboard
 from ignitrain.handlers.metrics import attach_epoch_mean
@@ -58,6 +59,7 @@ __all__ = [
     "single_model_trainer",
     "attach_validation",
     "attach_handlers",
+    "schedule_context",
 ]
 
 logger = logging.getLogger("ignitrain")
@@ -214,7 +216,6 @@ def make_engine(
 ) -> Engine:
     """The training ``Engine`` with its data order tied to the epoch (registered first)."""
     engine = Engine(update_fn)
-    engine.logger = _engine_logger("train")
     attach_epoch_sync(engine, train_loader, config.seed or 0)
     return engine
 
@@ -226,7 +227,6 @@ def make_evaluator_factory(
 
     def make() -> Engine:
         evaluator = Engine(eval_fn)
-        evaluator.logger = _engine_logger("eval")
         for name, metric in metrics_fn().items():
             metric.attach(evaluator, name)
         return evaluator
@@ -265,15 +265,6 @@ def single_model_trainer(
     )
 
 
-def _engine_logger(name: str) -> logging.Logger:
-    """Ignite engines log every run start/end at INFO; keep that at WARNING unless the
-    user set a level on ``ignitrain.engines`` themselves."""
-    parent = logging.getLogger("ignitrain.engines")
-    if parent.level == logging.NOTSET:
-        parent.setLevel(logging.WARNING)
-    return logging.getLogger(f"ignitrain.engines.{name}")
-
-
 # -- handlers -------------------------------------------------------------------------
 
 
@@ -294,16 +285,36 @@ def attach_handlers(
     opt_steps: Mapping[str, Any],
     default_best_metric: str,
     loss_names: tuple[str, ...] = ("loss",),
-) -> None:
-    """Attach everything the config asks for, in an order that makes each see the last.
+    validate: bool = True,
+) -> AttachedHandlers:
+    """The switchboard: attach everything the config asks for; return what it attached.
 
-    On the training engine, in this order: epoch means of the losses; LR/momentum
-    schedules; validation (``EPOCH_COMPLETED``); History; stop rules; TensorBoard,
-    progress bar and epoch summary; checkpoints and preemption (last, so they save
-    what the handlers before them produced). Handlers are plain Ignite handlers:
-    ``trainer.engine.remove_event_handler`` removes any of them.
+    The flavors and :func:`ignitrain.attach` both call this. On the training engine,
+    in this order (numbered where the order matters, with the reason):
+
+    1. ``stop_reasons``: declares ``engine.state.stop_reason`` before any rule can stop.
+    2. ``epoch_mean_<loss>``: epoch means of the losses, before History reads them.
+    3. ``<optimizer>_<lr|momentum>_schedule`` and ``lr_writers``: schedules, and the check
+       (at ``STARTED``) that no other handler writes the same optimizer value.
+    4. ``validation``: the evaluator after every ``validate_every``-th epoch (skipped with
+       ``validate=False``, when the user's own handler runs the evaluator).
+    5. ``stop_report``: before History's own ``COMPLETED`` save, so ``history.json``
+       holds the stop reason.
+    6. ``history``; 7. stop rules (``early_stopping``, ``stop_when``, ``time_limit``,
+       ``max_steps``), deciding on the validation run's ``COMPLETED``.
+    8. ``tensorboard``, ``progress_bar``, ``epoch_summary``.
+    9. ``checkpoints`` and ``preemption``: last, so they save what the others produced.
+
+    Every entry of the returned mapping (also ``trainer.handlers``) lists its Ignite
+    event handlers: ``engine.remove_event_handler(fn, event)`` removes one,
+    ``entry.detach()`` all of them.
+
+    ``trainer.evaluators["val"]`` is the engine every decision listens to (with
+    :func:`ignitrain.attach` a :class:`~ignitrain.stack.SplitView` of a shared
+    evaluator).
     """
     config, engine = trainer.config, trainer.engine
+    handlers = trainer._handlers
     out_dir = Path(config.output_dir) if config.output_dir else None
     objects = trainer.checkpointables
     objects["trainer"] = engine
@@ -313,38 +324,76 @@ def attach_handlers(
         objects[name] = optimizer
     for name, step in opt_steps.items():
         objects[f"{name}_step"] = step
+
+    from ignitrain.handlers.stopping import record_stop_reasons
+
+    with recording(handlers, "stop_reasons", engine):
+        record_stop_reasons(engine)
     for name in loss_names:
-        objects[f"epoch_mean_{name}"] = attach_epoch_mean(engine, name, _key(name))
+        with recording(handlers, f"epoch_mean_{name}", engine) as entry:
+            objects[f"epoch_mean_{name}"] = attach_epoch_mean(engine, name, _key(name))
+            entry.handler = objects[f"epoch_mean_{name}"]
 
     val = trainer.evaluators.get("val")
     best_metric = config.best_metric or default_best_metric
     best_mode = config.best_mode or infer_mode(best_metric)
     # issue 13: best_metric="train/loss" ranks by the training epoch means (no val needed)
-    ranked_by, ranked_name = ranking_source(engine, val, best_metric)
+    with recording(handlers, "train_ranking", engine):
+        ranked_by, ranked_name = ranking_source(engine, val, best_metric)
     _attach_schedules(trainer, objects, ranked_by, ranked_name, best_mode)
-    if val is not None:
-        attach_validation(engine, val, trainer.val_loader, every=config.validate_every)
-    # before History's own COMPLETED save, so history.json holds the stop reason
-    engine.add_event_handler(Events.COMPLETED, _report_stop, trainer.history)
+    if val is not None and validate:
+        with recording(handlers, "validation", engine):
+            attach_validation(engine, val, trainer.val_loader, every=config.validate_every)
+    with recording(handlers, "stop_report", engine):
+        engine.add_event_handler(Events.COMPLETED, _report_stop, trainer.history)
     # issue 13: wall time into history.meta and the final line, before History saves
-    attach_console(trainer, best_metric)
-    attach_history(
-        engine,
-        trainer.history,
-        evaluators=trainer.evaluators,
-        optimizer=trainer.optimizer,
-        log_every=config.log_every,
-        path=out_dir / "history.json" if out_dir else None,
-    )
+    with recording(handlers, "console", engine):
+        attach_console(trainer, best_metric)
+    with recording(handlers, "history", engine, *trainer.evaluators.values()) as entry:
+        entry.handler = attach_history(
+            engine,
+            trainer.history,
+            evaluators=trainer.evaluators,
+            optimizer=trainer.optimizer,
+            log_every=config.log_every,
+            path=out_dir / "history.json" if out_dir else None,
+        )
     objects["history"] = trainer.history
     _attach_stopping(trainer, objects, ranked_by, ranked_name, best_mode)
     tensorboard = None
     if out_dir is not None and config.tensorboard:
-        tensorboard = attach_tensorboard(engine, trainer.history, out_dir / "tb")
-    attach_progress_bar(engine, enabled=config.progress_bar)
-    attach_epoch_summary(engine, trainer.history)
-    attach_callbacks(trainer)  # issue 13: fn(trainer, epoch, metrics), after the History
-    _attach_checkpoints(trainer, objects, ranked_by, ranked_name, best_mode, out_dir, tensorboard)
+        with recording(handlers, "tensorboard", engine) as entry:
+            tensorboard = entry.handler = attach_tensorboard(
+                engine, trainer.history, out_dir / "tb"
+            )
+    with recording(handlers, "progress_bar", engine) as entry:
+        entry.handler = attach_progress_bar(engine, enabled=config.progress_bar)
+    with recording(handlers, "epoch_summary", engine):
+        attach_epoch_summary(engine, trainer.history)
+    with recording(handlers, "callbacks", engine):
+        attach_callbacks(trainer)  # issue 13: fn(trainer, epoch, metrics), after the History
+    with recording(handlers, "checkpoints", engine, ranked_by) as entry:
+        _attach_checkpoints(
+            trainer, objects, ranked_by, ranked_name, best_mode, out_dir, tensorboard
+        )
+        entry.handler = trainer.checkpoints
+    _split_preemption(handlers)
+    return handlers
+
+
+def _split_preemption(handlers: AttachedHandlers) -> None:
+    # The checkpoint attach call also attaches preemption; list it under its own name.
+    from ignitrain.handlers.preemption import PreemptionHandler
+
+    if "checkpoints" not in handlers:
+        return
+    entry = handlers["checkpoints"]
+    mine = [
+        e for e in entry.events if isinstance(getattr(e[2], "__self__", None), PreemptionHandler)
+    ]
+    if mine:
+        entry.events[:] = [e for e in entry.events if e not in mine]
+        handlers._add(AttachedHandler("preemption", mine, mine[0][2].__self__))
 
 
 def _key(name: str) -> Callable[[Any], Any]:
@@ -361,41 +410,75 @@ def _key(name: str) -> Callable[[Any], Any]:
 def _attach_schedules(
     trainer: Trainer, objects: dict, val: Engine | None, metric: str, mode: str
 ) -> None:
-    config = trainer.config
-    if (
-        config.lr_scheduler is None
-        and config.momentum_scheduler is None
-        and not config.warmup_steps
-    ):
-        return
-    from ignitrain.handlers.schedules import attach_schedule, build_schedule
+    from ignitrain.handlers.schedules import attach_lr_writer_guard, attach_schedule, build_schedule
 
-    steps = loader_length(trainer.train_loader) or 1
-    for field, param in (("lr_scheduler", "lr"), ("momentum_scheduler", "momentum")):
-        spec = getattr(config, field)
-        warmup = config.warmup_steps if param == "lr" else 0
-        if spec is None and not warmup:
-            continue
-        for name, optimizer in trainer.optimizers.items():
-            schedule = build_schedule(
-                spec if spec is not None else "constant",
-                optimizer,
-                num_epochs=config.num_epochs,
-                steps_per_epoch=steps,
-                warmup_steps=warmup,
-                param_name=param,
-                field=field,
-            )
-            if schedule is None:
+    config, handlers = trainer.config, trainer._handlers
+    guarded: list[tuple[Any, str]] = []
+    if (
+        config.lr_scheduler is not None
+        or config.momentum_scheduler is not None
+        or config.warmup_steps
+    ):
+        context = schedule_context(trainer)
+        for field, param in (("lr_scheduler", "lr"), ("momentum_scheduler", "momentum")):
+            spec = getattr(config, field)
+            warmup = config.warmup_steps if param == "lr" else 0
+            if spec is None and not warmup:
                 continue
-            attach_schedule(trainer.engine, schedule, evaluator=val, metric=metric, mode=mode)
-            objects[f"{name}_{param}_schedule"] = schedule
+            for name, optimizer in trainer.optimizers.items():
+                schedule = build_schedule(
+                    spec if spec is not None else "constant",
+                    optimizer,
+                    warmup_steps=warmup,
+                    param_name=param,
+                    field=field,
+                    **context,
+                )
+                if schedule is None:
+                    continue
+                key = f"{name}_{param}_schedule"
+                with recording(handlers, key, trainer.engine, val) as entry:
+                    entry.handler = attach_schedule(
+                        trainer.engine,
+                        schedule,
+                        evaluator=val,
+                        metric=metric,
+                        mode=mode,
+                        accumulation_steps=config.grad_accumulation_steps,
+                    )
+                objects[key] = schedule
+                guarded.append((optimizer, param))
+    with recording(handlers, "lr_writers", trainer.engine) as entry:
+        # Always: FastaiLRFinder on the run's engine is refused even without a schedule.
+        entry.handler = attach_lr_writer_guard(trainer.engine, guarded)
+
+
+def schedule_context(trainer: Trainer) -> dict[str, int]:
+    """``num_epochs``, optimizer steps per epoch and the eval loader length of a run.
+
+    Under gradient accumulation an epoch of ``L`` micro-batches makes
+    ``ceil(L / grad_accumulation_steps)`` optimizer steps (the last group of an epoch
+    may be shorter): schedules, ``warmup_steps`` and ``max_steps`` count those.
+    """
+    config = trainer.config
+    batches = loader_length(trainer.train_loader) or 1
+    k = config.grad_accumulation_steps
+    return {
+        "num_epochs": config.num_epochs,
+        "steps_per_epoch": -(-batches // k),
+        "train_loader_len": batches,
+        "eval_loader_len": loader_length(trainer.val_loader) or 0,
+    }
 
 
 def _attach_stopping(
-    trainer: Trainer, objects: dict, val: Engine | None, metric: str, mode: str
+    trainer: Trainer,
+    objects: dict,
+    val: Engine | None,
+    metric: str,
+    mode: str,
 ) -> None:
-    config, engine = trainer.config, trainer.engine
+    config, engine, handlers = trainer.config, trainer.engine, trainer._handlers
     needs_val = config.early_stopping_patience is not None or config.stop_when
     if needs_val and val is None:
         raise ValueError(
@@ -408,20 +491,30 @@ def _attach_stopping(
     from ignitrain.handlers import stopping
 
     if config.early_stopping_patience is not None:
-        objects["early_stopping"] = stopping.attach_early_stopping(
-            engine,
-            val,
-            metric,
-            patience=config.early_stopping_patience,
-            min_delta=config.early_stopping_min_delta,
-            mode=mode,
-        )
+        with recording(handlers, "early_stopping", engine, val) as entry:
+            objects["early_stopping"] = entry.handler = stopping.attach_early_stopping(
+                engine,
+                val,
+                metric,
+                patience=config.early_stopping_patience,
+                min_delta=config.early_stopping_min_delta,
+                mode=mode,
+            )
     if config.stop_when:
-        objects["stop_when"] = stopping.attach_stop_when(engine, val, config.stop_when)
+        with recording(handlers, "stop_when", engine, val) as entry:
+            objects["stop_when"] = entry.handler = stopping.attach_stop_when(
+                engine, val, config.stop_when
+            )
     if config.time_limit is not None:
-        objects["time_limit"] = stopping.attach_time_limit(engine, config.time_limit)
+        with recording(handlers, "time_limit", engine) as entry:
+            objects["time_limit"] = entry.handler = stopping.attach_time_limit(
+                engine, config.time_limit
+            )
     if config.max_steps is not None:
-        stopping.attach_max_steps(engine, config.max_steps)
+        with recording(handlers, "max_steps", engine) as entry:
+            entry.handler = stopping.attach_max_steps(
+                engine, config.max_steps, accumulation_steps=config.grad_accumulation_steps
+            )
 
 
 def _attach_checkpoints(
@@ -481,7 +574,9 @@ def _flushed_extra(trainer: Trainer, tensorboard: Any) -> dict:
 
 
 def _report_stop(engine: Engine, history: Any) -> None:
-    reason = getattr(engine.state, "stop_reason", None)
+    from ignitrain.handlers.stopping import stop_reason
+
+    reason = stop_reason(engine)
     history.meta["stop_reason"] = reason or "completed"
     history.meta["stopped_at"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
     if reason:

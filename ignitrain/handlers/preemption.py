@@ -11,8 +11,15 @@ into a clean stop of any Ignite ``Engine``::
                             so validation and history of that epoch are in the checkpoint
     TERMINATE               raise SystemExit(128 + signum): exit status 143 for SIGTERM
 
-A signal that arrives while the engine is not running goes to the previous handler,
-as if this one were not installed (a finished run must not ignore SIGTERM).
+The signal handlers are installed when the engine's run starts (``STARTED``) and the
+previous ones restored when it ends (``COMPLETED``/``TERMINATE``), never at attach
+time: a script that builds a trainer and never runs it keeps its own SIGTERM
+behaviour. A run that ends with an exception fires neither event (and an
+``EXCEPTION_RAISED`` handler would make Ignite swallow the exception), so
+``Trainer.train()`` restores them in a ``finally``; with a plain engine call
+:meth:`PreemptionHandler.restore` yourself after a failed ``run`` if the process goes
+on. A signal that arrives while no run is active goes to the previous handler, as if
+this one were not installed (a finished run must not ignore SIGTERM).
 
 Ignite passes an exception raised inside ``Engine.run`` to the engine's
 ``EXCEPTION_RAISED`` handlers instead of raising it when there are any. With such
@@ -55,6 +62,8 @@ def _signal_name(signum: int) -> str:
 class PreemptionHandler:
     """Turns a termination signal into checkpoint-and-exit at an iteration boundary.
 
+    ``engine.state.stop_reason`` becomes ``"signal"`` when it stops the run.
+
     Created by :func:`attach_preemption`; see the module docstring for the sequence.
 
     Attributes:
@@ -64,6 +73,8 @@ class PreemptionHandler:
         exit_code: ``128 + signum`` once it acted, else ``None``.
         saved: What ``save_fn`` returned (e.g. the checkpoint path), once it acted.
     """
+
+    stop_reason = "signal"  # read by ignitrain.handlers.stopping.record_stop_reasons
 
     def __init__(
         self,
@@ -82,6 +93,7 @@ class PreemptionHandler:
         self._previous: dict[int, Any] = {}
         self._running = False
         self._deferred = False
+        self._main_thread = True
         self._handlers: list[tuple[Any, Callable]] = []
 
     # -- signals ------------------------------------------------------------------
@@ -106,18 +118,21 @@ class PreemptionHandler:
         if self.installed:
             return
         if threading.current_thread() is not threading.main_thread():
-            warnings.warn(
-                "attach_preemption: signal handlers can only be installed from the main "
-                "thread; preemption signals will not be handled",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            if self._main_thread:
+                warnings.warn(
+                    "attach_preemption: signal handlers can only be installed from the main "
+                    "thread; preemption signals will not be handled",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            self._main_thread = False
             return
         for signum in self.signals:
             self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def restore(self) -> None:
-        """Put the previous signal handlers back."""
+        """Put the previous signal handlers back (the run is over for this handler)."""
+        self._running = False
         previous, self._previous = self._previous, {}
         for signum, handler in previous.items():
             # None: the previous handler was not installed from Python; the default is
@@ -150,8 +165,9 @@ class PreemptionHandler:
         self._handlers.append((event, fn))
 
     def attach(self) -> PreemptionHandler:
-        """Install the signal handlers and register the engine handlers."""
-        self.install()
+        """Register the engine handlers (the signal handlers come with each run)."""
+        if threading.current_thread() is not threading.main_thread():
+            self.install()  # only warns: a run in this thread cannot handle signals
         self._on(Events.STARTED, self._started)
         self._on(Events.ITERATION_COMPLETED, self._iteration_completed)
         self._on(Events.EPOCH_COMPLETED, self._epoch_completed)
@@ -172,9 +188,11 @@ class PreemptionHandler:
     def _started(self, _: Engine) -> None:
         self._running = True
         self._deferred = False
+        self.install()
 
     def _stopped(self, _: Engine) -> None:
         self._running = False
+        self.restore()
 
     def _agreed(self) -> bool:
         if self.agree is None:

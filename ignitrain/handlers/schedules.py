@@ -71,11 +71,45 @@ How a schedule steps:
 
 ``Schedule.state_dict()`` holds the iteration count, the current values and the
 scheduler's own state, so a resumed run continues the exact value sequence.
+
+Counting units: ``warmup_steps``, ``steps_per_epoch`` / ``{NUM_UPDATE_STEPS_PER_EPOCH}``
+and ``total_steps`` count optimizer steps. Under ``grad_accumulation_steps=k`` an
+iteration schedule advances once per group of ``k`` micro-batches (at its first one;
+an epoch's last group may be shorter), ``{TRAIN_DATALOADER_LEN}`` stays the number of
+batches. A factory is called with the optimizer only (pytorch-accelerated's
+``create_scheduler_fn``: ``functools.partial(StepLR, step_size=7, gamma=0.1)``); the
+older ``(optimizer, num_epochs, steps_per_epoch)`` form still works.
+
+Ignite underneath, and what is kept custom:
+
+* Any Ignite ``ParamScheduler`` (``LRScheduler``, ``CosineAnnealingScheduler``,
+  ``PiecewiseLinear``, ``ConcatScheduler``, the result of
+  ``create_lr_scheduler_with_warmup``, ``ParamGroupScheduler``,
+  ``ReduceLROnPlateauScheduler``) is accepted as ``lr_scheduler=``/``momentum_scheduler=``
+  and driven at the unit chosen, checkpointed with the run; ``piecewise_linear`` is
+  Ignite's ``PiecewiseLinear``. A ``ParamScheduler`` attached to the engine beside an
+  ignitrain schedule of the same value, and Ignite's ``FastaiLRFinder`` on the run's
+  engine, are refused at ``STARTED`` (:class:`LRWriterGuard`) instead of silently
+  fighting it.
+* Kept custom, the driver around the torch schedulers of the named schedules, because
+  Ignite cannot (a) put an *iteration* warm-up in front of an *epoch* or *metric*
+  schedule -- ``create_lr_scheduler_with_warmup`` returns one scheduler for one event,
+  its own docstring wires such a mix with a hand-made event filter that needs the
+  epoch length and does not survive a resume at an epoch end; (b) schedule Adam-family
+  ``betas[0]`` -- a ``ParamScheduler`` writes a plain ``param_group[name]`` key;
+  (c) count optimizer steps under gradient accumulation -- it steps per event.
+  Ignite's ``LRScheduler`` wrapper of a torch scheduler would add an off-by-one (its
+  first value is set at construction and it writes, at each call, the value for the
+  *next* event) without adding a capability, so the shadow optimizer's torch
+  scheduler is stepped directly.
 """
 
 from __future__ import annotations
 
 import ast
+import enum
+import functools
+import inspect
 import math
 import numbers
 import operator
@@ -96,11 +130,14 @@ from torch.optim import lr_scheduler as torch_sched
 
 from ignitrain.config import ConfigError, suggest
 from ignitrain.handlers._modes import resolve_mode
+from ignitrain.handlers.stopping import optimizer_steps
 from ignitrain.registry import canonical_schedule_name
 
 __all__ = [
     "UNITS",
     "PLACEHOLDERS",
+    "Placeholder",
+    "attach_lr_writer_guard",
     "Schedule",
     "ScheduleHandler",
     "build_schedule",
@@ -112,8 +149,40 @@ __all__ = [
 
 #: The events a schedule can advance on.
 UNITS: tuple[str, ...] = ("iteration", "epoch", "metric")
-#: Names usable as ``"{name}"`` in schedule parameters.
-PLACEHOLDERS: tuple[str, ...] = ("num_epochs", "steps_per_epoch", "total_steps")
+#: Names usable as ``"{name}"`` in schedule parameters (the upper-case ones are
+#: pytorch-accelerated's ``TrainerPlaceholderValues`` names; see :class:`Placeholder`).
+PLACEHOLDERS: tuple[str, ...] = (
+    "num_epochs",
+    "steps_per_epoch",
+    "total_steps",
+    "NUM_EPOCHS",
+    "NUM_UPDATE_STEPS_PER_EPOCH",
+    "TRAIN_DATALOADER_LEN",
+    "EVAL_DATALOADER_LEN",
+)
+
+
+class Placeholder(str, enum.Enum):
+    """pytorch-accelerated's placeholder names, resolved when the loaders exist.
+
+    Usable as parameter values of a spec dict or of a ``functools.partial`` factory::
+
+        partial(OneCycleLR, max_lr=0.1, epochs=Placeholder.NUM_EPOCHS,
+                steps_per_epoch=Placeholder.NUM_UPDATE_STEPS_PER_EPOCH)
+
+    ``NUM_UPDATE_STEPS_PER_EPOCH`` counts optimizer steps (``ceil(batches /
+    grad_accumulation_steps)``); ``TRAIN_DATALOADER_LEN`` counts batches.
+    """
+
+    NUM_EPOCHS = "{NUM_EPOCHS}"
+    NUM_UPDATE_STEPS_PER_EPOCH = "{NUM_UPDATE_STEPS_PER_EPOCH}"
+    TRAIN_DATALOADER_LEN = "{TRAIN_DATALOADER_LEN}"
+    EVAL_DATALOADER_LEN = "{EVAL_DATALOADER_LEN}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 _PARAM_NAMES = ("lr", "momentum")
 _SPEC_KEYS = ("name", "unit", "warmup_steps", "warmup_start_factor")
 
@@ -209,6 +278,7 @@ def resolve_placeholders(value: Any, context: Mapping[str, int], *, where: str =
         return {k: resolve_placeholders(v, context, where=where) for k, v in value.items()}
     if not isinstance(value, str) or "{" not in value:
         return value
+    value = value.value if isinstance(value, Placeholder) else value
     try:
         text = value.format(**context)
     except KeyError as exc:
@@ -835,6 +905,8 @@ def build_schedule(
     total_steps: int | None = None,
     unit: str | None = None,
     warmup_start_factor: float = 0.0,
+    train_loader_len: int | None = None,
+    eval_loader_len: int | None = None,
 ) -> Schedule | None:
     """Build the schedule described by ``spec`` for ``optimizer``.
 
@@ -842,13 +914,16 @@ def build_schedule(
         spec: ``None`` (no schedule); a name (``"cosine"``, aliases like
             ``"CosineAnnealingLR"`` work); a dict ``{"name": ..., **params}`` with
             optional ``"unit"``, ``"warmup_steps"``, ``"warmup_start_factor"``; a factory
-            ``(optimizer, num_epochs, steps_per_epoch) -> scheduler``; a torch
+            ``optimizer -> scheduler`` (``functools.partial(StepLR, step_size=7)``, its
+            arguments may hold placeholders; the older
+            ``(optimizer, num_epochs, steps_per_epoch)`` form still works); a torch
             ``LRScheduler`` or ``ReduceLROnPlateau`` or an Ignite ``ParamScheduler``
             built on ``optimizer``; or a :class:`Schedule` (returned as is).
         optimizer: The optimizer whose ``param_name`` is scheduled.
         num_epochs: Epochs of training.
-        steps_per_epoch: Iterations per epoch.
-        warmup_steps: Linear warm-up iterations in front of the schedule.
+        steps_per_epoch: Optimizer steps per epoch (engine iterations without
+            gradient accumulation).
+        warmup_steps: Linear warm-up optimizer steps in front of the schedule.
         param_name: ``"lr"`` or ``"momentum"`` (SGD/RMSprop momentum or ``betas[0]``).
         field: Config field named in error messages.
         total_steps: Training iterations (default ``num_epochs * steps_per_epoch``;
@@ -857,6 +932,9 @@ def build_schedule(
             ``"epoch"``, ``OneCycleLR``/``CyclicLR`` and Ignite schedulers to
             ``"iteration"``); a dict spec sets it with its ``"unit"`` key.
         warmup_start_factor: Warm-up starts at this fraction of the first value.
+        train_loader_len: Batches per epoch (``{TRAIN_DATALOADER_LEN}``; default
+            ``steps_per_epoch``).
+        eval_loader_len: Validation batches (``{EVAL_DATALOADER_LEN}``; default 0).
 
     Returns:
         The :class:`Schedule`, or ``None`` for ``spec=None``.
@@ -905,6 +983,19 @@ def build_schedule(
         "warmup_steps": warmup_steps,
         "warmup_start_factor": warmup_start_factor,
     }
+    context = {
+        "num_epochs": num_epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total,
+        "NUM_EPOCHS": num_epochs,
+        "NUM_UPDATE_STEPS_PER_EPOCH": steps_per_epoch,
+        "TRAIN_DATALOADER_LEN": steps_per_epoch
+        if train_loader_len is None
+        else _check_int(train_loader_len, "train_loader_len", 1),
+        "EVAL_DATALOADER_LEN": 0
+        if eval_loader_len is None
+        else _check_int(eval_loader_len, "eval_loader_len", 0),
+    }
     if isinstance(spec, str):
         spec = {"name": spec}
     if isinstance(spec, Mapping):
@@ -913,11 +1004,6 @@ def build_schedule(
                 f"{field}={dict(spec)!r} is not allowed: a spec dict needs a 'name', "
                 "e.g. {'name': 'step', 'step_size': 10}"
             )
-        context = {
-            "num_epochs": num_epochs,
-            "steps_per_epoch": steps_per_epoch,
-            "total_steps": total,
-        }
         return _build_named(spec, optimizer, context=context, **common)
     if isinstance(spec, type):
         raise TypeError(
@@ -926,11 +1012,38 @@ def build_schedule(
         )
     scheduler_types = (torch_sched.LRScheduler, ParamScheduler, ParamGroupScheduler)
     if callable(spec) and not isinstance(spec, scheduler_types):
-        made = spec(optimizer, num_epochs, steps_per_epoch)
+        made = _call_factory(spec, optimizer, context, field)
         if isinstance(made, Schedule):
             return made
         return _wrap_object(made, optimizer, **common)
     return _wrap_object(spec, optimizer, **common)
+
+
+def _call_factory(factory: Callable, optimizer: Any, context: Mapping[str, int], field: str):
+    """``factory(optimizer)`` (pytorch-accelerated's ``create_scheduler_fn``), or the older
+    ``factory(optimizer, num_epochs, steps_per_epoch)``; placeholders in a partial's
+    arguments are resolved first."""
+    if isinstance(factory, functools.partial):
+        factory = functools.partial(
+            factory.func,
+            *resolve_placeholders(list(factory.args), context, where=field),
+            **resolve_placeholders(dict(factory.keywords), context, where=field),
+        )
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin without a signature: try one argument
+        return factory(optimizer)
+    for args in ((optimizer,), (optimizer, context["num_epochs"], context["steps_per_epoch"])):
+        try:
+            signature.bind(*args)
+        except TypeError:
+            continue
+        return factory(*args)
+    raise TypeError(
+        f"{field}={factory!r} is not allowed: a scheduler factory takes the optimizer as its "
+        f"one positional argument, optimizer -> scheduler (e.g. functools.partial(StepLR, "
+        f"step_size=7, gamma=0.1)); got signature {signature}"
+    )
 
 
 class ScheduleHandler:
@@ -940,26 +1053,43 @@ class ScheduleHandler:
     go into a checkpoint; ``remove()`` detaches every event handler.
     """
 
-    def __init__(self, engine: Engine, schedule: Schedule, evaluator: Engine | None, metric):
+    def __init__(
+        self,
+        engine: Engine,
+        schedule: Schedule,
+        evaluator: Engine | None,
+        metric,
+        accumulation_steps: int = 1,
+    ):
         self.engine = engine
         self.schedule = schedule
         self.metric = metric
+        self.accumulation_steps = accumulation_steps
         self._warned = False
         self._handles = [engine.add_event_handler(Events.ITERATION_STARTED, self._iteration)]
         if schedule.unit == "metric":
             self._handles.append(evaluator.add_event_handler(Events.COMPLETED, self._evaluated))
 
     def _iteration(self, engine: Engine) -> None:
+        state, k = engine.state, self.accumulation_steps
+        position = state.iteration - 1  # micro-batches before this one in the epoch
+        if state.epoch_length:
+            position %= state.epoch_length
+        if position % k:
+            # Not the first micro-batch of an accumulation group: the group's value was
+            # written at its first micro-batch; a schedule counts optimizer steps.
+            return
+        done = optimizer_steps(state.iteration - 1, state.epoch_length, k)
         # Catch a resume that restored the engine but not the schedule.
-        if not self._warned and engine.state.iteration - 1 != self.schedule.iterations:
+        if not self._warned and done != self.schedule.iterations:
             self._warned = True
             warnings.warn(
-                f"Schedule {self.schedule.name!r} has seen {self.schedule.iterations} iterations "
-                f"but the engine is at iteration {engine.state.iteration}: restore the "
+                f"Schedule {self.schedule.name!r} has seen {self.schedule.iterations} optimizer "
+                f"steps but the engine is at step {done}: restore the "
                 "schedule's state_dict together with the engine's on resume",
                 stacklevel=2,
             )
-        self.schedule.iteration_started(engine.state.epoch)
+        self.schedule.iteration_started(state.epoch)
 
     def _evaluated(self, evaluator: Engine) -> None:
         metrics = evaluator.state.metrics
@@ -995,6 +1125,7 @@ def attach_schedule(
     evaluator: Engine | None = None,
     metric: str | None = None,
     mode: str | None = None,
+    accumulation_steps: int = 1,
 ) -> ScheduleHandler:
     """Attach ``schedule`` to ``engine`` at the events of its unit.
 
@@ -1012,10 +1143,13 @@ def attach_schedule(
         metric: Name of the metric driving a metric schedule.
         mode: ``"min"``/``"max"`` for a metric schedule; ``None`` keeps the mode of the
             spec or infers it from the metric name (``"loss"`` -> min).
+        accumulation_steps: Micro-batches (engine iterations) per optimizer step: an
+            iteration schedule and the warm-up advance once per optimizer step.
 
     Returns:
         The :class:`ScheduleHandler` (holds the schedule; ``remove()`` detaches it).
     """
+    accumulation_steps = _check_int(accumulation_steps, "accumulation_steps", 1)
     if not isinstance(engine, Engine):
         raise TypeError(f"Argument engine={engine!r} is not allowed: expected an ignite Engine")
     if not isinstance(schedule, Schedule):
@@ -1030,7 +1164,7 @@ def attach_schedule(
                 f"and metric=<name> (got evaluator={evaluator!r}, metric={metric!r})"
             )
         _configure_metric_mode(schedule, metric, mode)
-    return ScheduleHandler(engine, schedule, evaluator, metric)
+    return ScheduleHandler(engine, schedule, evaluator, metric, accumulation_steps)
 
 
 def _configure_metric_mode(schedule: Schedule, metric: str, mode: str | None) -> None:
@@ -1039,3 +1173,85 @@ def _configure_metric_mode(schedule: Schedule, metric: str, mode: str | None) ->
     if mode is None and schedule.mode_fixed:
         return  # the spec or the user's torch scheduler chose it
     schedule.configure_mode(resolve_mode(metric, mode))
+
+
+# -- other LR writers ----------------------------------------------------------------
+
+
+class LRWriterGuard:
+    """Refuses, when the run starts, a second writer of a value ignitrain schedules.
+
+    Checked at ``STARTED`` (after the user attached their own handlers):
+
+    * Ignite's ``FastaiLRFinder`` attached to the training engine: it would sweep the
+      LR on the real run -- ignitrain's schedule rewrites the LR every iteration (the
+      finder logs a ramp the optimizer never sees), the run's checkpoints, History and
+      "latest" pointer record the sweep, and the schedule ends up ahead. Refused: use
+      ``trainer.find_lr()`` / ``ignitrain lr-find``, which run it on a private engine.
+    * An Ignite ``ParamScheduler`` (``LRScheduler``, ``CosineAnnealingScheduler``,
+      ``ConcatScheduler``, ``ParamGroupScheduler``...) writing the same parameter of the
+      same optimizer as an ignitrain schedule: the two would overwrite each other
+      every iteration. Refused: pass it as ``TrainConfig(lr_scheduler=<it>)`` (or
+      ``momentum_scheduler=``), which drives and checkpoints it, or drop the config's
+      schedule. Without an ignitrain schedule a user's ``ParamScheduler`` just works.
+
+    Ignite offers no public listing of an engine's handlers; the check reads
+    ``engine._event_handlers`` once per run.
+    """
+
+    def __init__(self, engine: Engine, guarded: list[tuple[Any, str]]) -> None:
+        self.engine = engine
+        self.guarded = list(guarded)
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for event, handler in _registered(engine):
+            owner = getattr(handler, "__self__", handler)
+            if type(owner).__name__ == "FastaiLRFinder":
+                raise RuntimeError(
+                    "Ignite's FastaiLRFinder is attached to the training engine of an "
+                    "ignitrain run: its LR sweep would be overwritten by the run's schedule "
+                    "and written into the run's checkpoints and history. Use "
+                    "trainer.find_lr() (or `ignitrain lr-find`), which runs FastaiLRFinder on "
+                    "a private engine and restores everything"
+                )
+            for optimizer, param in self.guarded:
+                if _writes(owner, optimizer, param):
+                    option = "lr_scheduler" if param == "lr" else "momentum_scheduler"
+                    raise RuntimeError(
+                        f"{type(owner).__name__} attached to the training engine ({event}) "
+                        f"writes {param!r} of the optimizer that ignitrain's {option} already "
+                        f"schedules: they would overwrite each other every iteration. Pass "
+                        f"it as TrainConfig({option}=<the scheduler>) instead, or set "
+                        f"{option}=None"
+                    )
+
+
+def _registered(engine: Engine):
+    for event, entries in engine._event_handlers.items():
+        for handler, _, _ in entries:
+            parent = getattr(handler, "_parent", None)  # Ignite's filtered-event wrapper
+            yield event, (parent() if parent is not None else handler)
+
+
+def _writes(scheduler: Any, optimizer: Any, param: str) -> bool:
+    if isinstance(scheduler, ParamGroupScheduler):
+        return any(_writes(s, optimizer, param) for s in scheduler.schedulers)
+    if not isinstance(scheduler, ParamScheduler):
+        return False
+    names = (
+        scheduler.param_name if isinstance(scheduler.param_name, list) else [scheduler.param_name]
+    )
+    return getattr(scheduler, "optimizer", None) is optimizer and param in names
+
+
+def attach_lr_writer_guard(
+    engine: Engine, guarded: list[tuple[Any, str]], *, checkpoints: bool = True
+) -> LRWriterGuard | None:
+    """Attach :class:`LRWriterGuard` for ``(optimizer, "lr"|"momentum")`` pairs.
+
+    Returns ``None`` (nothing to guard) without schedules and without checkpoints.
+    """
+    if not guarded and not checkpoints:
+        return None
+    return LRWriterGuard(engine, guarded)

@@ -1,24 +1,31 @@
 """Stopping rules: early stopping, metric targets, a time limit and a step limit.
 
-Each rule is split in two, as everywhere in ignitrain:
+* Early stopping is Ignite's ``EarlyStopping`` (:class:`EarlyStoppingHandler`, a
+  subclass adding a NaN-safe score -- Ignite takes a NaN as an improvement and resets
+  the patience counter -- and validation-run filtering); its ``state_dict`` goes into
+  checkpoints, so a resumed run keeps its patience counter.
+* ``stop_when`` targets: a plain decision object (:class:`TargetChecker`) and a thin
+  adapter on the evaluator (Ignite has no such handler).
+* A time limit and a step limit: small custom handlers (see :class:`TimeLimitHandler`
+  for why Ignite's ``TimeLimit`` does not serve; ``max_steps`` must stop mid-epoch and
+  at the start of a resumed, finished run, which ``Engine.run(max_iters=...)`` cannot
+  combine with ``max_epochs``).
 
-* a plain decision object with ``state_dict``/``load_state_dict``
-  (:class:`EarlyStopChecker`, :class:`TargetChecker`), testable without an engine and
-  saved in checkpoints so that a resumed run keeps its patience counter;
-* a thin Ignite adapter returned by an ``attach_*`` function, which reads the metric
-  from an evaluator and calls :func:`stop`.
-
-Every rule stops the training engine through :func:`stop`, which records why in
-``engine.state.stop_reason`` (one of the ``STOP_*`` strings below, ``None`` while
-nothing stopped the run), logs it and calls ``engine.terminate()``. Read it with
-:func:`stop_reason`. The attach functions work on any Ignite ``Engine``::
+Every stop is recorded. :func:`record_stop_reasons` (called by every attach function
+here, and by the flavors and :func:`ignitrain.attach`) declares
+``engine.state.stop_reason``: ``None`` while nothing stopped the run, else the first
+reason given -- one of the ``STOP_*`` strings below for the rules of this module, the
+class or function name of whatever else called ``engine.terminate()`` (Ignite's
+``EarlyStopping``, ``TerminateOnNan``, ``TimeLimit``, a user's handler). A Trainer also
+keeps it in ``history.meta["stop_reason"]`` (``"completed"`` when nothing stopped it).
+Read it with :func:`stop_reason`. The attach functions work on any Ignite ``Engine``::
 
     trainer = Engine(update)            # any engine
     evaluator = Engine(evaluate)        # with metrics attached
     attach_early_stopping(trainer, evaluator, "accuracy", patience=3)
     attach_stop_when(trainer, evaluator, {"accuracy": 0.98})
     attach_time_limit(trainer, 3600)
-    attach_max_steps(trainer, 10_000)
+    attach_max_steps(trainer, 10_000)   # optimizer steps (engine iterations)
 
 Under several processes, evaluation metrics are reduced over all ranks, so every rank
 takes the same early-stopping and target decision. Clocks differ between ranks, so the
@@ -29,16 +36,20 @@ iteration; a NaN loss is agreed the same way by the training step.
 from __future__ import annotations
 
 import logging
+import math
 import numbers
+import sys
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 from ignite.engine import Engine, Events
+from ignite.handlers import EarlyStopping
 
 from ignitrain.config import suggest
 from ignitrain.distributed import agree_any
-from ignitrain.handlers._modes import is_better, is_reached, resolve_mode
+from ignitrain.handlers._modes import is_reached, resolve_mode
 
 __all__ = [
     "STOP_EARLY",
@@ -48,8 +59,9 @@ __all__ = [
     "STOP_MAX_STEPS",
     "STOP_SIGNAL",
     "STOP_REASONS",
-    "EarlyStopChecker",
+    "STATE_ATTRIBUTE",
     "TargetChecker",
+    "record_stop_reasons",
     "stop",
     "stop_reason",
     "agree_any",
@@ -57,6 +69,7 @@ __all__ = [
     "StopWhenHandler",
     "TimeLimitHandler",
     "MaxStepsHandler",
+    "optimizer_steps",
     "attach_early_stopping",
     "attach_stop_when",
     "attach_time_limit",
@@ -119,62 +132,6 @@ def _missing_metric(metric: str, metrics: Mapping[str, Any], purpose: str) -> Ke
 
 
 # -- decision objects --------------------------------------------------------------
-
-
-class EarlyStopChecker:
-    """Decides when a metric has stopped improving.
-
-    ``update(score)`` returns ``True`` once ``patience`` consecutive scores failed to
-    improve on the best one by more than ``min_delta``. A NaN score counts as no
-    improvement. The checker keeps returning ``True`` after that.
-
-    Args:
-        patience: Scores without improvement before stopping (>= 1).
-        min_delta: Smallest change that counts as an improvement (>= 0).
-        mode: ``"max"`` (larger is better) or ``"min"``.
-
-    Example:
-        >>> checker = EarlyStopChecker(patience=2, mode="min")
-        >>> [checker.update(s) for s in (1.0, 0.9, 0.95, 0.91)]
-        [False, False, False, True]
-    """
-
-    def __init__(self, patience: int, min_delta: float = 0.0, mode: str = "max"):
-        _check_number("patience", patience, minimum=1, integer=True)
-        _check_number("min_delta", min_delta, minimum=0.0)
-        if mode not in ("min", "max"):
-            raise ValueError(
-                f"Argument mode={mode!r} is not allowed: expected 'min' or 'max'."
-                f"{suggest(mode, ['min', 'max'])}"
-            )
-        self.patience = int(patience)
-        self.min_delta = float(min_delta)
-        self.mode = mode
-        self.best: float | None = None
-        self.counter = 0
-
-    def update(self, score: float) -> bool:
-        """Record one score; ``True`` when training should stop."""
-        if is_better(score, self.best, self.mode, self.min_delta):
-            self.best = float(score)
-            self.counter = 0
-        else:
-            self.counter += 1
-        return self.counter >= self.patience
-
-    @property
-    def should_stop(self) -> bool:
-        """Whether the last update asked to stop."""
-        return self.counter >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        """``best`` and ``counter`` (plain Python values, ``weights_only``-loadable)."""
-        return {"best": self.best, "counter": self.counter}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore ``best`` and ``counter``."""
-        self.best = None if state["best"] is None else float(state["best"])
-        self.counter = int(state["counter"])
 
 
 class TargetChecker:
@@ -248,7 +205,54 @@ class TargetChecker:
         self.reached = bool(state["reached"])
 
 
-# -- stopping an engine ------------------------------------------------------------
+# -- stopping an engine and recording why ------------------------------------------
+
+#: The ``engine.state`` attribute holding the stop reason (see :func:`record_stop_reasons`).
+STATE_ATTRIBUTE = "stop_reason"
+
+
+def record_stop_reasons(engine: Engine) -> None:
+    """Make every ``engine.terminate()`` leave a reason in ``engine.state.stop_reason``.
+
+    ``stop_reason`` is an attribute ignitrain declares on the engine's state: it is set
+    to ``None`` when this is called and at every ``STARTED`` (registered here, so before
+    the stopping rules attached afterwards), and to the first reason given while the
+    run stops. A rule of this module gives its ``STOP_*`` string; code that sets
+    ``engine.state.stop_reason`` itself before ``terminate()`` keeps its own (the
+    training step's ``"non_finite_loss"``); any other caller of ``terminate()`` --
+    Ignite's ``EarlyStopping``, ``TerminateOnNan``, ``TimeLimit``, a user's handler --
+    is recorded by its ``stop_reason`` attribute if it has one, else its class name
+    (``"TerminateOnNan"``), else its function name. Calling it again does nothing.
+
+    Ignite's ``terminate()`` records no caller, so the engine's ``terminate`` is wrapped
+    (an instance attribute calling the class's method): the only way to name the
+    handler that stopped the run, which Ignite's handlers do not report otherwise.
+    """
+    _check_engine("engine", engine)
+    if getattr(engine.terminate, "_ignitrain_records", False):
+        return
+    original = engine.terminate
+
+    def terminate(*args: Any, **kwargs: Any) -> None:
+        if stop_reason(engine) is None and not engine.should_terminate:
+            setattr(engine.state, STATE_ATTRIBUTE, _caller_name(sys._getframe(1), engine))
+        original(*args, **kwargs)
+
+    terminate._ignitrain_records = True  # type: ignore[attr-defined]
+    engine.terminate = terminate  # type: ignore[method-assign]
+    setattr(engine.state, STATE_ATTRIBUTE, None)
+    engine.add_event_handler(Events.STARTED, _clear_reason)
+
+
+def _clear_reason(engine: Engine) -> None:
+    setattr(engine.state, STATE_ATTRIBUTE, None)
+
+
+def _caller_name(frame: Any, engine: Engine) -> str:
+    owner = frame.f_locals.get("self")
+    if owner is not None and owner is not engine:
+        return getattr(owner, "stop_reason", None) or type(owner).__name__
+    return frame.f_code.co_name
 
 
 def stop(engine: Engine, reason: str, detail: str = "") -> None:
@@ -273,14 +277,14 @@ def stop(engine: Engine, reason: str, detail: str = "") -> None:
     if engine.should_terminate and stop_reason(engine) is not None:
         logger.info("%s; already stopping for %s", message, stop_reason(engine))
         return
-    engine.state.stop_reason = reason
+    setattr(engine.state, STATE_ATTRIBUTE, reason)
     logger.info(message)
     engine.terminate()
 
 
 def stop_reason(engine: Engine) -> str | None:
-    """Why ``engine`` was stopped by :func:`stop`, or ``None``."""
-    return getattr(engine.state, "stop_reason", None)
+    """Why ``engine`` stopped (see :func:`record_stop_reasons`), or ``None``."""
+    return getattr(engine.state, STATE_ATTRIBUTE, None)
 
 
 class _Attached:
@@ -296,62 +300,130 @@ class _Attached:
         self._handles.clear()
 
 
-class _EvaluationRule(_Attached):
-    """Calls ``_decide`` after each evaluation, once per training iteration count.
+def _is_new_evaluation(trainer: Engine, last: int | None) -> bool:
+    # A run of the evaluator outside training (a final test, ``trainer.evaluate``)
+    # happens while the training engine stays at the same iteration: it does not count.
+    # An evaluator reused on several data sets is split with ignitrain.stack.SplitView.
+    return trainer.state.iteration != last
 
-    ``evaluator.run`` outside training (a final test, ``trainer.evaluate``) happens
-    while the training engine stays at the same iteration; counting those as new
-    validations would feed test scores into the rule, so they are skipped.
-    """
+
+class _EvaluationRule(_Attached):
+    """Calls ``_decide`` after each validation run, once per training iteration count."""
 
     def __init__(self, engine: Engine, evaluator: Engine) -> None:
         super().__init__()
         _check_engine("engine", engine)
         _check_engine("evaluator", evaluator)
+        record_stop_reasons(engine)
         self.engine = engine
         self.last_iteration: int | None = None
         self._handles.append(evaluator.add_event_handler(Events.COMPLETED, self))
 
     def __call__(self, evaluator: Engine) -> None:
-        iteration = self.engine.state.iteration
-        if iteration == self.last_iteration:
+        if not _is_new_evaluation(self.engine, self.last_iteration):
             return
-        self.last_iteration = iteration
+        self.last_iteration = self.engine.state.iteration
         self._decide(evaluator)
 
     def _decide(self, evaluator: Engine) -> None:
         raise NotImplementedError
 
 
-class EarlyStoppingHandler(_EvaluationRule):
-    """Adapter of :class:`EarlyStopChecker` to an evaluator (see :func:`attach_early_stopping`)."""
+class EarlyStoppingHandler(EarlyStopping):
+    """Ignite's ``EarlyStopping`` with a NaN-safe score, resumable and split-aware.
 
-    def __init__(self, engine: Engine, evaluator: Engine, metric: str, checker: EarlyStopChecker):
-        super().__init__(engine, evaluator)
+    Ignite decides (``patience``, ``threshold`` = ``min_delta``, ``mode``,
+    ``cumulative=True`` so the best score only moves on a real improvement) and calls
+    ``trainer.terminate()``; this subclass adds three things Ignite lacks:
+
+    * NaN-safe score: Ignite's comparison ``score <= best + threshold`` is ``False``
+      for a NaN, so a NaN counts as an improvement, resets the patience counter and
+      becomes the best score (no later score then compares as worse: training never
+      stops). A NaN is turned into the worst score (``-inf`` for max, ``+inf`` for min).
+    * One decision per training iteration: a test run after training does not count.
+    * ``state_dict`` also holds the last evaluated training iteration.
+
+    Attributes:
+        metric: The watched metric.
+        counter: Evaluations without improvement (Ignite's).
+        best: The best metric value so far (``best_score``), ``None`` before any.
+    """
+
+    stop_reason = STOP_EARLY  # read by record_stop_reasons when this calls terminate()
+
+    def __init__(
+        self,
+        trainer: Engine,
+        evaluator: Engine,
+        metric: str,
+        *,
+        patience: int,
+        min_delta: float = 0.0,
+        mode: str = "max",
+    ) -> None:
+        _check_engine("engine", trainer)
+        _check_engine("evaluator", evaluator)
+        _check_number("patience", patience, minimum=1, integer=True)
+        _check_number("min_delta", min_delta, minimum=0.0)
+        record_stop_reasons(trainer)
+        worst = -math.inf if mode == "max" else math.inf
+
+        def score(engine: Engine) -> float:
+            value = _metric_value(engine, metric, purpose="Early stopping")
+            return worst if math.isnan(value) else value
+
+        super().__init__(
+            int(patience),
+            score,
+            trainer,
+            threshold=float(min_delta),
+            cumulative=True,
+            threshold_mode="abs",
+            mode=mode,
+        )
         self.metric = metric
-        self.checker = checker
+        self.last_iteration: int | None = None
+        self._handle = evaluator.add_event_handler(Events.COMPLETED, self)
 
-    def _decide(self, evaluator: Engine) -> None:
-        score = _metric_value(evaluator, self.metric, purpose="Early stopping")
-        if self.checker.update(score):
-            detail = (
-                f"{self.metric} did not improve on {self.checker.best} "
-                f"for {self.checker.counter} evaluations"
+    @property
+    def best(self) -> float | None:
+        """The best metric value seen (``None`` before the first validation)."""
+        return None if self.best_score is None else float(self.best_score)
+
+    def __call__(self, evaluator: Engine) -> None:
+        if not _is_new_evaluation(self.trainer, self.last_iteration):
+            return
+        self.last_iteration = self.trainer.state.iteration
+        super().__call__(evaluator)
+        if self.counter >= self.patience:
+            logger.info(
+                "Stopping training at epoch %d: %s did not improve on %s for %d evaluations",
+                self.trainer.state.epoch,
+                self.metric,
+                self.best,
+                self.counter,
             )
-            stop(self.engine, STOP_EARLY, detail)
 
-    def state_dict(self) -> dict[str, Any]:
-        """The checker's state and the last training iteration evaluated."""
-        return {"checker": self.checker.state_dict(), "last_iteration": self.last_iteration}
+    def remove(self) -> None:
+        """Detach from the evaluator."""
+        self._handle.remove()
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the checker and the last evaluated iteration."""
-        self.checker.load_state_dict(state["checker"])
-        self.last_iteration = state["last_iteration"]
+    def state_dict(self) -> OrderedDict:
+        """Ignite's ``counter``/``best_score`` plus the last evaluated iteration."""
+        state = super().state_dict()
+        state["last_iteration"] = self.last_iteration
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore Ignite's state and the last evaluated iteration."""
+        super().load_state_dict(state_dict)
+        self.last_iteration = state_dict.get("last_iteration")
 
 
 class StopWhenHandler(_EvaluationRule):
     """Adapter of :class:`TargetChecker` to an evaluator (see :func:`attach_stop_when`)."""
+
+    stop_reason = STOP_TARGET
 
     def __init__(self, engine: Engine, evaluator: Engine, checker: TargetChecker):
         super().__init__(engine, evaluator)
@@ -381,13 +453,21 @@ class TimeLimitHandler(_Attached):
     Time is accumulated while the engine runs (from each ``STARTED`` on, handlers and
     validation included) and kept in ``state_dict``, so a resumed run counts the time
     the killed run already spent; time between runs does not count.
+
+    Kept custom: Ignite's ``TimeLimit`` starts its clock when it is *constructed*
+    (time spent building the model counts, a resumed run starts from zero), has no
+    ``state_dict``, takes whole seconds only and decides per rank (under several
+    processes one rank stops while the others wait in a collective).
     """
+
+    stop_reason = STOP_TIME
 
     def __init__(self, engine: Engine, seconds: float):
         super().__init__()
         _check_engine("engine", engine)
         if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not seconds > 0:
             raise ValueError(f"Argument seconds={seconds!r} is not allowed: expected a number > 0")
+        record_stop_reasons(engine)
         self.engine = engine
         self.seconds = float(seconds)
         self.elapsed = 0.0
@@ -417,21 +497,48 @@ class TimeLimitHandler(_Attached):
         self.elapsed = float(state["elapsed"])
 
 
-class MaxStepsHandler(_Attached):
-    """Stops training once ``engine.state.iteration`` reaches ``max_steps``."""
+def optimizer_steps(iteration: int, epoch_length: int | None, accumulation_steps: int = 1) -> int:
+    """Optimizer steps done after ``iteration`` micro-batches (engine iterations).
 
-    def __init__(self, engine: Engine, max_steps: int):
+    Accumulation groups never cross an epoch end (as in ``OptimizerStep``): an epoch of
+    ``L`` micro-batches makes ``ceil(L / k)`` steps, the last group possibly shorter.
+    """
+    k = accumulation_steps
+    if k == 1:
+        return iteration
+    if not epoch_length:
+        return iteration // k
+    epochs, pos = divmod(iteration, epoch_length)
+    return epochs * -(-epoch_length // k) + pos // k
+
+
+class MaxStepsHandler(_Attached):
+    """Stops training once ``max_steps`` optimizer steps are done.
+
+    Without gradient accumulation an optimizer step is an engine iteration; with
+    ``accumulation_steps=k`` it is a group of ``k`` micro-batches (see
+    :func:`optimizer_steps`).
+    """
+
+    stop_reason = STOP_MAX_STEPS
+
+    def __init__(self, engine: Engine, max_steps: int, accumulation_steps: int = 1):
         super().__init__()
         _check_engine("engine", engine)
         _check_number("max_steps", max_steps, minimum=1, integer=True)
+        _check_number("accumulation_steps", accumulation_steps, minimum=1, integer=True)
+        record_stop_reasons(engine)
         self.max_steps = int(max_steps)
+        self.accumulation_steps = int(accumulation_steps)
         # STARTED too: a run resumed at or past the limit stops before another step.
         self._handles.append(engine.add_event_handler(Events.STARTED, self._check))
         self._handles.append(engine.add_event_handler(Events.ITERATION_COMPLETED, self._check))
 
     def _check(self, engine: Engine) -> None:
-        if engine.state.iteration >= self.max_steps:
-            stop(engine, STOP_MAX_STEPS, f"iteration {engine.state.iteration} >= {self.max_steps}")
+        state = engine.state
+        done = optimizer_steps(state.iteration, state.epoch_length, self.accumulation_steps)
+        if done >= self.max_steps:
+            stop(engine, STOP_MAX_STEPS, f"{done} optimizer steps >= {self.max_steps}")
 
 
 # -- attach functions --------------------------------------------------------------
@@ -446,10 +553,10 @@ def attach_early_stopping(
     min_delta: float = 0.0,
     mode: str | None = None,
 ) -> EarlyStoppingHandler:
-    """Stop ``engine`` when ``evaluator``'s ``metric`` stops improving.
+    """Stop ``engine`` when ``evaluator``'s ``metric`` stops improving (Ignite's ``EarlyStopping``).
 
-    After each ``evaluator`` run (``Events.COMPLETED``) the metric is fed to an
-    :class:`EarlyStopChecker`; after ``patience`` runs without improvement
+    After each validation run of ``evaluator`` (``Events.COMPLETED``) the metric is fed
+    to :class:`EarlyStoppingHandler`; after ``patience`` runs without improvement
     ``engine`` stops with reason :data:`STOP_EARLY`.
 
     Args:
@@ -459,15 +566,22 @@ def attach_early_stopping(
         patience: Evaluations without improvement before stopping.
         min_delta: Smallest change that counts as an improvement.
         mode: ``"min"``/``"max"``; ``None`` infers it from the name (loss -> min).
+            An evaluator that also runs on other data (train, test) in the same
+            iteration: pass its validation view (:class:`ignitrain.stack.SplitView`).
 
     Returns:
-        The handler; ``handler.checker`` holds the decision state, and the handler's
-        ``state_dict`` goes into checkpoints.
+        The handler (``counter``, ``best``); its ``state_dict`` goes into checkpoints.
     """
     if not isinstance(metric, str):
         raise TypeError(f"Argument metric={metric!r} is not allowed: expected a metric name")
-    checker = EarlyStopChecker(patience, min_delta, resolve_mode(metric, mode))
-    return EarlyStoppingHandler(engine, evaluator, metric, checker)
+    return EarlyStoppingHandler(
+        engine,
+        evaluator,
+        metric,
+        patience=patience,
+        min_delta=min_delta,
+        mode=resolve_mode(metric, mode),
+    )
 
 
 def attach_stop_when(
@@ -505,6 +619,11 @@ def attach_time_limit(engine: Engine, seconds: float) -> TimeLimitHandler:
     return TimeLimitHandler(engine, seconds)
 
 
-def attach_max_steps(engine: Engine, max_steps: int) -> MaxStepsHandler:
-    """Stop ``engine`` when ``engine.state.iteration == max_steps`` (reason ``"max_steps"``)."""
-    return MaxStepsHandler(engine, max_steps)
+def attach_max_steps(
+    engine: Engine, max_steps: int, *, accumulation_steps: int = 1
+) -> MaxStepsHandler:
+    """Stop ``engine`` after ``max_steps`` optimizer steps (reason ``"max_steps"``).
+
+    ``accumulation_steps``: micro-batches (engine iterations) per optimizer step.
+    """
+    return MaxStepsHandler(engine, max_steps, accumulation_steps)

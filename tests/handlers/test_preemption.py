@@ -59,7 +59,11 @@ def test_signal_saves_after_the_iteration_restores_handler_and_exits(previous_ha
     engine = engine_signalling_at(3, SIGUSR1)
     saved = []
     handler = attach_preemption(engine, lambda: saved.append(engine.state.iteration) or "ckpt.pt")
-    assert signal.getsignal(SIGUSR1) is not previous_handler
+    assert signal.getsignal(SIGUSR1) is previous_handler  # installed only while it runs
+    during = []
+    engine.add_event_handler(
+        Events.ITERATION_STARTED(once=1), lambda _: during.append(signal.getsignal(SIGUSR1))
+    )
     with pytest.raises(SystemExit) as info:
         engine.run(range(10), max_epochs=2)
     assert info.value.code == 128 + SIGUSR1
@@ -67,6 +71,7 @@ def test_signal_saves_after_the_iteration_restores_handler_and_exits(previous_ha
     assert handler.requested and handler.signum == SIGUSR1 and handler.saved == "ckpt.pt"
     assert signal.getsignal(SIGUSR1) is previous_handler
     assert previous_handler.calls == []
+    assert during and during[0] is not previous_handler
 
 
 @needs_sigusr1

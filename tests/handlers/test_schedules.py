@@ -521,3 +521,101 @@ def test_argument_validation():
     schedule = build("cosine")
     with pytest.raises(ValueError, match="Cannot load the state of schedule 'step'"):
         schedule.load_state_dict(build("step").state_dict())
+
+
+# -- scheduler habits of the trainers our users come from -----------------------------
+
+
+def test_one_argument_factory_like_pytorch_accelerated(batches):
+    import functools
+
+    from ignitrain.handlers.schedules import Placeholder
+
+    # partial(StepLR, step_size=..., gamma=...) is called with the optimizer only
+    run = Run(batches, functools.partial(torch_sched.StepLR, step_size=2, gamma=0.1)).attach()
+    assert run.run() == pytest.approx(_reference(REFERENCES["step"][0], per_epoch=True))
+    # placeholders by pytorch-accelerated's names, in a partial's arguments
+    factory = functools.partial(
+        torch_sched.OneCycleLR,
+        max_lr=0.1,
+        epochs=Placeholder.NUM_EPOCHS,
+        steps_per_epoch=Placeholder.NUM_UPDATE_STEPS_PER_EPOCH,
+    )
+    run = Run(batches, factory).attach()
+    values = run.run()
+    reference = _reference(
+        lambda o: torch_sched.OneCycleLR(o, max_lr=0.1, epochs=EPOCHS, steps_per_epoch=STEPS),
+        per_epoch=False,
+    )
+    assert values == pytest.approx(reference)
+    # and in a spec dict, with TRAIN_DATALOADER_LEN / EVAL_DATALOADER_LEN
+    context = {"TRAIN_DATALOADER_LEN": 8, "EVAL_DATALOADER_LEN": 3, "NUM_EPOCHS": 6}
+    assert resolve_placeholders("{TRAIN_DATALOADER_LEN} * {NUM_EPOCHS}", context) == 48
+    assert resolve_placeholders(Placeholder.EVAL_DATALOADER_LEN, context) == 3
+
+
+def test_factory_with_a_wrong_signature_names_the_expected_one():
+    opt = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"optimizer -> scheduler.*partial\(StepLR"):
+        build_schedule(lambda a, b: None, opt, num_epochs=2, steps_per_epoch=3)
+
+
+def test_old_three_argument_factory_still_works():
+    opt = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1)
+    schedule = build_schedule(
+        lambda o, epochs, steps: torch_sched.StepLR(o, step_size=epochs * steps),
+        opt,
+        num_epochs=2,
+        steps_per_epoch=3,
+    )
+    assert schedule.name == "StepLR" and schedule.unit == "epoch"
+
+
+def test_lr_writer_guard_refuses_a_second_writer_of_the_same_value(batches):
+    from ignite.handlers.param_scheduler import ConcatScheduler, ParamGroupScheduler
+
+    from ignitrain.handlers.schedules import attach_lr_writer_guard
+
+    run = Run(batches, "cosine").attach()
+    attach_lr_writer_guard(run.engine, [(run.optimizer, "lr")])
+    first = CosineAnnealingScheduler(run.optimizer, "lr", 0.1, 0.01, cycle_size=4)
+    second = CosineAnnealingScheduler(run.optimizer, "lr", 0.01, 0.001, cycle_size=4)
+    concat = ConcatScheduler([first, second], durations=[4])
+    run.engine.add_event_handler(Events.ITERATION_STARTED(every=2), concat)
+    with pytest.raises(RuntimeError, match=r"ConcatScheduler.*'lr'.*lr_scheduler=<the scheduler>"):
+        run.run()
+
+    # a scheduler of another value (momentum) or another optimizer is not a conflict
+    run = Run(batches, "cosine").attach()
+    attach_lr_writer_guard(run.engine, [(run.optimizer, "lr")])
+    other = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1)
+    groups = ParamGroupScheduler(
+        [CosineAnnealingScheduler(other, "lr", 0.1, 0.01, cycle_size=4)], names=["other"]
+    )
+    run.engine.add_event_handler(Events.ITERATION_STARTED, groups)
+    momentum = CosineAnnealingScheduler(run.optimizer, "momentum", 0.9, 0.8, cycle_size=4)
+    run.engine.add_event_handler(Events.ITERATION_STARTED, momentum)
+    run.run(epochs=1)
+    assert len(run.used) == STEPS
+
+
+def test_schedule_counts_optimizer_steps_under_accumulation(batches):
+    # 4 micro-batches per epoch, 3 per step: groups [1,2,3] [4] per epoch -> 2 steps/epoch
+    run = Run(batches, None)
+    run.schedule = build_schedule(
+        {"name": "linear", "total_iters": "{total_steps}"},
+        run.optimizer,
+        num_epochs=EPOCHS,
+        steps_per_epoch=2,
+    )
+    run.attach(accumulation_steps=3)
+    values = run.run()
+    steps = [0, 0, 0, 1, 2, 2, 2, 3]  # optimizer step index of each micro-batch
+    expected = [0.1 * (1 - s / (EPOCHS * 2)) for s in steps]
+    assert values[:8] == pytest.approx(expected)
+
+
+def test_attach_schedule_validates_accumulation_steps(batches):
+    run = Run(batches, "cosine")
+    with pytest.raises(ValueError, match="accumulation_steps=0 is not allowed"):
+        run.attach(accumulation_steps=0)

@@ -25,7 +25,6 @@ from ignitrain.handlers.stopping import (
     STOP_REASONS,
     STOP_TARGET,
     STOP_TIME,
-    EarlyStopChecker,
     TargetChecker,
     agree_any,
     attach_early_stopping,
@@ -102,34 +101,63 @@ def _roundtrip(state):
 # -- decision objects ----------------------------------------------------------------
 
 
-def test_early_stop_checker_max_min_delta_and_nan():
-    checker = EarlyStopChecker(patience=2, mode="max")
-    assert [checker.update(s) for s in (0.5, 0.6, 0.6, 0.59)] == [False, False, False, True]
-    assert checker.best == 0.6 and checker.counter == 2
+def _fed(scores, **kwargs):
+    """An early-stopping handler fed ``scores`` through a real evaluator, one per epoch."""
+    trainer = Engine(lambda e, b: None)
+    evaluator = Engine(lambda e, b: b)
+    Average(output_transform=lambda out: out).attach(evaluator, "score")
+    handler = attach_early_stopping(trainer, evaluator, "score", **kwargs)
+    stops = []
 
-    checker = EarlyStopChecker(patience=2, min_delta=0.05, mode="min")
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def validate(engine):
+        evaluator.run([torch.tensor(scores[engine.state.epoch - 1])])
+        stops.append(engine.should_terminate is not False)
+
+    trainer.run([0], max_epochs=len(scores))
+    return handler, stops
+
+
+def test_early_stopping_max_min_delta_and_nan():
+    handler, stops = _fed((0.5, 0.6, 0.6, 0.59), patience=2, mode="max")
+    assert stops == [False, False, False, True]
+    assert handler.best == pytest.approx(0.6) and handler.counter == 2
+
     # 0.97 and 0.96 are within min_delta of the best 1.0: no improvement.
-    assert [checker.update(s) for s in (1.0, 0.97, 0.96)] == [False, False, True]
+    handler, stops = _fed((1.0, 0.97, 0.96), patience=2, min_delta=0.05, mode="min")
+    assert stops == [False, False, True]
 
-    checker = EarlyStopChecker(patience=2, mode="min")
-    assert [checker.update(s) for s in (1.0, math.nan, 0.5, math.nan, math.nan)] == [
-        False,
-        False,
-        False,
-        False,
-        True,
-    ]
-    assert checker.best == 0.5
+    handler, stops = _fed((1.0, math.nan, 0.5, math.nan, math.nan), patience=2, mode="min")
+    assert stops == [False, False, False, False, True]
+    assert handler.best == 0.5
 
 
-def test_early_stop_checker_state_round_trip():
-    original = EarlyStopChecker(patience=3, mode="min")
-    for score in (1.0, 0.8, 0.9, 0.85):
-        original.update(score)
-    restored = EarlyStopChecker(patience=3, mode="min")
+def test_ignite_early_stopping_takes_nan_as_an_improvement():
+    # The defect EarlyStoppingHandler's NaN-safe score works around: Ignite's own
+    # EarlyStopping resets its patience on a NaN and never stops afterwards.
+    from ignite.handlers import EarlyStopping
+
+    trainer, evaluator = Engine(lambda e, b: None), Engine(lambda e, b: None)
+    scores = iter((0.5, 0.4, math.nan, 0.3, 0.2))
+    ignite_rule = EarlyStopping(2, lambda engine: next(scores), trainer)
+    for _ in range(3):
+        ignite_rule(evaluator)
+    assert ignite_rule.counter == 0 and math.isnan(ignite_rule.best_score)  # patience reset
+    for _ in range(2):
+        ignite_rule(evaluator)
+    assert not trainer.should_terminate and ignite_rule.best_score == 0.3  # worse than 0.5
+    # ignitrain's handler stops at the NaN, the second evaluation without improvement
+    _, stops = _fed((0.5, 0.4, math.nan, 0.3, 0.2), patience=2, mode="max")
+    assert stops == [False, False, True]  # stopped after the third epoch
+
+
+def test_early_stopping_state_round_trip():
+    original, _ = _fed((1.0, 0.8, 0.9, 0.85), patience=3, mode="min")
+    trainer, evaluator = Engine(lambda e, b: None), Engine(lambda e, b: None)
+    restored = attach_early_stopping(trainer, evaluator, "loss", patience=3, mode="min")
     restored.load_state_dict(_roundtrip(original.state_dict()))
-    assert restored.state_dict() == {"best": 0.8, "counter": 2}
-    assert [restored.update(s) for s in (0.81, 0.7)] == [True, False]
+    assert restored.best == pytest.approx(0.8) and restored.counter == 2
+    assert isinstance(restored, __import__("ignite.handlers").handlers.EarlyStopping)
 
 
 def test_target_checker_infers_directions_and_needs_all_at_once():
@@ -164,7 +192,7 @@ def test_early_stopping_stops_at_the_expected_epoch(batches):
     # best 0.6 at epoch 2; epochs 3, 4, 5 do not improve -> stop after epoch 5
     assert trainer.state.epoch == 5 and trainer.state.iteration == 5 * STEPS
     assert stop_reason(trainer) == STOP_EARLY
-    assert handler.checker.best == pytest.approx(0.6) and handler.checker.counter == 3
+    assert handler.best == pytest.approx(0.6) and handler.counter == 3
 
 
 def test_early_stopping_on_loss_infers_min_and_survives_resume(batches):
@@ -173,7 +201,7 @@ def test_early_stopping_on_loss_infers_min_and_survives_resume(batches):
     handler = attach_early_stopping(trainer, _validation(trainer, scores), "loss", patience=3)
     trainer.add_event_handler(Events.EPOCH_COMPLETED(once=3), lambda e: e.terminate())
     trainer.run(batches, max_epochs=6)
-    assert trainer.state.epoch == 3 and handler.checker.counter == 1
+    assert trainer.state.epoch == 3 and handler.counter == 1
     saved = _roundtrip(handler.state_dict())
 
     resumed = _trainer()
@@ -189,9 +217,9 @@ def test_evaluation_outside_training_does_not_count(batches):
     evaluator = _validation(trainer, {"accuracy": [0.5, 0.4]})
     handler = attach_early_stopping(trainer, evaluator, "accuracy", patience=2)
     trainer.run(batches, max_epochs=2)
-    assert handler.checker.counter == 1
+    assert handler.counter == 1
     evaluator.run([{"accuracy": torch.tensor(0.1)}])  # e.g. a final test run
-    assert handler.checker.counter == 1 and stop_reason(trainer) is None
+    assert handler.counter == 1 and stop_reason(trainer) is None
 
 
 def test_stop_when_stops_at_the_first_epoch_reaching_all_targets(batches):
@@ -303,11 +331,11 @@ def test_time_limit_is_agreed_across_processes(tmp_path):
 def test_argument_validation():
     trainer, evaluator = Engine(lambda e, b: None), Engine(lambda e, b: None)
     with pytest.raises(ValueError, match="patience=0 is not allowed"):
-        EarlyStopChecker(patience=0)
+        attach_early_stopping(trainer, evaluator, "accuracy", patience=0)
     with pytest.raises(ValueError, match="min_delta=-0.1 is not allowed"):
-        EarlyStopChecker(patience=1, min_delta=-0.1)
+        attach_early_stopping(trainer, evaluator, "accuracy", patience=1, min_delta=-0.1)
     with pytest.raises(ValueError, match="mode='maxi'.*Did you mean 'max'"):
-        EarlyStopChecker(patience=1, mode="maxi")
+        attach_early_stopping(trainer, evaluator, "accuracy", patience=1, mode="maxi")
     with pytest.raises(ValueError, match="mode='up'"):
         attach_early_stopping(trainer, evaluator, "accuracy", patience=2, mode="up")
     with pytest.raises(TypeError, match="metric=3"):
