@@ -18,6 +18,7 @@ EVERYTHING = {
     "lr_writers",
     "validation",
     "stop_report",
+    "console",
     "history",
     "early_stopping",
     "stop_when",
