@@ -152,7 +152,7 @@ class ScalarEventWriter:
             for tag, value, step, wall in queue
         )
         self._fh.flush()
-        self._worker.submit(os.fsync, self._fh.fileno())
+        self._worker.submit_coalesced(os.fsync, self._fh.fileno())
         self._flushed_at = time.monotonic()
 
     def close(self) -> None:
@@ -200,8 +200,12 @@ def attach_epoch_summary(engine: Engine, history: History, *, log: logging.Logge
         epoch = engine.state.epoch
         parts = [f"Epoch {epoch}/{engine.state.max_epochs}"]
         for name in history.names():
-            steps = history.steps(name)
-            if steps and steps[-1] == epoch and "/" in name and not name.startswith("train/batch"):
+            # latest_step, not steps(): no copy of a series that grows with the run
+            if (
+                history.latest_step(name) == epoch
+                and "/" in name
+                and not name.startswith("train/batch")
+            ):
                 parts.append(f"{name} {history.latest(name):.4g}")
         if "lr" in history:
             parts.append(f"lr {history.latest('lr'):.3g}")
