@@ -78,6 +78,7 @@ class History:
         self._listeners: list[Listener] = []
         self.meta: dict[str, Any] = {}
         self._journal: _Journal | None = None
+        self._rank0_journal: Path | None = None  # other ranks: the journal rank 0 writes
 
     # -- writing ------------------------------------------------------------------
     def log(self, name: str, value: float, step: int) -> None:
@@ -212,6 +213,11 @@ class History:
         "records"}, "meta"}`` — the journal is flushed first, and its first ``bytes``
         bytes replay to this History. Without one: the whole :meth:`to_dict`.
         """
+        if self._journal is None and self._rank0_journal is not None:
+            # another rank's checkpoint state is never written (rank 0's is): do not pay
+            # for the whole History at every checkpoint
+            position = {"path": str(self._rank0_journal), "bytes": 0, "records": 0}
+            return {"journal": position, "meta": dict(self.meta)}
         if self._journal is None:
             return self.to_dict()
         self._journal.write(self.meta)
@@ -632,8 +638,11 @@ def attach_history(
                 history.log(f"train/{name}", value, engine.state.epoch)
 
     document = Path(path) if path is not None else None
-    if document is not None and idist.get_rank() == 0 and history.journal_path is None:
-        history.journal_to(document.with_suffix(".jsonl"))
+    if document is not None and history.journal_path is None:
+        if idist.get_rank() == 0:
+            history.journal_to(document.with_suffix(".jsonl"))
+        else:
+            history._rank0_journal = document.with_suffix(".jsonl").resolve()
 
     def save(engine: Engine) -> None:
         # append the epoch's records (cost: this epoch's values, not the run's)
