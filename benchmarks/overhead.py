@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -471,7 +472,11 @@ def memory_section(args: argparse.Namespace) -> list[dict]:
         ]
         if args.no_checkpoint:
             cmd.append("--no-checkpoint")
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        # glibc raises its mmap threshold after large frees, so freed tensors may stay in
+        # the heap and the peak would depend on the order of earlier allocations: a fixed
+        # threshold returns every large block on free (the same rule for every runner)
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
         if out.returncode != 0:
             raise SystemExit(f"memory child {name} failed:\n{out.stderr[-2000:]}")
         rows.append({"runner": name, **json.loads(out.stdout.strip().splitlines()[-1])})
