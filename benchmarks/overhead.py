@@ -26,19 +26,38 @@ runner ``--epochs`` epochs per round, a fresh model each round):
     The same with ``output_dir=None`` (nothing written to disk): separates the cost of
     the engine and handlers from the cost of files.
 
-What is measured: for each epoch, its wall time (training, validation and every
-handler that runs at the end of the epoch) divided by the epoch's training steps; the
-table shows the median over all timed epochs ("ms/step") and each runner's ratio to
-``hand``. "run ms/step" is the whole ``run()``/``train()`` call (start and completion
-handlers, e.g. opening the TensorBoard writer and the final checkpoint, included) per
-step; building the trainer is not timed.
+Sections (``--sections``, all by default), in one run:
+
+``ratios``
+    Each scenario ``STEPSxWIDTH`` of ``--scenarios`` (default 200- and 25-step epochs at
+    width 128, 200 at 512, 25 at 2048; the train split is tiled to ``STEPS`` full
+    batches): every runner, interleaved round by round. For each epoch, its wall time
+    (training, validation and every handler that runs at its end) divided by its
+    training steps; "ms/step" is the median over all timed epochs with its quartiles;
+    "x hand" the median over rounds of (the runner's median epoch / ``hand``'s in the
+    same round) with its [min, max] over rounds; "cpu" the same from this process's CPU
+    time (all its threads), less sensitive to other processes on a shared machine;
+    "run x hand" the whole ``run()``/``train()`` call (start and completion handlers,
+    e.g. the final checkpoint). Building the trainer is not timed. Wider models run
+    fewer epochs per round (``--epochs`` x 128 / width, at least 1).
+``handlers``
+    Ignite's ``HandlersTimeProfiler`` on one ``ignitrain`` run of the first scenario:
+    each handler's time per training step and per call, the process function (the
+    step) and data loading.
+``growth``
+    Epoch-end time against the run's length (``history_growth.py``): a History of
+    2k, 20k, 200k and 1M logged iterations.
+``memory``
+    Peak RSS above the pre-run level, each runner alone in a fresh process, one
+    25-step epoch at ``--memory-width`` (2048).
 
 Usage::
 
-    python benchmarks/overhead.py                    # width 128, 1 thread, 7 rounds x 3 epochs
+    python benchmarks/overhead.py                    # everything (tens of minutes)
     python benchmarks/overhead.py --json out.json    # also write the figures
+    python benchmarks/overhead.py --sections ratios --scenarios 200x128
     python benchmarks/overhead.py --no-checkpoint    # checkpointing off in every runner
-    python benchmarks/overhead.py --quick            # smoke run (seconds)
+    python benchmarks/overhead.py --quick            # smoke run (about a minute)
 """
 
 from __future__ import annotations
