@@ -11,8 +11,9 @@ Measured per epoch: from the end of the epoch's last iteration (after every
 (validation, History, checkpoint, ...). The first epoch writes the whole journal once
 and is not counted; the median and range of the later epochs are reported.
 
-"History part": the History's own share of the epoch end, timed alone 15 times (one
+"History part": the History's own share of the epoch end, timed alone 200 times (one
 epoch's 50 values appended to the journal, its checkpoint state ``torch.save``-d).
+A short untimed run first pays for imports and first calls.
 For reference, the same History's whole serialisation (``json.dumps`` of
 ``to_dict()`` and ``torch.save`` of it: what writing ``history.json`` and putting the
 values into each checkpoint cost per epoch before the journal) is timed beside it.
@@ -123,7 +124,7 @@ def full_serialisation_ms(logged: int) -> float:
     return 1e3 * (time.perf_counter() - t0)
 
 
-def history_part_ms(logged: int, repeats: int = 15) -> list[float]:
+def history_part_ms(logged: int, repeats: int = 200) -> list[float]:
     """The History's own epoch-end work in a run of ``logged`` iterations: one epoch's
     records (25 iterations) appended to the journal, and its checkpoint state saved."""
     from ignitrain import History
@@ -149,8 +150,10 @@ def history_part_ms(logged: int, repeats: int = 15) -> list[float]:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def measure(lengths: tuple[int, ...] = DEFAULT_LENGTHS, epochs: int = 6) -> list[dict]:
+def measure(lengths: tuple[int, ...] = DEFAULT_LENGTHS, epochs: int = 12) -> list[dict]:
     """One row per length: epoch-end median and range (ms), and the old full cost."""
+    epoch_end_times(min(lengths), epochs=2)  # warm-up: imports, first calls
+    history_part_ms(min(lengths), repeats=20)
     rows = []
     for logged in lengths:
         got = epoch_end_times(logged, epochs=epochs)
@@ -199,7 +202,7 @@ def format_rows(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)))
-    parser.add_argument("--epochs", type=int, default=6, help=">= 2: the first is not counted")
+    parser.add_argument("--epochs", type=int, default=12, help=">= 2: the first is not counted")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if args.epochs < 2:

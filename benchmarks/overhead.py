@@ -468,7 +468,7 @@ def handlers_section(args: argparse.Namespace, checkpoint: bool) -> list[dict]:
 def growth_section(args: argparse.Namespace) -> list[dict]:
     import history_growth
 
-    return history_growth.measure(tuple(args.growth_list), epochs=3 if args.quick else 6)
+    return history_growth.measure(tuple(args.growth_list), epochs=3 if args.quick else 12)
 
 
 def memory_section(args: argparse.Namespace) -> list[dict]:
