@@ -30,6 +30,7 @@ __all__ = [
     "configure",
     "digits_datasets",
     "make_mlp",
+    "tiled",
     "train_loader",
     "eval_loader",
     "attach_lap_clock",
@@ -119,6 +120,14 @@ def digits_datasets(
     n_val = int(len(x) * val_fraction)
     val, train = order[:n_val], order[n_val:]
     return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val])
+
+
+def tiled(dataset: TensorDataset, steps: int, batch_size: int) -> TensorDataset:
+    """``dataset`` repeated (or cut) to exactly ``steps`` full batches per epoch."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} is not allowed: expected an integer >= 1")
+    index = torch.arange(steps * batch_size) % len(dataset)
+    return TensorDataset(*(t[index] for t in dataset.tensors))
 
 
 def make_mlp(

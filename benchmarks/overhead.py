@@ -26,26 +26,49 @@ runner ``--epochs`` epochs per round, a fresh model each round):
     The same with ``output_dir=None`` (nothing written to disk): separates the cost of
     the engine and handlers from the cost of files.
 
-What is measured: for each epoch, its wall time (training, validation and every
-handler that runs at the end of the epoch) divided by the epoch's training steps; the
-table shows the median over all timed epochs ("ms/step") and each runner's ratio to
-``hand``. "run ms/step" is the whole ``run()``/``train()`` call (start and completion
-handlers, e.g. opening the TensorBoard writer and the final checkpoint, included) per
-step; building the trainer is not timed.
+Sections (``--sections``, all by default), in one run:
+
+``ratios``
+    Each scenario ``STEPSxWIDTH`` of ``--scenarios`` (default 200- and 25-step epochs at
+    width 128, 200 at 512, 25 at 2048; the train split is tiled to ``STEPS`` full
+    batches): every runner, interleaved round by round. For each epoch, its wall time
+    (training, validation and every handler that runs at its end) divided by its
+    training steps; "ms/step" is the median over all timed epochs with its quartiles;
+    "x hand" the median over rounds of (the runner's median epoch / ``hand``'s in the
+    same round) with its [min, max] over rounds; "cpu" the same from this process's CPU
+    time (all its threads), less sensitive to other processes on a shared machine;
+    "run x hand" the whole ``run()``/``train()`` call (start and completion handlers,
+    e.g. the final checkpoint). Building the trainer is not timed. Wider models run
+    fewer epochs per round (``--epochs`` x 128 / width, at least 1).
+``handlers``
+    Ignite's ``HandlersTimeProfiler`` on one ``ignitrain`` run of the first scenario:
+    each handler's time per training step and per call, the process function (the
+    step) and data loading.
+``growth``
+    Epoch-end time against the run's length (``history_growth.py``): a History of
+    2k, 20k, 200k and 1M logged iterations.
+``memory``
+    Peak RSS above the pre-run level, each runner alone in a fresh process, one
+    25-step epoch at ``--memory-width`` (2048).
 
 Usage::
 
-    python benchmarks/overhead.py                    # width 128, 1 thread, 7 rounds x 3 epochs
+    python benchmarks/overhead.py                    # everything (tens of minutes)
     python benchmarks/overhead.py --json out.json    # also write the figures
+    python benchmarks/overhead.py --sections ratios --scenarios 200x128
     python benchmarks/overhead.py --no-checkpoint    # checkpointing off in every runner
-    python benchmarks/overhead.py --quick            # smoke run (seconds)
+    python benchmarks/overhead.py --quick            # smoke run (about a minute)
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,14 +84,27 @@ import _common as common  # noqa: E402
 
 __all__ = ["main", "build_runners"]
 
-TARGET_RATIO = 1.10
+
+DEFAULT_SCENARIOS = "200x128,25x128,200x512,25x2048"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--width", type=int, default=128, help="hidden width of the MLP")
+    parser.add_argument(
+        "--scenarios",
+        default=DEFAULT_SCENARIOS,
+        help="comma-separated STEPSxWIDTH: training steps per epoch (0: the digits split "
+        "as it is, 23 steps) and MLP hidden width",
+    )
+    parser.add_argument("--width", type=int, help="one scenario: this width (steps: --steps)")
+    parser.add_argument("--steps", type=int, help="one scenario: steps per epoch")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per runner per round")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=3,
+        help="epochs per runner per round at width <= 128 (fewer at larger widths, >= 1)",
+    )
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds")
     parser.add_argument("--warmup-rounds", type=int, default=1, help="discarded rounds")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
@@ -83,14 +119,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="hand,hand_ckpt,ignite,ignitrain,ignitrain_nodir",
         help="comma-separated subset of hand,hand_ckpt,ignite,ignitrain,ignitrain_nodir",
     )
+    parser.add_argument(
+        "--sections",
+        default="ratios,handlers,growth,memory",
+        help="comma-separated subset of ratios,handlers,growth,memory",
+    )
+    parser.add_argument(
+        "--growth-lengths",
+        default="2000,20000,200000,1000000",
+        help="logged iterations for the epoch-end-against-run-length section",
+    )
+    parser.add_argument("--memory-width", type=int, default=2048)
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 2 rounds x 1 epoch (figures are noisy)"
+        "--quick",
+        action="store_true",
+        help="smoke run (seconds): 2 rounds x 1 epoch, short scenarios, small histories",
     )
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.epochs = 2, 1
-    for name in ("width", "batch_size", "epochs", "rounds", "threads"):
+        args.rounds, args.epochs, args.warmup_rounds = 2, 1, 1
+        args.scenarios = "25x128,25x512"
+        args.growth_lengths = "2000,20000"
+        args.memory_width = 512
+    if args.width is not None or args.steps is not None:
+        args.scenarios = f"{args.steps or 0}x{args.width or 128}"
+    try:
+        args.scenario_list = [
+            tuple(int(v) for v in item.lower().split("x")) for item in args.scenarios.split(",")
+        ]
+        args.growth_list = [int(n) for n in args.growth_lengths.split(",")]
+    except ValueError:
+        parser.error(f"--scenarios {args.scenarios!r}: expected STEPSxWIDTH,... (e.g. 200x128)")
+    for name in ("batch_size", "epochs", "rounds", "threads", "memory_width"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
@@ -270,9 +332,8 @@ def checkpoints_available() -> bool:
 
 
 def build_runners(
-    args: argparse.Namespace, checkpoint: bool
+    args: argparse.Namespace, checkpoint: bool, train_ds: Any, val_ds: Any
 ) -> dict[str, Callable[[], common.RunResult]]:
-    train_ds, val_ds = common.digits_datasets(seed=args.seed)
     available = {
         "hand": lambda: hand_written(args, train_ds, val_ds),
         "hand_ckpt": lambda: hand_written_ckpt(args, train_ds, val_ds),
@@ -289,82 +350,289 @@ def build_runners(
     return {name: available[name] for name in names}
 
 
+def scenario_data(args: argparse.Namespace, steps: int) -> tuple[Any, Any]:
+    train_ds, val_ds = common.digits_datasets(seed=args.seed)
+    if steps:
+        train_ds = common.tiled(train_ds, steps, args.batch_size)
+    return train_ds, val_ds
+
+
+# -- sections -------------------------------------------------------------------------
+
+
+def ratios_section(args: argparse.Namespace, checkpoint: bool) -> list[dict]:
+    """Each scenario: every runner interleaved round by round; ratio to ``hand``."""
+    rows: list[dict] = []
+    for steps, width in args.scenario_list:
+        local = argparse.Namespace(**vars(args))
+        local.width = width
+        local.epochs = max(1, args.epochs * 128 // max(width, 128))
+        train_ds, val_ds = scenario_data(args, steps)
+        runners = build_runners(local, checkpoint, train_ds, val_ds)
+        label = f"{steps or 'digits'} steps x width {width}"
+        print(f"\n== {label}: {args.rounds} rounds x {local.epochs} epoch(s)")
+        results = common.run_interleaved(
+            runners, rounds=args.rounds, warmup_rounds=args.warmup_rounds, seed=args.seed
+        )
+        rows += _ratio_rows(label, results)
+    return rows
+
+
+def _ratio_rows(label: str, results: dict[str, list[common.RunResult]]) -> list[dict]:
+    def round_median(result: common.RunResult, cpu: bool = False) -> float:
+        laps = result.cpu_laps if cpu else result.laps
+        return statistics.median(1e3 * t / s for t, s in zip(laps, result.steps) if s)
+
+    base = results.get("hand")
+    rows = []
+    for name, res in results.items():
+        stats = common.summarize(res)
+        row = {"scenario": label, "runner": name, **stats}
+        if base:
+            # paired by round: each round's median lap against hand's in the same round
+            paired = [round_median(r) / round_median(h) for r, h in zip(res, base)]
+            row["ratio"] = statistics.median(paired)
+            row["ratio_min"], row["ratio_max"] = min(paired), max(paired)
+            cpu = [round_median(r, True) / round_median(h, True) for r, h in zip(res, base)]
+            row["cpu_ratio"] = statistics.median(cpu)
+            row["cpu_ratio_min"], row["cpu_ratio_max"] = min(cpu), max(cpu)
+            row["run_ratio"] = stats["run_ms_per_step"] / common.summarize(base)["run_ms_per_step"]
+        rows.append(row)
+    return rows
+
+
+def handlers_section(args: argparse.Namespace, checkpoint: bool) -> list[dict]:
+    """Ignite's ``HandlersTimeProfiler`` on one ignitrain run of the first scenario."""
+    from ignite.handlers import HandlersTimeProfiler
+
+    import ignitrain
+    from ignitrain import TrainConfig
+
+    steps, width = args.scenario_list[0]
+    train_ds, val_ds = scenario_data(args, steps)
+    out_dir = Path(tempfile.mkdtemp(prefix="bench-profile-"))
+    options = {} if checkpoint else {"save_every": 0, "save_best": False}
+    config = TrainConfig(
+        num_epochs=max(2, args.epochs),
+        optimizer="adam",
+        lr=1e-3,
+        batch_size=args.batch_size,
+        device="cpu",
+        seed=args.seed,
+        progress_bar=False,
+        output_dir=str(out_dir),
+        **options,
+    )
+    trainer = ignitrain.create_classification_trainer(
+        common.make_mlp(width, seed=args.seed), config, train_ds, val_ds
+    )
+    profiler = HandlersTimeProfiler()
+    profiler.attach(trainer.engine)
+    trainer.train()
+    shutil.rmtree(out_dir, ignore_errors=True)
+    total_steps = trainer.engine.state.iteration
+    rows = []
+    for handler, event, total, *_rest, mean, _std in profiler.get_results():
+        if not isinstance(total, (int, float)) or handler in ("Total", "Processing", "Dataflow"):
+            continue
+        rows.append(
+            {
+                "handler": handler[:48],
+                "event": event,
+                "us_per_step": 1e6 * total / total_steps,
+                "mean_us": 1e6 * mean if isinstance(mean, (int, float)) else float("nan"),
+            }
+        )
+    processing = [float(t) for t in profiler.processing_times]
+    dataflow = [float(t) for t in profiler.dataflow_times]
+    rows.sort(key=lambda r: -r["us_per_step"])
+    rows.append(
+        {
+            "handler": "(process function: the step)",
+            "event": "",
+            "us_per_step": 1e6 * sum(processing) / total_steps,
+            "mean_us": 1e6 * statistics.mean(processing),
+        }
+    )
+    rows.append(
+        {
+            "handler": "(data loading)",
+            "event": "",
+            "us_per_step": 1e6 * sum(dataflow) / total_steps,
+            "mean_us": 1e6 * statistics.mean(dataflow),
+        }
+    )
+    return rows
+
+
+def growth_section(args: argparse.Namespace) -> list[dict]:
+    import history_growth
+
+    return history_growth.measure(tuple(args.growth_list), epochs=3 if args.quick else 12)
+
+
+def memory_section(args: argparse.Namespace) -> list[dict]:
+    """Peak RSS above the pre-run level, each runner alone in a fresh process."""
+    rows = []
+    names = ("hand", "hand_ckpt", "ignite", "ignitrain", "ignitrain_nodir")
+    names = [n for n in names if n in args.runners and (n != "hand_ckpt" or not args.no_checkpoint)]
+    for name in names:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            name,
+            "--width",
+            str(args.memory_width),
+            "--steps",
+            "25",
+            "--threads",
+            str(args.threads),
+        ]
+        if args.no_checkpoint:
+            cmd.append("--no-checkpoint")
+        # glibc raises its mmap threshold after large frees, so freed tensors may stay in
+        # the heap and the peak would depend on the order of earlier allocations: a fixed
+        # threshold returns every large block on free (the same rule for every runner)
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+        if out.returncode != 0:
+            raise SystemExit(f"memory child {name} failed:\n{out.stderr[-2000:]}")
+        rows.append({"runner": name, **json.loads(out.stdout.strip().splitlines()[-1])})
+    base = next((r for r in rows if r["runner"] == "hand"), None)
+    for row in rows:
+        if base:
+            row["x_hand"] = row["peak_mib"] / base["peak_mib"]
+    return rows
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    common.configure(args.threads)
+    args.epochs = 1
+    train_ds, val_ds = scenario_data(args, args.steps or 25)
+    checkpoint = not args.no_checkpoint
+    runner = build_runners(args, checkpoint, train_ds, val_ds)[args.memory_child]
+    import ignite.engine  # noqa: F401 -- imports are not the run's memory
+
+    import ignitrain  # noqa: F401
+
+    before = _rss_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak RSS
+    runner()
+    peak = _rss_kib("VmHWM")
+    print(json.dumps({"before_mib": before / 1024, "peak_mib": (peak - before) / 1024}))
+
+
 # -- report ---------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.memory_child:
+        memory_child(args)
+        return {}
     common.configure(args.threads)
     checkpoint = not args.no_checkpoint
     if checkpoint and not checkpoints_available():
         print("note: ignitrain.handlers.checkpoint is not importable yet: checkpointing off")
         checkpoint = False
-    runners = build_runners(args, checkpoint)
+    sections = {s.strip() for s in args.sections.split(",")}
     print(
-        f"overhead: MLP width {args.width}, batch {args.batch_size}, {args.threads} thread(s), "
-        f"{args.rounds} rounds x {args.epochs} epochs, checkpoints {'on' if checkpoint else 'off'}"
+        f"overhead: batch {args.batch_size}, {args.threads} thread(s), {args.rounds} rounds "
+        f"(+{args.warmup_rounds} warm-up), checkpoints {'on' if checkpoint else 'off'}"
     )
-    results = common.run_interleaved(
-        runners, rounds=args.rounds, warmup_rounds=args.warmup_rounds, seed=args.seed
-    )
-    summary = {name: common.summarize(res) for name, res in results.items()}
-    base = summary.get("hand")
-    rows = []
-    for name, stats in summary.items():
-        row = {"runner": name, **stats}
-        if base:
-            row["ratio"] = stats["ms_per_step"] / base["ms_per_step"]
-            row["cpu_ratio"] = stats["cpu_ms_per_step"] / base["cpu_ms_per_step"]
-            row["run_ratio"] = stats["run_ms_per_step"] / base["run_ms_per_step"]
-        rows.append(row)
-    print()
-    print(
-        common.format_table(
-            rows,
-            [
-                ("runner", "runner", ""),
-                ("ms_per_step", "ms/step", ".3f"),
-                ("ms_per_step_q1", "q1", ".3f"),
-                ("ms_per_step_q3", "q3", ".3f"),
-                ("ratio", "x hand", ".3f"),
-                ("cpu_ms_per_step", "cpu ms/step", ".3f"),
-                ("cpu_ratio", "cpu x hand", ".3f"),
-                ("run_ms_per_step", "run ms/step", ".3f"),
-                ("run_ratio", "run x hand", ".3f"),
-            ],
-        )
-    )
-    print(
-        "ms/step: median over epochs of (epoch wall time incl. validation and handlers / train "
-        "steps); cpu: the same with this process's CPU time; run: whole train()/run() call"
-    )
-    if base and "ignitrain" in summary:
-        ratio = summary["ignitrain"]["ms_per_step"] / base["ms_per_step"]
-        verdict = "within" if ratio <= TARGET_RATIO else "OVER"
-        print(f"ignitrain / hand = {ratio:.3f} ({verdict} the {TARGET_RATIO:.2f}x target)")
-    payload = {
+    payload: dict[str, Any] = {
         "benchmark": "overhead",
-        "settings": {**vars(args), "checkpoint": checkpoint},
+        "settings": {
+            k: v for k, v in vars(args).items() if k not in ("scenario_list", "growth_list")
+        }
+        | {"checkpoint": checkpoint},
         "machine": common.machine_info(args.threads),
-        "definition": "ms_per_step = median over epochs of epoch wall time / train steps",
-        "results": {row["runner"]: row for row in rows},
-        "raw": {
-            name: [
-                {
-                    "laps": r.laps,
-                    "cpu_laps": r.cpu_laps,
-                    "steps": r.steps,
-                    "run_seconds": r.run_seconds,
-                }
-                for r in res
-            ]
-            for name, res in results.items()
-        },
+        "definition": "ms_per_step = median over epochs of epoch wall time / train steps; "
+        "ratio = median over rounds of (runner's median lap / hand's median lap, same round)",
     }
+    if "ratios" in sections:
+        rows = ratios_section(args, checkpoint)
+        print("\n" + _ratio_table(rows))
+        print(
+            "ms/step: median over epochs of (epoch wall time incl. validation and handlers / "
+            "train steps); x hand: median over rounds of the same-round ratio, [min, max]; "
+            "cpu: the same with this process's CPU time (all its threads: less sensitive to "
+            "other processes); run x hand: the whole train()/run() call"
+        )
+        payload["ratios"] = rows
+    if "handlers" in sections:
+        rows = handlers_section(args, checkpoint)
+        steps, width = args.scenario_list[0]
+        print(f"\n== where ignitrain's time goes ({steps or 'digits'} steps x width {width})")
+        print(
+            common.format_table(
+                rows,
+                [
+                    ("handler", "handler (HandlersTimeProfiler)", ""),
+                    ("event", "event", ""),
+                    ("us_per_step", "us per training step", ".1f"),
+                    ("mean_us", "us per call", ".1f"),
+                ],
+            )
+        )
+        payload["handlers"] = rows
+    if "growth" in sections:
+        import history_growth
+
+        print("\n== epoch-end time against the run's length (History of N logged iterations)")
+        rows = growth_section(args)
+        print(history_growth.format_rows(rows))
+        payload["growth"] = rows
+    if "memory" in sections:
+        print(f"\n== peak memory above the pre-run level (width {args.memory_width}, 25 steps)")
+        rows = memory_section(args)
+        print(
+            common.format_table(
+                rows,
+                [
+                    ("runner", "runner", ""),
+                    ("peak_mib", "peak MiB over pre-run", ".1f"),
+                    ("x_hand", "x hand", ".3f"),
+                    ("before_mib", "pre-run RSS MiB", ".0f"),
+                ],
+            )
+        )
+        payload["memory"] = rows
     if args.json:
         common.write_json(args.json, payload)
         print(f"wrote {args.json}")
     return payload
+
+
+def _ratio_table(rows: list[dict]) -> str:
+    for row in rows:
+        if "ratio" in row:
+            row["spread"] = f"[{row['ratio_min']:.3f}, {row['ratio_max']:.3f}]"
+            row["cpu_spread"] = f"[{row['cpu_ratio_min']:.3f}, {row['cpu_ratio_max']:.3f}]"
+    return common.format_table(
+        rows,
+        [
+            ("scenario", "scenario", ""),
+            ("runner", "runner", ""),
+            ("ms_per_step", "ms/step", ".3f"),
+            ("ms_per_step_q1", "q1", ".3f"),
+            ("ms_per_step_q3", "q3", ".3f"),
+            ("ratio", "x hand", ".3f"),
+            ("spread", "x hand [min, max]", ""),
+            ("cpu_ms_per_step", "cpu ms/step", ".3f"),
+            ("cpu_ratio", "cpu x hand", ".3f"),
+            ("cpu_spread", "cpu [min, max]", ""),
+            ("run_ratio", "run x hand", ".3f"),
+        ],
+    )
 
 
 if __name__ == "__main__":

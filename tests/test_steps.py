@@ -1,5 +1,6 @@
 """The shared optimizer step: accumulation, clipping, AMP, NaN guard, checkpoint state."""
 
+import contextlib
 import copy
 import math
 
@@ -13,7 +14,9 @@ from ignitrain.steps import (
     OptimizerStep,
     StepOptions,
     resolve_amp,
+    supervised_evaluate,
     supervised_update,
+    to_device,
 )
 
 
@@ -177,3 +180,72 @@ def test_update_trains_in_training_mode_after_an_evaluation_left_eval_mode():
     engine.run(batches, max_epochs=2)
     assert seen == [True] * 6  # the dropout layer trained on every step of both epochs
     assert not model.training  # left as the last handler set it
+
+
+def _supervised(options=None, seed=0):
+    model, opt, opt_step = _setup(options or StepOptions(), seed)
+    update = supervised_update(model, opt_step, nn.functional.cross_entropy, torch.device("cpu"))
+    return model, opt, Engine(update)
+
+
+def test_gradients_are_dropped_before_the_forward_not_after():
+    # the previous step's gradients must not live through the next forward (peak memory)
+    model, _, engine = _supervised()
+    grads_at_forward = []
+    model.register_forward_pre_hook(
+        lambda m, _: grads_at_forward.append([p.grad is None for p in m.parameters()])
+    )
+    engine.run(_batches(4, 5), max_epochs=1)
+    assert grads_at_forward == [[True] * 4] * 4
+    assert all(p.grad is not None for p in model.parameters())  # kept after the step
+
+
+def test_zeroing_before_the_forward_gives_the_same_updates_with_accumulation():
+    trained = []
+    for zero_first in (True, False):
+        model, _, step = _setup(StepOptions(accumulation_steps=2))
+
+        def update(engine, batch, step=step, model=model, zero_first=zero_first):
+            if zero_first:
+                step.zero_grad(engine)
+            loss = nn.functional.cross_entropy(model(batch[0]), batch[1])
+            step.backward(engine, loss, value=loss.item() if zero_first else None)
+            return loss.item()
+
+        Engine(update).run(_batches(5, 4), max_epochs=2)
+        trained.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*trained):
+        assert torch.equal(a, b)
+
+
+def test_nan_guard_reads_the_loss_float_the_step_already_has():
+    model, _, engine = _supervised()
+    before = copy.deepcopy(model.state_dict())
+    batches = _batches(3, 5)
+    batches[1] = (torch.full((5, 6), math.inf), batches[1][1])
+    engine.run(batches, max_epochs=1)
+    assert engine.state.stop_reason == NON_FINITE_LOSS and engine.state.iteration == 2
+    assert math.isnan(engine.state.output["loss"])
+    assert not torch.equal(model.state_dict()["0.weight"], before["0.weight"])  # step 1 applied
+    assert all(p.grad is None for p in model.parameters())  # step 2's gradients dropped
+
+
+def test_to_device_keeps_tensors_already_there():
+    x = torch.randn(3, 2)
+    batch = to_device({"x": x, "y": [x, 1]}, torch.device("cpu"))
+    assert batch["x"] is x and batch["y"][0] is x and batch["y"][1] == 1
+
+
+def test_evaluate_leaves_an_eval_model_alone():
+    calls = []
+
+    class Counted(nn.Linear):
+        def train(self, mode=True):
+            calls.append(mode)
+            return super().train(mode)
+
+    model = Counted(6, 3)
+    evaluate = supervised_evaluate(model, torch.device("cpu"), contextlib.nullcontext)
+    Engine(evaluate).run(_batches(4, 2), max_epochs=1)
+    assert calls == [False]  # one .eval() for the whole run, not one per batch
+    assert not model.training

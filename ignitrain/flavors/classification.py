@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ignite.metrics import Accuracy, Fbeta, Metric, Precision, Recall, TopKCategoricalAccuracy
+from ignite.metrics import Fbeta, Metric, Precision, Recall, TopKCategoricalAccuracy
 from torch import nn
 
 from ignitrain.config import ConfigError, suggest
-from ignitrain.flavors.supervised import build_supervised_trainer, loss_metric
+from ignitrain.flavors.supervised import build_supervised_trainer
+from ignitrain.handlers.metrics import AccuracyLoss
 from ignitrain.trainer import Trainer
 
 __all__ = ["create_classification_trainer", "classification_metrics"]
@@ -24,7 +25,8 @@ def classification_metrics(
 
     Precision, recall and F1 are macro averages over classes.
     """
-    metrics: dict[str, Metric] = {"accuracy": Accuracy(), "loss": loss_metric(loss_fn)}
+    # one pass for both (Ignite's Accuracy + Loss, the same values): writes "accuracy", "loss"
+    metrics: dict[str, Metric] = {"accuracy_loss": AccuracyLoss(loss_fn)}
     for name in extra:
         if name.startswith("top") and name[3:].isdigit():
             metrics[name] = TopKCategoricalAccuracy(k=int(name[3:]))

@@ -101,3 +101,138 @@ def test_attach_history_on_a_plain_ignite_engine(tmp_path):
     assert History.load(tmp_path / "history.json")["val/score"] == [1.0, 2.0]
     with pytest.raises(ValueError, match="log_every=0"):
         attach_history(trainer, History(), log_every=0)
+
+
+def _journaled(path, epochs, start=1):
+    h = History()
+    h.journal_to(path)
+    for e in range(start, start + epochs):
+        h.log("train/loss", 1 / e, e)
+        h.log("val/accuracy", math.nan if e == 2 else e / 10, e)
+    return h
+
+
+def test_checkpoint_state_is_a_journal_position_not_the_values(tmp_path):
+    journal = tmp_path / "history.jsonl"
+    h = _journaled(journal, 50)
+    state = h.state_dict()
+    assert set(state) == {"journal", "meta"} and "series" not in state
+    assert state["journal"]["records"] == 100
+    assert state["journal"]["bytes"] == journal.stat().st_size  # flushed by state_dict
+    # the state does not grow with the run
+    more = _journaled(tmp_path / "long.jsonl", 5000)
+    assert len(json.dumps(more.state_dict())) < len(json.dumps(state)) + 10
+    again = History()
+    again.load_state_dict(state)
+    assert json.dumps(again.to_dict(), allow_nan=True) == json.dumps(h.to_dict(), allow_nan=True)
+
+
+def test_resume_cuts_what_a_killed_run_appended_after_its_checkpoint(tmp_path):
+    journal = tmp_path / "history.jsonl"
+    h = _journaled(journal, 3)
+    h.meta["note"] = "kept"
+    saved = h.state_dict()  # what the checkpoint holds
+    want = h.to_dict()
+    h.log("train/loss", 0.01, 4)  # logged after the checkpoint, flushed, then SIGKILL
+    h.log("train/loss", 0.02, 5)
+    h.flush()
+    assert History.load(journal)["train/loss"][-1] == 0.02
+    resumed = History()
+    resumed.journal_to(journal)
+    resumed.load_state_dict(saved)
+    assert json.dumps(resumed.to_dict(), allow_nan=True) == json.dumps(want, allow_nan=True)
+    resumed.log("train/loss", 0.5, 4)
+    resumed.flush()  # the first write cuts the killed run's tail
+    assert journal.read_bytes().count(b"\n") == saved["journal"]["records"] + 1
+    resumed.close()
+    assert History.load(tmp_path)["train/loss"][-2:] == [1 / 3, 0.5]
+    assert History.load(tmp_path).meta == {"note": "kept"}
+
+
+def test_snapshot_and_rollback_before_a_resume_leave_the_journal_alone(tmp_path):
+    # a checkpoint loader snapshots each object and restores the snapshot when a later
+    # object fails: neither may destroy the killed run's journal
+    journal = tmp_path / "history.jsonl"
+    saved = _journaled(journal, 3).state_dict()
+    before = journal.read_bytes()
+    fresh = History()
+    fresh.journal_to(journal)
+    snapshot = fresh.state_dict()
+    fresh.load_state_dict(saved)
+    fresh.load_state_dict(snapshot)  # rolled back
+    assert journal.read_bytes() == before
+    fresh.load_state_dict(saved)  # the retried resume
+    assert fresh["train/loss"] == [1.0, 0.5, 1 / 3]
+
+
+def test_resume_into_another_directory_copies_the_journal(tmp_path):
+    h = _journaled(tmp_path / "a" / "history.jsonl", 4)
+    saved = h.state_dict()
+    other = History()
+    other.journal_to(tmp_path / "b" / "history.jsonl")
+    other.load_state_dict(saved)
+    other.log("train/loss", 0.1, 5)
+    other.close()
+    assert History.load(tmp_path / "b")["train/loss"] == h["train/loss"] + [0.1]
+    assert (tmp_path / "a" / "history.jsonl").stat().st_size == saved["journal"]["bytes"]
+
+
+def test_full_state_loads_and_rewrites_the_journal(tmp_path):
+    plain = _journaled(tmp_path / "x.jsonl", 3)
+    full = plain.to_dict()
+    h = History()
+    h.journal_to(tmp_path / "history.jsonl")
+    h.load_state_dict(full)  # a checkpoint written before journals existed
+    h.close()
+    assert (
+        History.load(tmp_path / "history.jsonl").to_dict()["series"].keys() == full["series"].keys()
+    )
+    assert History.load(tmp_path / "history.jsonl")["train/loss"] == plain["train/loss"]
+
+
+def test_bad_journal_state_and_cut_journal_raise(tmp_path):
+    h = _journaled(tmp_path / "history.jsonl", 3)
+    state = h.state_dict()
+    with pytest.raises(ValueError, match="journal=.*is not allowed"):
+        History().load_state_dict({"journal": {"path": 3, "bytes": -1}})
+    (tmp_path / "history.jsonl").write_bytes(b"")
+    with pytest.raises(ValueError, match="holds 0 bytes of history, the checkpoint needs"):
+        History().load_state_dict(state)
+    state["journal"]["path"] = str(tmp_path / "gone.jsonl")
+    with pytest.raises(ValueError, match="does not exist"):
+        History().load_state_dict(state)
+
+
+def test_load_reads_the_newer_of_json_and_journal_and_a_torn_last_line(tmp_path):
+    h = _journaled(tmp_path / "history.jsonl", 2)
+    h.close()
+    h.save(tmp_path / "old.json")
+    h.log("train/loss", 0.3, 3)
+    h.flush()
+    with open(tmp_path / "history.jsonl", "ab") as fh:
+        fh.write(b'["train/loss", 4, 0.')  # a write cut short by SIGKILL
+    assert History.load(tmp_path)["train/loss"] == [1.0, 0.5, 0.3]  # no history.json
+    h.save(tmp_path / "history.json")
+    assert History.load(tmp_path / "history.json")["train/loss"] == [1.0, 0.5, 0.3]
+    (tmp_path / "bad.jsonl").write_text('["a", 1, 1.0]\n{nope\n["a", 2, 2.0]\n')
+    with pytest.raises(ValueError, match="not a history file"):
+        History.load(tmp_path / "bad.jsonl")
+
+
+def test_attach_history_journals_each_epoch_and_writes_json_at_the_end(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    data = [torch.randn(4, 2) for _ in range(5)]
+    trainer = Engine(lambda e, x: {"loss": model(x).pow(2).mean().item()})
+    h = attach_history(trainer, History(), log_every=1, path=tmp_path / "history.json")
+    sizes, documents = [], []
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def look(_):
+        sizes.append(len((tmp_path / "history.jsonl").read_text().splitlines()))
+        documents.append((tmp_path / "history.json").exists())
+
+    trainer.run(data, max_epochs=3)
+    assert sizes == [5, 10, 15]  # each epoch appends its 5 batch losses
+    assert documents == [False] * 3  # history.json: at COMPLETED only
+    assert History.load(tmp_path / "history.json").to_dict() == h.to_dict()
+    assert History.load(tmp_path / "history.jsonl").to_dict()["series"] == h.to_dict()["series"]

@@ -132,7 +132,7 @@ def train(local_rank: int, args: argparse.Namespace) -> None:
             "stop_reason": getattr(state, "stop_reason", None),
             "model": model.state_dict(),
             "optimizer": trainer.optimizer.state_dict(),
-            "history": trainer.history.state_dict(),
+            "history": trainer.history.to_dict(),
             "written": sorted(set(written)),
         }
         (out_dir / "out").mkdir(parents=True, exist_ok=True)

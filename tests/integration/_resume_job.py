@@ -91,7 +91,7 @@ def main() -> None:
         {
             "model": model.state_dict(),
             "optimizer": trainer.optimizer.state_dict(),
-            "history": trainer.history.state_dict(),
+            "history": trainer.history.to_dict(),
             "iteration": trainer.engine.state.iteration,
         },
         Path(args.output_dir) / "final.pt",
