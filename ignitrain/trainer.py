@@ -57,6 +57,7 @@ class Trainer:
         evaluators: Mapping[str, Engine] | None = None,
         train_step: Callable[[Engine, Any], Any] | None = None,
         device: torch.device | None = None,
+        predictor: Callable[[Any], Any] | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -69,6 +70,7 @@ class Trainer:
         self.train_step = train_step
         self.device = device
         self.make_evaluator = make_evaluator
+        self.predictor = predictor
         self.checkpointables: dict[str, Any] = {}
         self.checkpoints: Any = None
         self._resumed = False
@@ -120,6 +122,25 @@ class Trainer:
         evaluator = self.make_evaluator()
         state = evaluator.run(loader)
         return {k: _to_float(v) for k, v in state.metrics.items() if _to_float(v) is not None}
+
+    def predict(self, data: Any, *, return_targets: bool = False, argmax: bool = False) -> Any:
+        """The model's outputs for ``data``, in dataset order, concatenated.
+
+        Classification: logits (``argmax=True``: class indices); regression: values;
+        autoencoders: reconstructions; seq2seq: greedy decodes; GAN: generator samples
+        (``data`` is a tensor of latents or a sample count). Under several processes
+        each rank predicts its shard and **every rank returns the whole**, each sample
+        once (see :mod:`ignitrain.predict`). Call it on every rank.
+
+        Args:
+            data: A ``Dataset``, a loader, a tensor of inputs (GAN: latents or a count).
+            return_targets: Return ``(predictions, targets)``.
+            argmax: Class indices instead of logits.
+        """
+        from ignitrain.predict import SupervisedPredictor, predict
+
+        predictor = self.predictor or SupervisedPredictor(self.model, self.device)
+        return predict(predictor, data, self.config, return_targets=return_targets, argmax=argmax)
 
     def resume(self, path: str | os.PathLike = "latest") -> Trainer:
         """Restore models, optimizers, schedules, engine and history from a checkpoint.

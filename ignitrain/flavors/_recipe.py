@@ -220,6 +220,7 @@ def single_model_trainer(
     val_loader: Any,
     train_step: Callable[[Engine, Any], Any],
     device: torch.device,
+    predictor: Callable[[Any], Any] | None = None,
 ) -> Trainer:
     """The :class:`Trainer` of a one-model, one-optimizer flavor, with a fresh History
     and a ``"val"`` evaluator when there is validation data (handlers not attached yet)."""
@@ -236,6 +237,7 @@ def single_model_trainer(
         evaluators={"val": make_evaluator()} if val_loader is not None else {},
         train_step=train_step,
         device=device,
+        predictor=predictor,
     )
 
 
