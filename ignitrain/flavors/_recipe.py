@@ -253,15 +253,47 @@ def _engine_logger(name: str) -> logging.Logger:
 # -- handlers -------------------------------------------------------------------------
 
 
-def attach_validation(engine: Engine, evaluator: Engine, loader: Any, *, every: int = 1) -> None:
-    """Run ``evaluator`` on ``loader`` after every ``every``-th epoch and the last one."""
+def attach_validation(
+    trainer: Trainer, metric: str, ema: Any = None
+) -> tuple[Callable[[Engine], Any], Engine | None, str]:
+    """The evaluation sets of ``trainer.val_loader`` and which one decides.
 
-    def validate(engine: Engine) -> None:
-        epoch = engine.state.epoch
-        if epoch % every == 0 or epoch == engine.state.max_epochs:
-            evaluator.run(loader)
+    ``val_loader`` is one data set (``"val"``) or a mapping ``{"val": ..., "test": ...}``;
+    each set gets an evaluator in ``trainer.evaluators`` (and, with ``ema``, an
+    ``"ema/<set>"`` one run with the EMA weights). ``metric`` (``"accuracy"``,
+    ``"val/accuracy"``, ``"ema/val/accuracy"``) names the set whose runs drive best
+    checkpoints, stop rules and plateau schedules (a bare name: ``"val"``, else the first
+    set not named ``"test"``).
 
-    engine.add_event_handler(Events.EPOCH_COMPLETED, validate)
+    Returns:
+        ``(attach, decision evaluator or None, metric name in its state.metrics)``;
+        ``attach(engine)`` registers the runs (see
+        :func:`~ignitrain.handlers.evaluation.attach_evaluations`).
+    """
+    from ignitrain.handlers.evaluation import EvalSet, attach_evaluations, eval_sets, split_metric
+
+    config = trainer.config
+    found = eval_sets(
+        trainer.val_loader,
+        lambda data: make_eval_loader(data, config),
+        validate_every=config.validate_every,
+        eval_every=config.eval_every,
+    )
+    if "val" not in found:
+        trainer.evaluators.pop("val", None)
+    sets = []
+    for name, (loader, every) in found.items():
+        evaluator = trainer.evaluators.get(name) or trainer.make_evaluator()
+        trainer.evaluators[name] = evaluator
+        sets.append(EvalSet(name, evaluator, loader, every))
+        if ema is not None:
+            trainer.evaluators[f"ema/{name}"] = ema_evaluator = trainer.make_evaluator()
+            sets.append(EvalSet(f"ema/{name}", ema_evaluator, loader, every, ema.swapped))
+    default = "val" if "val" in found else next((n for n in found if n != "test"), "val")
+    split, metric = split_metric(metric, trainer.evaluators, default)
+    if split in found:
+        trainer.val_loader = found[split][0]
+    return (lambda engine: attach_evaluations(engine, sets)), trainer.evaluators.get(split), metric
 
 
 def attach_handlers(
@@ -292,12 +324,14 @@ def attach_handlers(
     for name in loss_names:
         objects[f"epoch_mean_{name}"] = attach_epoch_mean(engine, name, _key(name))
 
-    val = trainer.evaluators.get("val")
+    # issue 15: EMA weights (before checkpoints: a periodic save holds this iteration's
+    # update); evaluation sets and the one that decides (best_metric="val/accuracy")
+    ema = _attach_ema(trainer, objects, opt_steps)
     best_metric = config.best_metric or default_best_metric
+    evaluations, val, best_metric = attach_validation(trainer, best_metric, ema)
     best_mode = config.best_mode or infer_mode(best_metric)
     _attach_schedules(trainer, objects, val, best_metric, best_mode)
-    if val is not None:
-        attach_validation(engine, val, trainer.val_loader, every=config.validate_every)
+    evaluations(engine)
     # before History's own COMPLETED save, so history.json holds the stop reason
     engine.add_event_handler(Events.COMPLETED, _report_stop, trainer.history)
     attach_history(
@@ -316,6 +350,25 @@ def attach_handlers(
     attach_progress_bar(engine, enabled=config.progress_bar)
     attach_epoch_summary(engine, trainer.history)
     _attach_checkpoints(trainer, objects, val, best_metric, best_mode, out_dir, tensorboard)
+
+
+def _attach_ema(trainer: Trainer, objects: dict, opt_steps: Mapping[str, Any]) -> Any:
+    config = trainer.config
+    if config.ema_decay is None:
+        return None
+    from ignitrain.handlers.ema import attach_ema
+
+    # a GAN averages its generator; every other flavor its one model
+    name = "generator" if "generator" in trainer.models else next(iter(trainer.models))
+    step = opt_steps.get(name) or next(iter(opt_steps.values()))
+    objects["ema"] = ema = attach_ema(
+        trainer.engine,
+        trainer.models[name],
+        decay=config.ema_decay,
+        warmup=config.ema_warmup,
+        stepped=lambda engine: step.group(engine)[2],
+    )
+    return ema
 
 
 def _key(name: str) -> Callable[[Any], Any]:
