@@ -51,7 +51,7 @@ def ema_worker(local_rank: int, out_dir: str) -> None:
     )  # fmt: skip
     trainer = ignitrain.create_classification_trainer(make_mlp(), config, data.train, data.val)
     history = trainer.train()
-    ema = trainer.checkpointables["ema_model"]
+    ema = trainer.checkpointables["ema"].ema_model
     flat = torch.cat([p.detach().flatten() for p in ema.parameters()])
     torch.save(flat, os.path.join(out_dir, f"ema{idist.get_rank()}.pt"))
     with open(os.path.join(out_dir, f"ema_rank{idist.get_rank()}.json"), "w") as fh:
