@@ -350,6 +350,23 @@ def attach_handlers(
     attach_progress_bar(engine, enabled=config.progress_bar)
     attach_epoch_summary(engine, trainer.history)
     _attach_checkpoints(trainer, objects, val, best_metric, best_mode, out_dir, tensorboard)
+    _attach_records(trainer, out_dir)  # issue 15: run.json, MLflow, profile (last: sees all)
+
+
+def _attach_records(trainer: Trainer, out_dir: Path | None) -> None:
+    config, engine = trainer.config, trainer.engine
+    if out_dir is not None:
+        from ignitrain.run_record import attach_run_record
+
+        attach_run_record(engine, out_dir, device=trainer.device)
+    if config.mlflow:
+        from ignitrain.handlers.mlflow import attach_mlflow
+
+        attach_mlflow(trainer, out_dir)
+    if config.profile:
+        from ignitrain.handlers.profile import attach_profiler
+
+        attach_profiler(engine, out_dir)
 
 
 def _attach_ema(trainer: Trainer, objects: dict, opt_steps: Mapping[str, Any]) -> Any:
