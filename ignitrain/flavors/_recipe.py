@@ -54,6 +54,7 @@ __all__ = [
     "make_evaluator_factory",
     "single_model_trainer",
     "attach_validation",
+    "attach_evaluation_sets",
     "attach_handlers",
 ]
 
@@ -253,7 +254,14 @@ def _engine_logger(name: str) -> logging.Logger:
 # -- handlers -------------------------------------------------------------------------
 
 
-def attach_validation(
+def attach_validation(engine: Engine, evaluator: Engine, loader: Any, *, every: int = 1) -> None:
+    """Run ``evaluator`` on ``loader`` after every ``every``-th epoch and the last one."""
+    from ignitrain.handlers.evaluation import EvalSet, attach_evaluations
+
+    attach_evaluations(engine, [EvalSet("val", evaluator, loader, every)])
+
+
+def attach_evaluation_sets(
     trainer: Trainer, metric: str, ema: Any = None
 ) -> tuple[Callable[[Engine], Any], Engine | None, str]:
     """The evaluation sets of ``trainer.val_loader`` and which one decides.
@@ -328,7 +336,7 @@ def attach_handlers(
     # update); evaluation sets and the one that decides (best_metric="val/accuracy")
     ema = _attach_ema(trainer, objects, opt_steps)
     best_metric = config.best_metric or default_best_metric
-    evaluations, val, best_metric = attach_validation(trainer, best_metric, ema)
+    evaluations, val, best_metric = attach_evaluation_sets(trainer, best_metric, ema)
     best_mode = config.best_mode or infer_mode(best_metric)
     _attach_schedules(trainer, objects, val, best_metric, best_mode)
     evaluations(engine)

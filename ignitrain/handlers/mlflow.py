@@ -4,7 +4,8 @@ What goes to MLflow (rank 0 only):
 
 * **params**: the config (``to_dict()``, nested values flattened as ``a.b``);
 * **metrics**: every History scalar, at the training iteration it was logged at
-  (the same x axis as TensorBoard), sent in batches at each epoch end;
+  (the same x axis as TensorBoard), sent in batches at epoch ends at most every 10 s
+  and when training ends;
 * **artifacts** when training ends: ``checkpoints/``, ``history.json``, ``run.json``,
   ``profile.csv`` and a freshly written ``report.html``;
 * **tags**: ``stop_reason`` and ``final.<series>`` (the last value of each series).
@@ -73,6 +74,8 @@ class MLflowTracker:
         experiment: The MLflow experiment name.
         output_dir: Where artifacts are read from (``None``: none are logged).
         artifact_root: Artifact location of a new experiment (default: the store's).
+        flush_secs: Least time between batches sent at epoch ends (one SQLite commit
+            costs tens of ms: per epoch it doubled a short digits epoch).
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class MLflowTracker:
         experiment: str = "ignitrain",
         output_dir: str | os.PathLike | None = None,
         artifact_root: str | None = None,
+        flush_secs: float = 10.0,
     ) -> None:
         self.artifact_root = artifact_root
         self.history = history
@@ -95,6 +99,8 @@ class MLflowTracker:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.logger: Any = None
         self._pending: list[Any] = []
+        self.flush_secs = flush_secs
+        self._flushed_at = time.monotonic()
         history.subscribe(self._log)
 
     @property
@@ -149,8 +155,14 @@ class MLflowTracker:
         stamp = int(time.time() * 1000)
         self._pending.append(Metric(name, float(value), stamp, int(self.engine.state.iteration)))
 
+    def flush_due(self, _: Engine | None = None) -> None:
+        """:meth:`flush` when ``flush_secs`` have passed since the last one."""
+        if time.monotonic() - self._flushed_at >= self.flush_secs:
+            self.flush()
+
     def flush(self, _: Engine | None = None) -> None:
         """Send the buffered metrics in one batch (MLflow takes up to 1000 per call)."""
+        self._flushed_at = time.monotonic()
         if self.logger is None or not self._pending:
             return
         from mlflow.tracking import MlflowClient
@@ -203,7 +215,8 @@ def attach_mlflow(trainer: Any, output_dir: str | os.PathLike | None) -> MLflowT
     """Track ``trainer``'s run in MLflow (see the module docstring).
 
     Events on ``trainer.engine``: ``STARTED`` opens the run (after a resume: the same
-    run); ``EPOCH_COMPLETED`` sends the epoch's scalars; ``COMPLETED`` sends the rest,
+    run); ``EPOCH_COMPLETED`` sends the scalars so far (at most every 10 s);
+    ``COMPLETED`` sends the rest,
     the artifacts and the tags; ``TERMINATE``/``EXCEPTION_RAISED`` are not used (an
     exception handler would swallow the error): a crashed run stays open in MLflow and
     is continued by the resume.
@@ -236,6 +249,6 @@ def attach_mlflow(trainer: Any, output_dir: str | os.PathLike | None) -> MLflowT
     engine = trainer.engine
     # STARTED comes after train() restored a checkpoint, so the run id is known
     engine.add_event_handler(Events.STARTED, tracker.open)
-    engine.add_event_handler(Events.EPOCH_COMPLETED, tracker.flush)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, tracker.flush_due)
     engine.add_event_handler(Events.COMPLETED, tracker.finish)
     return tracker
