@@ -32,7 +32,8 @@ class Trainer:
 
     Attributes:
         engine: The training ``Engine``; attach your own handlers to it.
-        evaluators: Evaluation engines by name (``"val"`` runs after training epochs).
+        evaluators: Evaluation engines by name: ``"val"`` and each other evaluation set
+            of a ``val_data`` mapping (``"test"``), and with EMA ``"ema/val"``...
         history: The run's :class:`~ignitrain.History`.
         config: The validated :class:`~ignitrain.TrainConfig`.
         models: Models by name (``"model"``; GAN: ``"generator"``, ``"discriminator"``).
@@ -41,6 +42,7 @@ class Trainer:
         val_loader: The validation data, or ``None``.
         checkpointables: Everything a checkpoint saves and a resume restores, by name.
         checkpoints: The checkpoint handler (``None`` without ``output_dir``).
+        predictor: ``batch -> (prediction, target)`` of :meth:`predict` (the flavor's).
     """
 
     def __init__(

@@ -116,12 +116,15 @@ class MLflowTracker:
 
         mlflow.set_tracking_uri(self.tracking_uri)
         run_id = self.history.meta.get(_META_KEY)
-        if mlflow.active_run() is not None:
-            mlflow.end_run()  # a run left open by an earlier trainer in this process
+        active = mlflow.active_run()
         if run_id is not None:
-            mlflow.start_run(run_id=run_id)  # MLflowLogger then adopts the active run
-        else:
+            if active is not None and active.info.run_id != run_id:
+                mlflow.end_run()
+            if active is None or active.info.run_id != run_id:
+                mlflow.start_run(run_id=run_id)  # MLflowLogger then adopts the active run
+        elif active is None:
             self._set_experiment(mlflow)
+        # else: a run the user started around train() is adopted, as MLflowLogger does
         self.logger = MLflowLogger(self.tracking_uri)
         self.history.meta[_META_KEY] = self.run_id
         self._log_params(resumed=run_id is not None)

@@ -28,6 +28,7 @@ from ignitrain.handlers.evaluation import (
     split_metric,
 )
 from ignitrain.handlers.history import History, attach_history
+from ignitrain.handlers.logging import attach_tensorboard
 from ignitrain.handlers.stopping import attach_early_stopping
 from tests.conftest import make_mlp
 
@@ -175,6 +176,7 @@ def mnist_shaped(digits_flat, tmp_path, *, route, ignitrain_first, val_first=Fal
             router = name_splits(evaluator, train_eval=train_eval_loader, val=val_loader)
             decide = router.view("val")
         attach_history(trainer, history, evaluators={"val": evaluator})
+        attach_tensorboard(trainer, history, tmp_path / "tb")
         stop = attach_early_stopping(trainer, decide, "accuracy", patience=50)
         store = CheckpointStore(tmp_path / "ckpt", n_saved=1)
         checkpoints = attach_checkpoints(
@@ -206,6 +208,13 @@ def test_routed_runs_are_recorded_per_split_and_only_val_decides(
     assert seen["val"] != seen["train"]
     assert stop.checker.best == pytest.approx(max(seen["val"]))
     assert store.best_scores() == [pytest.approx(max(seen["val"]))]
+    # TensorBoard: one val/accuracy point per epoch, the validation run's
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.value for e in events.Scalars("val/accuracy")] == pytest.approx(seen["val"])
+    assert len(events.Scalars("train_eval/accuracy")) == 3
 
 
 def test_without_routing_the_train_run_decides(digits_flat, tmp_path):
@@ -214,3 +223,8 @@ def test_without_routing_the_train_run_decides(digits_flat, tmp_path):
     seen, history, stop, _ = mnist_shaped(digits_flat, tmp_path, route=False, ignitrain_first=False)
     assert seen["val"] != seen["train"]
     assert stop.checker.best == pytest.approx(max(seen["train"]))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert len(events.Scalars("val/accuracy")) == 6  # two points per step

@@ -99,3 +99,12 @@ def test_argument_validation(digits_flat):
     with pytest.raises(TypeError, match="mlflow_tracking_uri"):
         TrainConfig(mlflow_tracking_uri=3)
     assert flat_params({"a": {"b": 1}, "c": None}) == {"a.b": "1", "c": "None"}
+
+
+@pytest.mark.slow
+def test_a_run_the_user_started_is_adopted(digits_flat, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'user.db'}"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as run:
+        _, history = _train(digits_flat, tmp_path / "run", mlflow_tracking_uri=uri, num_epochs=1)
+    assert history.meta["mlflow_run_id"] == run.info.run_id
