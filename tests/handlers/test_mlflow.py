@@ -105,6 +105,7 @@ def test_argument_validation(digits_flat):
 def test_a_run_the_user_started_is_adopted(digits_flat, tmp_path):
     uri = f"sqlite:///{tmp_path / 'user.db'}"
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("user")  # the fluent API remembers the last test's experiment id
     with mlflow.start_run() as run:
         _, history = _train(digits_flat, tmp_path / "run", mlflow_tracking_uri=uri, num_epochs=1)
     assert history.meta["mlflow_run_id"] == run.info.run_id
