@@ -373,6 +373,7 @@ def _add_predict(commands: Any) -> None:
     predict.add_argument("--out", required=True, metavar="PATH", help="output file (.pt)")
     predict.add_argument("--argmax", action="store_true", help="class indices, not logits")
     predict.add_argument("--targets", action="store_true", help="also store the targets")
+    predict.add_argument("--ema", action="store_true", help="the EMA weights (ema_decay runs)")
     predict.add_argument("--config", metavar="JOB", default=None, help="job file")
     predict.add_argument("--device", default=None, help="device to predict on")
     predict.set_defaults(func=cmd_predict)
@@ -413,7 +414,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     trainer, dataset, label, checkpoint = _restored_trainer(args)
-    result = trainer.predict(dataset, return_targets=args.targets, argmax=args.argmax)
+    try:
+        result = trainer.predict(
+            dataset, return_targets=args.targets, argmax=args.argmax, ema=args.ema
+        )
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
     preds, targets = result if args.targets else (result, None)
     payload: dict[str, Any] = {"predictions": preds, "checkpoint": str(checkpoint), "data": label}
     if targets is not None:

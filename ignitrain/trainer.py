@@ -125,7 +125,9 @@ class Trainer:
         state = evaluator.run(loader)
         return {k: _to_float(v) for k, v in state.metrics.items() if _to_float(v) is not None}
 
-    def predict(self, data: Any, *, return_targets: bool = False, argmax: bool = False) -> Any:
+    def predict(
+        self, data: Any, *, return_targets: bool = False, argmax: bool = False, ema: bool = False
+    ) -> Any:
         """The model's outputs for ``data``, in dataset order, concatenated.
 
         Classification: logits (``argmax=True``: class indices); regression: values;
@@ -138,11 +140,22 @@ class Trainer:
             data: A ``Dataset``, a loader, a tensor of inputs (GAN: latents or a count).
             return_targets: Return ``(predictions, targets)``.
             argmax: Class indices instead of logits.
+            ema: Predict with the EMA weights (``TrainConfig.ema_decay``).
         """
+        import contextlib
+
         from ignitrain.predict import SupervisedPredictor, predict
 
         predictor = self.predictor or SupervisedPredictor(self.model, self.device)
-        return predict(predictor, data, self.config, return_targets=return_targets, argmax=argmax)
+        weights: Any = contextlib.nullcontext()
+        if ema:
+            if "ema" not in self.checkpointables:
+                raise ValueError("predict(ema=True) needs TrainConfig.ema_decay (no EMA weights)")
+            weights = self.checkpointables["ema"].swapped()
+        with weights:
+            return predict(
+                predictor, data, self.config, return_targets=return_targets, argmax=argmax
+            )
 
     def resume(self, path: str | os.PathLike = "latest") -> Trainer:
         """Restore models, optimizers, schedules, engine and history from a checkpoint.

@@ -45,3 +45,5 @@ def test_predict_argmax_and_bad_run_dir(run_dir, tmp_path, capsys):
     assert labels.dtype == torch.long and labels.dim() == 1
     assert main(["predict", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["predict", str(run_dir), "--out", str(out), "--ema"]) == 2
+    assert "needs TrainConfig.ema_decay" in capsys.readouterr().err

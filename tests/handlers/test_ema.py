@@ -94,6 +94,10 @@ def test_ema_metrics_beside_val_and_best_chosen_on_them(digits_flat, tmp_path):
     with torch.no_grad():
         acc = (model(x).argmax(-1) == y).float().mean().item()
     assert acc == pytest.approx(history.latest("ema/val/accuracy"))
+    # predict(ema=True) uses the EMA weights and leaves the trained ones in place
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.predict(x, ema=True), model(x))
+        assert not torch.allclose(trainer.predict(x), model(x))
 
 
 def _ema_run(data, out, epochs, resume=None, **kw):
@@ -133,6 +137,11 @@ def test_argument_validation():
         TrainConfig(ema_decay=0)
     with pytest.raises(TypeError, match="ema_warmup"):
         TrainConfig(ema_warmup=1.5)
+    plain = ignitrain.create_classification_trainer(
+        make_mlp(), TrainConfig(progress_bar=False), [(torch.zeros(2, 64), torch.zeros(2).long())]
+    )
+    with pytest.raises(ValueError, match="needs TrainConfig.ema_decay"):
+        plain.predict(torch.zeros(2, 64), ema=True)
 
 
 @pytest.mark.slow
