@@ -158,7 +158,7 @@ def _command_line(argv: Sequence[str] | None) -> str:
 
 # what a run leaves in output_dir; --overwrite removes these (config.yaml is rewritten
 # and lr_find.png, made before training, is kept)
-_RUN_FILES = ("history.json", "report.html", "run.json", "profile.csv")  # issue 15: + run.json, profile
+_RUN_FILES = ("history.json", "report.html", "run.json", "profile.csv")  # issue 15: +2
 _RUN_DIRS = ("checkpoints", "tb")
 
 
