@@ -13,7 +13,9 @@ What goes to MLflow (rank 0 only):
 The store is a local SQLite file, ``output_dir/mlflow.db``, with artifacts in
 ``output_dir/mlartifacts`` (MLflow 3 refuses its file store unless
 ``MLFLOW_ALLOW_FILE_STORE=true``), unless ``mlflow_tracking_uri`` names another
-(``sqlite:///runs.db``, ``http://host:5000``, ``file:///...``).
+(``sqlite:///runs.db``, ``http://host:5000``, ``file:///...``); a store you name keeps
+artifacts where its experiment says (for a new experiment in a bare SQLite store MLflow
+picks ``./mlruns`` of the working directory).
 Ignite's :class:`~ignite.handlers.mlflow_logger.MLflowLogger` opens the run; its id is
 kept in the History's metadata, which every checkpoint holds, so a resumed run
 continues the *same* MLflow run (options changed on resume become

@@ -81,7 +81,8 @@ def test_resume_continues_the_same_run(digits_flat, tmp_path):
 
 
 @pytest.mark.slow
-def test_any_tracking_uri(digits_flat, tmp_path):
+def test_any_tracking_uri(digits_flat, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a store without an artifact root puts them in ./mlruns
     uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     _, history = _train(digits_flat, tmp_path / "run", mlflow_tracking_uri=uri,
                         mlflow_experiment="exp-x", num_epochs=1)  # fmt: skip
@@ -102,7 +103,8 @@ def test_argument_validation(digits_flat):
 
 
 @pytest.mark.slow
-def test_a_run_the_user_started_is_adopted(digits_flat, tmp_path):
+def test_a_run_the_user_started_is_adopted(digits_flat, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a store without an artifact root puts them in ./mlruns
     uri = f"sqlite:///{tmp_path / 'user.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("user")  # the fluent API remembers the last test's experiment id
