@@ -132,6 +132,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-width", type=int, default=2048)
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument(
+        "--set", metavar="KEY=VALUE", action="append", default=[],
+        help="a TrainConfig option of the ignitrain runners (VALUE read as YAML), e.g. "
+        "ema_decay=0.999, profile=true, mlflow=true: what a feature costs, on vs off",
+    )  # fmt: skip
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke run (seconds): 2 rounds x 1 epoch, short scenarios, small histories",
@@ -295,6 +300,9 @@ def ignitrain_defaults(
     options: dict[str, Any] = {}
     if not checkpoint:
         options.update(save_every=0, save_best=False)
+    options.update(_set_options(args.set))
+    if not to_disk:
+        options.pop("mlflow", None)  # needs an output_dir
     config = TrainConfig(
         num_epochs=args.epochs,
         optimizer="adam",
@@ -316,6 +324,18 @@ def ignitrain_defaults(
     if out_dir is not None:
         shutil.rmtree(out_dir, ignore_errors=True)
     return result
+
+
+def _set_options(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
 
 
 def _finish(clock: common.LapClock, t0: float, args: argparse.Namespace) -> common.RunResult:

@@ -8,6 +8,7 @@ for ``examples.models``)::
     ignitrain train examples/configs/digits_cnn.yaml --nproc 2       # 2 processes (gloo on CPU)
     ignitrain resume runs/digits_cnn                  # continue from the latest checkpoint
     ignitrain evaluate runs/digits_cnn/checkpoints/<file> --data digits:test [--json]
+    ignitrain predict runs/digits_cnn --data digits:test --out preds.pt [--argmax] [--targets]
     ignitrain lr-find examples/configs/digits_cnn.yaml
     ignitrain report runs/digits_cnn
     ignitrain export runs/big_model model.pt          # one full state dict from FSDP shards
@@ -135,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.set_defaults(func=cmd_evaluate)
 
+    _add_predict(commands)
+
     lr_find = commands.add_parser("lr-find", help="run the learning-rate range test of a job")
     lr_find.add_argument("config", metavar="CONFIG")
     _add_set(lr_find)
@@ -173,7 +176,14 @@ def _command_line(argv: Sequence[str] | None) -> str:
 
 # what a run leaves in output_dir; --overwrite removes these (config.yaml is rewritten
 # and lr_find.png, made before training, is kept)
-_RUN_FILES = ("history.json", "report.html", "evaluation.json")
+_RUN_FILES = (
+    "history.json",
+    "history.jsonl",
+    "report.html",
+    "evaluation.json",
+    "run.json",
+    "profile.csv",
+)
 _RUN_DIRS = ("checkpoints", "tb")
 
 
@@ -423,6 +433,79 @@ def _run_dir_of(checkpoint: Path) -> Path:
     return (
         checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     )
+
+
+def _add_predict(commands: Any) -> None:
+    predict = commands.add_parser(
+        "predict", help="write a checkpoint's predictions on a dataset to a .pt file"
+    )
+    predict.add_argument(
+        "checkpoint", metavar="RUN_DIR", help="a run directory (its latest checkpoint) or a file"
+    )
+    predict.add_argument(
+        "--data", metavar="NAME[:SPLIT]", default=None,
+        help="as for evaluate (default: the job's data, test split)",
+    )  # fmt: skip
+    predict.add_argument("--out", required=True, metavar="PATH", help="output file (.pt)")
+    predict.add_argument("--argmax", action="store_true", help="class indices, not logits")
+    predict.add_argument("--targets", action="store_true", help="also store the targets")
+    predict.add_argument("--ema", action="store_true", help="the EMA weights (ema_decay runs)")
+    predict.add_argument("--config", metavar="JOB", default=None, help="job file")
+    predict.add_argument("--device", default=None, help="device to predict on")
+    predict.set_defaults(func=cmd_predict)
+
+
+def _restored_trainer(args: argparse.Namespace) -> tuple[Any, Any, str, Path]:
+    """The job's trainer restored from ``args.checkpoint``, the dataset and its label."""
+    from ignitrain.handlers.checkpoint import safe_load
+    from ignitrain.jobs import build_trainer, load_job
+
+    checkpoint = _resolve_checkpoint(args.checkpoint)
+    job_file = Path(args.config) if args.config else _find_job_file(checkpoint)
+    if job_file is None:
+        raise JobError(
+            f"no config.yaml next to {str(checkpoint)!r}: pass the job file with --config JOB.yaml"
+        )
+    job = load_job(job_file)
+    try:
+        safe_load(checkpoint)
+    except Exception as exc:
+        raise JobError(f"cannot read checkpoint {str(checkpoint)!r}: {exc}") from None
+    job_data, dataset, label = _evaluation_data(job, args.data)
+    changes: dict[str, Any] = {"output_dir": None, "resume": None, "tensorboard": False}
+    changes["progress_bar"] = False
+    if args.device:
+        changes["device"] = args.device
+    trainer = build_trainer(job, train_changes=changes, data=job_data)
+    trainer.resume(checkpoint)
+    return trainer, dataset, label, checkpoint
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``ignitrain predict RUN_DIR --data NAME[:SPLIT] --out PATH [--argmax] [--targets]``.
+
+    Writes ``{"predictions", "targets"?, "checkpoint", "data"}`` with ``torch.save``
+    (readable with ``torch.load(path, weights_only=True)``).
+    """
+    import torch
+
+    trainer, dataset, label, checkpoint = _restored_trainer(args)
+    try:
+        result = trainer.predict(
+            dataset, return_targets=args.targets, argmax=args.argmax, ema=args.ema
+        )
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
+    preds, targets = result if args.targets else (result, None)
+    payload: dict[str, Any] = {"predictions": preds, "checkpoint": str(checkpoint), "data": label}
+    if targets is not None:
+        payload["targets"] = targets
+    out = Path(args.out)
+    if _is_rank_zero():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, out)
+        print(f"{tuple(preds.shape)} predictions of {label} -> {out}")
+    return 0
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:

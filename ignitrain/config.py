@@ -114,6 +114,15 @@ class TrainConfig:
         callbacks: Functions ``fn(trainer, epoch, metrics)`` called after each epoch
             (qurious style; ``metrics`` maps History names to this epoch's values), or
             their import paths (``"pkg.module.fn"``).
+        eval_every: Per evaluation set, epochs between runs or ``"end"`` (default:
+            ``validate_every``; a set named ``"test"``: ``"end"``), e.g. ``{"test": 5}``.
+        ema_decay: Keep an exponential moving average of the weights with this decay
+            (e.g. ``0.999``); evaluated as ``ema/<set>/*`` and checkpointed.
+        ema_warmup: Iterations over which the EMA decay ramps up from 0.
+        mlflow: Log params, every History scalar, artifacts and tags to MLflow.
+        mlflow_tracking_uri: MLflow tracking URI (default: ``output_dir/mlruns``).
+        mlflow_experiment: MLflow experiment name (default: ``"ignitrain"``).
+        profile: Attach Ignite's ``HandlersTimeProfiler``; write ``profile.csv``.
     """
 
     # what and how long
@@ -177,6 +186,14 @@ class TrainConfig:
     # issue 13: what a new user sees and the habits they bring
     verbose: bool = True
     callbacks: list = field(default_factory=list)
+    # issue 15: evaluation sets, EMA weights, MLflow tracking, profiling
+    eval_every: dict = field(default_factory=dict)
+    ema_decay: float | None = None
+    ema_warmup: int = 0
+    mlflow: bool = False
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str | None = None
+    profile: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -427,6 +444,7 @@ def _validate(cfg: TrainConfig) -> None:
     _validate_containers(cfg)
     _validate_objects(cfg)
     _validate_issue13(cfg)
+    _validate_issue15(cfg)
 
 
 # -- issue 13: metric names from other trainers, loss specs, callbacks ----------------
@@ -441,6 +459,22 @@ def _validate_issue13(cfg: TrainConfig) -> None:
         cfg.best_metric = canonical_metric(cfg.best_metric)
     cfg.stop_when = {canonical_metric(k): v for k, v in cfg.stop_when.items()}
     cfg.callbacks = check_callbacks(cfg.callbacks, field="TrainConfig.callbacks")
+
+
+def _validate_issue15(cfg: TrainConfig) -> None:
+    # issue 15: evaluation sets, EMA, MLflow, profile
+    from ignitrain.handlers.evaluation import check_eval_every
+
+    cfg.eval_every = check_eval_every(cfg.eval_every)
+    if cfg.ema_decay is not None and (not _is_number(cfg.ema_decay) or not 0 < cfg.ema_decay < 1):
+        _fail("ema_decay", cfg.ema_decay, "None or a number in (0, 1), e.g. 0.999")
+    _int(cfg, "ema_warmup", 0)
+    for name in ("mlflow", "profile"):
+        _bool(cfg, name)
+    for name in ("mlflow_tracking_uri", "mlflow_experiment"):
+        value = getattr(cfg, name)
+        if value is not None and (not isinstance(value, str) or not value):
+            _fail(name, value, "a non-empty string or None", TypeError)
 
 
 def _validate_choices(cfg: TrainConfig) -> None:

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ignitrain.handlers.history import History, infer_mode
+from ignitrain.handlers.profile import profile_html
+from ignitrain.run_record import run_record_html
 
 __all__ = ["RunSummary", "MetricRow", "collect", "render_html", "summary_table", "write_report"]
 
@@ -533,6 +535,8 @@ def render_html(summary: RunSummary) -> str:
         ("Curves", _curves_html(summary)),
         ("Learning-rate range test", _lr_find_html(summary)),
         ("Checkpoints", _checkpoints_html(summary)),
+        ("Run record", run_record_html(summary.output_dir)),  # issue 15
+        ("Profile", profile_html(summary.output_dir)),  # issue 15
         ("Config", _config_html(summary)),
     ]
     body = "".join(

@@ -33,7 +33,8 @@ class Trainer:
 
     Attributes:
         engine: The training ``Engine``; attach your own handlers to it.
-        evaluators: Evaluation engines by name (``"val"`` runs after training epochs).
+        evaluators: Evaluation engines by name: ``"val"`` and each other evaluation set
+            of a ``val_data`` mapping (``"test"``), and with EMA ``"ema/val"``...
         history: The run's :class:`~ignitrain.History`.
         config: The validated :class:`~ignitrain.TrainConfig`.
         models: Models by name (``"model"``; GAN: ``"generator"``, ``"discriminator"``).
@@ -44,6 +45,7 @@ class Trainer:
         checkpoints: The checkpoint handler (``None`` without ``output_dir``).
         handlers: Read-only mapping, by name, of every handler ignitrain attached
             (see :class:`~ignitrain.handlers.attached.AttachedHandlers`).
+        predictor: ``batch -> (prediction, target)`` of :meth:`predict` (the flavor's).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class Trainer:
         evaluators: Mapping[str, Engine] | None = None,
         train_step: Callable[[Engine, Any], Any] | None = None,
         device: torch.device | None = None,
+        predictor: Callable[[Any], Any] | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -72,6 +75,7 @@ class Trainer:
         self.train_step = train_step
         self.device = device
         self.make_evaluator = make_evaluator
+        self.predictor = predictor
         self.checkpointables: dict[str, Any] = {}
         self.checkpoints: Any = None
         self._handlers = AttachedHandlers()  # filled by the factory's attach_handlers
@@ -144,6 +148,38 @@ class Trainer:
         evaluator = self.make_evaluator()
         state = evaluator.run(loader)
         return {k: _to_float(v) for k, v in state.metrics.items() if _to_float(v) is not None}
+
+    def predict(
+        self, data: Any, *, return_targets: bool = False, argmax: bool = False, ema: bool = False
+    ) -> Any:
+        """The model's outputs for ``data``, in dataset order, concatenated.
+
+        Classification: logits (``argmax=True``: class indices); regression: values;
+        autoencoders: reconstructions; seq2seq: greedy decodes; GAN: generator samples
+        (``data`` is a tensor of latents or a sample count). Under several processes
+        each rank predicts its shard and **every rank returns the whole**, each sample
+        once (see :mod:`ignitrain.predict`). Call it on every rank.
+
+        Args:
+            data: A ``Dataset``, a loader, a tensor of inputs (GAN: latents or a count).
+            return_targets: Return ``(predictions, targets)``.
+            argmax: Class indices instead of logits.
+            ema: Predict with the EMA weights (``TrainConfig.ema_decay``).
+        """
+        import contextlib
+
+        from ignitrain.predict import SupervisedPredictor, predict
+
+        predictor = self.predictor or SupervisedPredictor(self.model, self.device)
+        weights: Any = contextlib.nullcontext()
+        if ema:
+            if "ema" not in self.checkpointables:
+                raise ValueError("predict(ema=True) needs TrainConfig.ema_decay (no EMA weights)")
+            weights = self.checkpointables["ema"].swapped()
+        with weights:
+            return predict(
+                predictor, data, self.config, return_targets=return_targets, argmax=argmax
+            )
 
     def resume(self, path: str | os.PathLike = "latest") -> Trainer:
         """Restore models, optimizers, schedules, engine and history from a checkpoint.

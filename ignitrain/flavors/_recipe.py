@@ -58,6 +58,7 @@ __all__ = [
     "make_evaluator_factory",
     "single_model_trainer",
     "attach_validation",
+    "attach_evaluation_sets",
     "attach_handlers",
     "schedule_context",
 ]
@@ -246,6 +247,7 @@ def single_model_trainer(
     val_loader: Any,
     train_step: Callable[[Engine, Any], Any],
     device: torch.device,
+    predictor: Callable[[Any], Any] | None = None,
 ) -> Trainer:
     """The :class:`Trainer` of a one-model, one-optimizer flavor, with a fresh History
     and a ``"val"`` evaluator when there is validation data (handlers not attached yet)."""
@@ -262,6 +264,7 @@ def single_model_trainer(
         evaluators={"val": make_evaluator()} if val_loader is not None else {},
         train_step=train_step,
         device=device,
+        predictor=predictor,
     )
 
 
@@ -270,13 +273,52 @@ def single_model_trainer(
 
 def attach_validation(engine: Engine, evaluator: Engine, loader: Any, *, every: int = 1) -> None:
     """Run ``evaluator`` on ``loader`` after every ``every``-th epoch and the last one."""
+    from ignitrain.handlers.evaluation import EvalSet, attach_evaluations
 
-    def validate(engine: Engine) -> None:
-        epoch = engine.state.epoch
-        if epoch % every == 0 or epoch == engine.state.max_epochs:
-            evaluator.run(loader)
+    attach_evaluations(engine, [EvalSet("val", evaluator, loader, every)])
 
-    engine.add_event_handler(Events.EPOCH_COMPLETED, validate)
+
+def attach_evaluation_sets(
+    trainer: Trainer, metric: str, ema: Any = None
+) -> tuple[Callable[[Engine], Any], Engine | None, str]:
+    """The evaluation sets of ``trainer.val_loader`` and which one decides.
+
+    ``val_loader`` is one data set (``"val"``) or a mapping ``{"val": ..., "test": ...}``;
+    each set gets an evaluator in ``trainer.evaluators`` (and, with ``ema``, an
+    ``"ema/<set>"`` one run with the EMA weights). ``metric`` (``"accuracy"``,
+    ``"val/accuracy"``, ``"ema/val/accuracy"``) names the set whose runs drive best
+    checkpoints, stop rules and plateau schedules (a bare name: ``"val"``, else the first
+    set not named ``"test"``).
+
+    Returns:
+        ``(attach, decision evaluator or None, metric name in its state.metrics)``;
+        ``attach(engine)`` registers the runs (see
+        :func:`~ignitrain.handlers.evaluation.attach_evaluations`).
+    """
+    from ignitrain.handlers.evaluation import EvalSet, attach_evaluations, eval_sets, split_metric
+
+    config = trainer.config
+    found = eval_sets(
+        trainer.val_loader,
+        lambda data: make_eval_loader(data, config),
+        validate_every=config.validate_every,
+        eval_every=config.eval_every,
+    )
+    if "val" not in found:
+        trainer.evaluators.pop("val", None)
+    sets = []
+    for name, (loader, every) in found.items():
+        evaluator = trainer.evaluators.get(name) or trainer.make_evaluator()
+        trainer.evaluators[name] = evaluator
+        sets.append(EvalSet(name, evaluator, loader, every))
+        if ema is not None:
+            trainer.evaluators[f"ema/{name}"] = ema_evaluator = trainer.make_evaluator()
+            sets.append(EvalSet(f"ema/{name}", ema_evaluator, loader, every, ema.swapped))
+    default = "val" if "val" in found else next((n for n in found if n != "test"), "val")
+    split, metric = split_metric(metric, trainer.evaluators, default)
+    if split in found:
+        trainer.val_loader = found[split][0]
+    return (lambda engine: attach_evaluations(engine, sets)), trainer.evaluators.get(split), metric
 
 
 def attach_handlers(
@@ -334,16 +376,20 @@ def attach_handlers(
             objects[f"epoch_mean_{name}"] = attach_epoch_mean(engine, name, _key(name))
             entry.handler = objects[f"epoch_mean_{name}"]
 
-    val = trainer.evaluators.get("val")
+    # issue 15: EMA weights (before checkpoints: a periodic save holds this iteration's
+    # update); evaluation sets and the one that decides (best_metric="val/accuracy")
+    with recording(handlers, "ema", engine) as entry:
+        ema = entry.handler = _attach_ema(trainer, objects, opt_steps)
     best_metric = config.best_metric or default_best_metric
+    evaluations, val, best_metric = attach_evaluation_sets(trainer, best_metric, ema)
     best_mode = config.best_mode or infer_mode(best_metric)
     # issue 13: best_metric="train/loss" ranks by the training epoch means (no val needed)
     with recording(handlers, "train_ranking", engine):
         ranked_by, ranked_name = ranking_source(engine, val, best_metric)
     _attach_schedules(trainer, objects, ranked_by, ranked_name, best_mode)
-    if val is not None and validate:
-        with recording(handlers, "validation", engine):
-            attach_validation(engine, val, trainer.val_loader, every=config.validate_every)
+    if validate:
+        with recording(handlers, "validation", engine, *trainer.evaluators.values()):
+            evaluations(engine)
     with recording(handlers, "stop_report", engine):
         engine.add_event_handler(Events.COMPLETED, _report_stop, trainer.history)
     # issue 13: wall time into history.meta and the final line, before History saves
@@ -378,6 +424,7 @@ def attach_handlers(
         )
         entry.handler = trainer.checkpoints
     _split_preemption(handlers)
+    _attach_records(trainer, out_dir)  # issue 15: run.json, MLflow, profile (last: sees all)
     return handlers
 
 
@@ -394,6 +441,44 @@ def _split_preemption(handlers: AttachedHandlers) -> None:
     if mine:
         entry.events[:] = [e for e in entry.events if e not in mine]
         handlers._add(AttachedHandler("preemption", mine, mine[0][2].__self__))
+
+
+def _attach_records(trainer: Trainer, out_dir: Path | None) -> None:
+    config, engine, handlers = trainer.config, trainer.engine, trainer._handlers
+    if out_dir is not None:
+        from ignitrain.run_record import attach_run_record
+
+        with recording(handlers, "run_record", engine) as entry:
+            entry.handler = attach_run_record(engine, out_dir, device=trainer.device)
+    if config.mlflow:
+        from ignitrain.handlers.mlflow import attach_mlflow
+
+        with recording(handlers, "mlflow", engine, *trainer.evaluators.values()) as entry:
+            entry.handler = attach_mlflow(trainer, out_dir)
+    if config.profile:
+        from ignitrain.handlers.profile import attach_profiler
+
+        with recording(handlers, "profile", engine) as entry:
+            entry.handler = attach_profiler(engine, out_dir)
+
+
+def _attach_ema(trainer: Trainer, objects: dict, opt_steps: Mapping[str, Any]) -> Any:
+    config = trainer.config
+    if config.ema_decay is None:
+        return None
+    from ignitrain.handlers.ema import attach_ema
+
+    # a GAN averages its generator; every other flavor its one model
+    name = "generator" if "generator" in trainer.models else next(iter(trainer.models))
+    step = opt_steps.get(name) or next(iter(opt_steps.values()))
+    objects["ema"] = ema = attach_ema(
+        trainer.engine,
+        trainer.models[name],
+        decay=config.ema_decay,
+        warmup=config.ema_warmup,
+        stepped=lambda engine: step.group(engine)[2],
+    )
+    return ema
 
 
 def _key(name: str) -> Callable[[Any], Any]:

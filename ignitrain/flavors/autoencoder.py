@@ -24,6 +24,7 @@ from ignitrain.config import suggest
 from ignitrain.data import is_dataset
 from ignitrain.flavors import _recipe as recipe
 from ignitrain.flavors._ae_common import OutputMean, batch_input, seeded_rng
+from ignitrain.predict import AutoencoderPredictor
 from ignitrain.registry import build_loss
 from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
 from ignitrain.trainer import Trainer
@@ -385,6 +386,7 @@ def create_autoencoder_trainer(
         val_loader=val_loader,
         train_step=update,
         device=device,
+        predictor=AutoencoderPredictor(model, device, opt_step.autocast),
     )
     recipe.attach_handlers(
         trainer,

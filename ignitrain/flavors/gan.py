@@ -26,6 +26,7 @@ from ignitrain.flavors import _recipe as recipe
 from ignitrain.flavors._ae_common import OutputMean, batch_input, seeded_rng
 from ignitrain.flavors._gan_samples import attach_gan_samples
 from ignitrain.handlers.history import History
+from ignitrain.predict import GANPredictor
 from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
 from ignitrain.trainer import Trainer
 
@@ -460,6 +461,7 @@ def create_gan_trainer(
         train_loader=train_loader,
         train_step=update,
         device=device,
+        predictor=GANPredictor(generator, device, g_step.autocast, latent_shape=latent_shape),
     )
     fixed = FixedNoise(fixed_noise_size, latent_shape, seed=config.seed or 0)
     trainer.checkpointables["fixed_noise"] = fixed

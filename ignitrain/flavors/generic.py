@@ -32,6 +32,7 @@ from torch import nn
 from ignitrain.config import ConfigError, suggest
 from ignitrain.distributed import own_rank_state, with_rank_states
 from ignitrain.flavors import _recipe as recipe
+from ignitrain.predict import GenericPredictor
 from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
 from ignitrain.trainer import Trainer
 
@@ -517,6 +518,7 @@ def create_trainer(
         val_loader=val_loader,
         train_step=update,
         device=device,
+        predictor=GenericPredictor(model, device, opt_step.autocast),
     )
     trainer.checkpointables["train_output_means"] = output_means
     recipe.attach_handlers(trainer, opt_steps={"optimizer": opt_step}, default_best_metric="loss")

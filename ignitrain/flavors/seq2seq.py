@@ -35,6 +35,7 @@ from torch import nn
 
 from ignitrain.config import ConfigError, suggest
 from ignitrain.flavors import _recipe as recipe
+from ignitrain.predict import Seq2SeqPredictor
 from ignitrain.registry import build_loss
 from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
 from ignitrain.trainer import Trainer
@@ -700,6 +701,9 @@ def create_seq2seq_trainer(
         val_loader=val_loader,
         train_step=update,
         device=device,
+        predictor=Seq2SeqPredictor(
+            model, device, opt_step.autocast, tokens=tokens, max_decode_len=max_decode_len
+        ),
     )
     recipe.attach_handlers(
         trainer,

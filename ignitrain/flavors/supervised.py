@@ -12,6 +12,7 @@ from ignite.metrics import Loss, Metric
 from torch import nn
 
 from ignitrain.flavors import _recipe as recipe
+from ignitrain.predict import SupervisedPredictor
 from ignitrain.registry import build_loss
 from ignitrain.steps import OptimizerStep, StepOptions, supervised_evaluate, supervised_update
 from ignitrain.trainer import Trainer
@@ -72,6 +73,9 @@ def build_supervised_trainer(
         val_loader=val_loader,
         train_step=update,
         device=device,
+        predictor=SupervisedPredictor(
+            model, device, opt_step.autocast, channels_last=config.channels_last
+        ),
     )
     recipe.attach_handlers(
         trainer, opt_steps={"optimizer": opt_step}, default_best_metric=default_best_metric

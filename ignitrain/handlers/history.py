@@ -9,6 +9,7 @@ name                      step                   when
 ``lr``                    iteration              every ``log_every`` iterations
 ``train/<metric>``        epoch                  each epoch (``train/loss``: epoch mean)
 ``val/<metric>``          epoch                  after each validation
+``<set>/<metric>``        epoch                  each evaluation set (``test``, ``ema/val``)
 ========================  =====================  =====================================
 
 ``History`` is a plain object (``state_dict``/``load_state_dict``) so it goes into the
@@ -717,6 +718,11 @@ def attach_history(
 
 
 def _record_split(evaluator: Engine, trainer: Engine, history: History, split: str) -> None:
+    # an evaluator run on several data sets (see handlers.evaluation.name_splits)
+    # records each run under the split of the loader it ran on
+    from ignitrain.handlers.evaluation import split_of
+
+    split = split_of(evaluator, split)
     for name, value in evaluator.state.metrics.items():
         value = _scalar(value)
         if value is not None:
