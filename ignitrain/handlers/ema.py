@@ -46,6 +46,12 @@ class EMAState:
         self.ema_model = handler.ema_model
         self.model = model
 
+    @property
+    def checkpoint_modules(self) -> tuple[nn.Module, ...]:
+        """The weights this object puts in a checkpoint, for the checkpoint handler's
+        "unchanged since the evaluation" check."""
+        return (self.ema_model,)
+
     def state_dict(self) -> dict[str, Any]:
         scheduler = getattr(self.handler, "momentum_scheduler", None)
         return {
@@ -61,18 +67,24 @@ class EMAState:
 
     @contextlib.contextmanager
     def swapped(self) -> Iterator[None]:
-        """Run the block with the EMA weights in ``model``; restore them after."""
+        """Run the block with the EMA weights in ``model``; restore them after.
+
+        The tensors' storages are exchanged (``.data``), not copied: nothing is
+        allocated, and the model's tensors keep their version counters, so the
+        checkpoint handler's "weights unchanged since the evaluation" check still holds
+        after an ``ema/*`` evaluation (copying in and back bumped them: no best file).
+        """
         pairs = list(_tensors(self.model, self.ema_model))
-        saved = [t.detach().clone() for t, _ in pairs]
-        with torch.no_grad():
-            for t, e in pairs:
-                t.copy_(e)
+        _exchange(pairs)
         try:
             yield
         finally:
-            with torch.no_grad():
-                for (t, _), s in zip(pairs, saved):
-                    t.copy_(s)
+            _exchange(pairs)
+
+
+def _exchange(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for t, e in pairs:
+        t.data, e.data = e.data, t.data
 
 
 def _tensors(model: nn.Module, ema: nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -64,11 +64,13 @@ def test_swapped_restores_the_trained_weights_even_when_the_block_raises():
     with torch.no_grad():
         ema.ema_model[0].weight.add_(1.0)
     before = model[0].weight.detach().clone()
+    averaged = ema.ema_model[0].weight.detach().clone()
     with pytest.raises(RuntimeError, match="boom"):
         with ema.swapped():
-            assert torch.equal(model[0].weight, ema.ema_model[0].weight)
+            assert torch.equal(model[0].weight, averaged)
             raise RuntimeError("boom")
     assert torch.equal(model[0].weight, before)
+    assert torch.equal(ema.ema_model[0].weight, averaged)
 
 
 def test_ema_metrics_beside_val_and_best_chosen_on_them(digits_flat, tmp_path):

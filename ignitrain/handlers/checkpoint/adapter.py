@@ -119,12 +119,21 @@ def nan_safe_score(value_fn: Callable[[Engine], float], sign: float) -> Callable
 
 def _signature(modules: list[nn.Module]) -> tuple:
     # Every in-place update (optimizer step, load_state_dict, BatchNorm statistics)
-    # bumps a tensor's version counter: equal signatures mean the same weights.
-    return tuple(
-        (t.data_ptr(), t._version)
-        for m in modules
-        for t in itertools.chain(m.parameters(), m.buffers())
-    )
+    # bumps a tensor's version counter, and a replaced ``.data`` changes the storage:
+    # equal signatures mean the same weights. The storages are compared as a set, so an
+    # exchange of storages between the model and its EMA copy (``EMAState.swapped``,
+    # around an ``ema/*`` evaluation) reads as unchanged, as it is once restored.
+    tensors = [t for m in modules for t in itertools.chain(m.parameters(), m.buffers())]
+    return tuple(sorted(t.data_ptr() for t in tensors)), tuple(t._version for t in tensors)
+
+
+def _weight_modules(objects: Mapping[str, Any]) -> list[nn.Module]:
+    """The modules whose weights a checkpoint holds: each ``nn.Module`` object, and
+    the ``checkpoint_modules`` an object declares (the EMA copy of a model)."""
+    modules = [o for o in objects.values() if isinstance(o, nn.Module)]
+    for obj in objects.values():
+        modules.extend(getattr(obj, "checkpoint_modules", ()))
+    return modules
 
 
 _NAME_STEP = re.compile(r"_(?:iter(\d+)|epoch(\d+))\.pt$")
@@ -183,7 +192,7 @@ class CheckpointHandler:
         self.metrics: dict[str, Any] = {}
         self.last_path: Path | None = None
         self._running = False
-        self._modules = [o for o in self.objects.values() if isinstance(o, nn.Module)]
+        self._modules = _weight_modules(self.objects)
         self._pending: tuple[float, int, tuple] | None = None  # best value, iteration, weights
         self._written: tuple[int, tuple, Path] | None = None  # periodic file of this moment
         self._point_at = -1  # iteration of the last save point
