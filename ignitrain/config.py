@@ -97,6 +97,8 @@ class TrainConfig:
         output_dir: Where checkpoints, ``history.json`` and logs go; ``None`` keeps
             everything in memory.
         resume: ``None``, ``"latest"`` or a checkpoint path.
+        overwrite: With ``resume=None``, replace a run already in ``output_dir`` (its
+            checkpoints, history and logs) instead of refusing to mix into it.
         dist_timeout: Seconds before a collective across processes gives up.
     """
 
@@ -152,6 +154,7 @@ class TrainConfig:
     tensorboard: bool = True
     output_dir: str | None = None
     resume: str | None = None
+    overwrite: bool = False
     dist_timeout: float = 1800.0
 
     def __post_init__(self) -> None:
@@ -388,6 +391,7 @@ def _validate(cfg: TrainConfig) -> None:
         "deterministic",
         "progress_bar",
         "tensorboard",
+        "overwrite",
     ):
         _bool(cfg, name)
     _validate_choices(cfg)
