@@ -122,7 +122,7 @@ def setup_worker(local_rank: int, out_dir: str, config: object = None) -> None:
     )
 
 
-def _record_at_exit(out_dir: str) -> None:
+def _record_at_exit(out_dir: str, rank: int) -> None:
     # After fn returned and launch's teardown ran: what is still alive in this process.
     import gc
 
@@ -130,7 +130,7 @@ def _record_at_exit(out_dir: str) -> None:
 
     gc.collect()
     alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
-    path = Path(out_dir) / f"exit{os.environ.get('RANK', '0')}.json"
+    path = Path(out_dir) / f"exit{rank}.json"
     path.write_text(json.dumps({"ddp_alive": alive, "group": dist.is_initialized()}))
 
 
@@ -143,7 +143,7 @@ def bf16_training_worker(local_rank: int, out_dir: str, epochs: int = 2) -> None
     import ignitrain
     from ignitrain import TrainConfig, datasets
 
-    atexit.register(_record_at_exit, out_dir)
+    atexit.register(_record_at_exit, out_dir, idist.get_rank())
     splits = datasets.digits(seed=0, image=False)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
