@@ -449,7 +449,8 @@ def _validate_choices(cfg: TrainConfig) -> None:
             _fail(
                 "resume",
                 cfg.resume,
-                "'latest' (with output_dir set) or the path of an existing checkpoint",
+                "'latest' (with output_dir set) or the path of an existing checkpoint"
+                + suggest(cfg.resume, ["latest"]),
             )
     if cfg.resume == "latest" and cfg.output_dir is None:
         _fail(

@@ -66,7 +66,7 @@ RULES: dict[str, tuple[str, str]] = {
     # accepted, but the run differs from an uninterrupted one
     "seed": (WARN, "the data order changes from the next epoch on"),
     "shuffle": (WARN, "the data order changes"),
-    "drop_last": (WARN, "the epoch length may change"),
+    "drop_last": (REFUSE, "the saved epoch length and data position assume it"),
     "loss": (WARN, "the loss changes mid-run"),
     "amp": (WARN, "the numerics change mid-run"),
     "deterministic": (WARN, "bitwise repeatability changes"),

@@ -27,6 +27,7 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from torch import nn
 
+from ignitrain.checks import check_data, check_run_config
 from ignitrain.config import TrainConfig
 from ignitrain.data import (
     attach_epoch_sync,
@@ -66,10 +67,10 @@ logger = logging.getLogger("ignitrain")
 def check_config(config: Any) -> TrainConfig:
     """``config`` must be a ``TrainConfig`` (a mapping is converted)."""
     if isinstance(config, Mapping):
-        return TrainConfig.from_dict(config)
+        return check_run_config(TrainConfig.from_dict(config))
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be an ignitrain.TrainConfig, got {type(config).__name__}")
-    return config
+    return check_run_config(config)  # seed range, writable output_dir (ignitrain/checks.py)
 
 
 def check_model(model: Any, name: str = "model") -> nn.Module:
@@ -141,7 +142,9 @@ def make_loaders(train_data: Any, val_data: Any, config: TrainConfig) -> tuple[A
             f"drop_last={config.drop_last}, {idist.get_world_size()} process(es)): "
             "use a smaller batch_size or more data"
         )
-    return train_loader, make_eval_loader(val_data, config)
+    val_loader = make_eval_loader(val_data, config)
+    check_data(train_data, val_data, val_loader, config)  # one-pass, empty (ignitrain/checks.py)
+    return train_loader, val_loader
 
 
 def place_model(
