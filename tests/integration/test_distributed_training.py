@@ -288,11 +288,11 @@ def _finish(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def _check_preempted_together(out: Path, err: str) -> int:
+def _check_preempted_together(out: Path, err: str, total: int = 120) -> int:
     partial = _records(out, "partial")
     assert [r["rank"] for r in partial] == [0, 1], err[-3000:]
     (iteration,) = {r["iteration"] for r in partial}
-    assert 3 <= iteration < 120, "stopped mid-training"
+    assert 3 <= iteration < total, "stopped mid-training"
     preempt = sorted((out / "checkpoints").glob("checkpoint_preempt_*.pt"))
     assert [p.name for p in preempt] == [f"checkpoint_preempt_iter{iteration:08d}.pt"]
     saved = torch.load(preempt[0], weights_only=True)
@@ -342,3 +342,21 @@ def test_second_sigterm_to_the_group_during_the_save_loses_nothing(tmp_path):
     _spawn(out, "--resume", "--options", '{"num_epochs": 6}')
     assert [r["iteration"] for r in _records(out)] == [120, 120]
     assert iteration < 120
+
+
+def test_second_two_process_job_into_a_running_jobs_dir_fails_at_once(tmp_path):
+    # Issue 12: two gloo jobs in one output_dir mixed their files. The second job's
+    # rank 0 finds the first job's lock and every rank of it raises, naming the holder.
+    out = tmp_path / "run"
+    # slow enough to be still training when the second job (a minute to start on a
+    # loaded machine) reaches train()
+    first = _start(out, "--options", '{"num_epochs": 20}', "--slow", "0.25")
+    _wait_started(first, out)
+    holder = int((out / "out" / "started").read_text())  # rank 0 of the first job
+    second = _run([sys.executable, str(JOB), str(out), "--nproc", "2"])
+    assert second.returncode != 0
+    assert f"is in use by another run (PID {holder}" in second.stderr, second.stderr[-3000:]
+    os.killpg(first.pid, signal.SIGTERM)
+    code, err = _finish(first)
+    assert code == 143, err[-3000:]
+    _check_preempted_together(out, err, total=400)  # the first job's files are its own
