@@ -12,9 +12,10 @@ every epoch-end handler; the first epoch of each run is discarded: it pays for l
 set-up and DDP's first buckets) -- the table shows the median -- and the whole
 ``launch`` call (process start-up, imports and process-group set-up included).
 
-Each process gets ``cores // nproc`` intra-op threads by default (``--threads`` to
-fix one figure for all): two processes with two threads each on two cores would only
-measure oversubscription. On a 2-core machine no speed-up is expected: the figure
+Each process gets ``cores // nproc`` intra-op threads by default, as ``launch`` gives
+spawned processes (``--threads`` to fix one figure for all): on 2 cores that is 1 process
+with 2 threads against 2 processes with 1 thread each; two processes with two threads
+each would only measure oversubscription. On a 2-core machine no speed-up is expected: the figure
 shows what data-parallel costs here (gradient all-reduce, metric reduction, rank
 agreement), not how it scales.
 
@@ -137,6 +138,7 @@ def run_once(nproc: int, args: argparse.Namespace) -> dict[str, Any]:
             str(result_path),
             backend="gloo" if nproc > 1 else None,
             nproc_per_node=nproc,
+            threads_per_process=threads,
         )
         record = json.loads(result_path.read_text())
         record["launch_seconds"] = time.perf_counter() - start

@@ -97,6 +97,8 @@ class TrainConfig:
         output_dir: Where checkpoints, ``history.json`` and logs go; ``None`` keeps
             everything in memory.
         resume: ``None``, ``"latest"`` or a checkpoint path.
+        overwrite: With ``resume=None``, replace a run already in ``output_dir`` (its
+            checkpoints, history and logs) instead of refusing to mix into it.
         dist_timeout: Seconds before a collective across processes gives up.
         parallel: How a model is spread over processes: ``"auto"`` (DDP under a process
             group, today's behaviour), ``"ddp"``, or ``"fsdp"`` (FSDP2 ``fully_shard``:
@@ -177,6 +179,7 @@ class TrainConfig:
     tensorboard: bool = True
     output_dir: str | None = None
     resume: str | None = None
+    overwrite: bool = False
     dist_timeout: float = 1800.0
     # issue 14: sharding over processes (FSDP2), validated in _validate_parallel
     parallel: str = "auto"
@@ -437,6 +440,7 @@ def _validate(cfg: TrainConfig) -> None:
         "progress_bar",
         "tensorboard",
         "verbose",
+        "overwrite",
     ):
         _bool(cfg, name)
     _validate_choices(cfg)
@@ -527,7 +531,8 @@ def _validate_choices(cfg: TrainConfig) -> None:
             _fail(
                 "resume",
                 cfg.resume,
-                "'latest' (with output_dir set) or the path of an existing checkpoint",
+                "'latest' (with output_dir set) or the path of an existing checkpoint"
+                + suggest(cfg.resume, ["latest"]),
             )
     if cfg.resume == "latest" and cfg.output_dir is None:
         _fail(

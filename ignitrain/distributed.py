@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import functools
+import logging
 import math
 import numbers
 import os
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger("ignitrain")
 
 # Environment variables every torchrun (torch.distributed.run) worker gets.
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -142,6 +145,18 @@ def _check_port(master_port: Any) -> int | None:
     return int(master_port)
 
 
+def _check_threads(threads: Any) -> int | None:
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+        raise TypeError(
+            f"Argument threads_per_process must be an int >= 1 or None, got {threads!r}."
+        )
+    if threads < 1:
+        raise ValueError(f"Argument threads_per_process must be >= 1, got {threads!r}.")
+    return int(threads)
+
+
 def _default_backend() -> str:
     return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
 
@@ -156,7 +171,9 @@ def _group_exists() -> bool:
 
 def _finalize_at_exit() -> None:
     if _group_exists():
-        idist.finalize()
+        from ignitrain.spawn import teardown_process
+
+        teardown_process()
 
 
 def _join_torchrun(backend: str, timeout: datetime.timedelta | None) -> None:
@@ -196,7 +213,12 @@ def _spawn(
     nproc_per_node: int,
     timeout: datetime.timedelta | None,
     master_port: int | None,
+    threads: int | None,
 ) -> None:
+    from ignite.distributed.comp_models.native import _NativeDistModel
+
+    from ignitrain import spawn
+
     try:
         pickle.dumps(fn)
     except Exception as err:
@@ -204,18 +226,59 @@ def _spawn(
             f"Argument fn={fn!r} cannot be sent to spawned processes: define it at the top "
             "level of an importable module (not a lambda or a nested function)."
         ) from err
-    # Parallel forwards extra keyword arguments to idist.spawn, which passes `timeout`
-    # on to dist.init_process_group in every child.
-    spawn_kwargs = {} if timeout is None else {"timeout": timeout}
+    if threads is None and "OMP_NUM_THREADS" not in os.environ:
+        threads = spawn.threads_per_process(nproc_per_node)
+    worker = spawn.SpawnedWorker(
+        fn, num_threads=threads, logging_setup=spawn.LoggingSetup.of_this_process()
+    )
     port = master_port if master_port is not None else free_port()
-    with idist.Parallel(
-        backend=backend,
-        nproc_per_node=nproc_per_node,
-        master_addr="127.0.0.1",
-        master_port=port,
-        **spawn_kwargs,
-    ) as parallel:
-        parallel.run(fn, *args, **kwargs)
+    # idist.Parallel (Ignite 0.5.5) joins with torch's ProcessContext.join(), which
+    # SIGTERMs the other ranks the moment one exits non-zero: a rank that exits 143
+    # after a preemption gets its peers killed during their own preemption exit, and
+    # the launcher reports exit 1. Nor does it forward a signal sent to the launcher
+    # (the ranks die of the SIGINT torch's PR_SET_PDEATHSIG sends when the launcher
+    # dies). So the processes start here, with Ignite's own worker set-up (rank
+    # environment, process group with `timeout`, fn, finalize), and
+    # spawn.join_workers() joins them.
+    context = torch.multiprocessing.start_processes(
+        _NativeDistModel._dist_worker_task_fn,
+        nprocs=nproc_per_node,
+        args=(
+            backend,
+            worker,
+            args,
+            kwargs,
+            nproc_per_node,  # world size: one node
+            nproc_per_node,
+            0,  # node rank
+            "127.0.0.1",
+            port,
+            "env://",
+            {} if timeout is None else {"timeout": timeout},
+        ),
+        join=False,
+        start_method="spawn",
+    )
+    logger.info(
+        "launch: %d processes (%s, port %d, %s intra-op thread(s) each)",
+        nproc_per_node,
+        backend,
+        port,
+        threads or "default",
+    )
+    grace = (timeout or spawn.default_timeout()).total_seconds()
+    with spawn.forward_signals(context.pids()):
+        spawn.join_workers(context, preempt_grace_s=grace)
+
+
+def _timeout_from_config(args: tuple, kwargs: dict) -> datetime.timedelta | None:
+    """``dist_timeout`` of the first ``TrainConfig`` among ``fn``'s arguments, if any."""
+    from ignitrain.config import TrainConfig
+
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, TrainConfig):
+            return datetime.timedelta(seconds=float(value.dist_timeout))
+    return None
 
 
 def launch(
@@ -225,6 +288,7 @@ def launch(
     nproc_per_node: int | None = None,
     timeout: float | datetime.timedelta | None = None,
     master_port: int | None = None,
+    threads_per_process: int | None = None,
     **kwargs: Any,
 ) -> None:
     """Call ``fn(local_rank, *args, **kwargs)`` in every process of the job, as
@@ -238,14 +302,25 @@ def launch(
     2. A process group already exists (made by the caller or by an earlier
        ``launch`` under torchrun): ``fn`` runs in it; ``backend`` and ``timeout`` do not
        change it.
-    3. ``nproc_per_node > 1``: spawns that many processes through ``idist.Parallel``
-       on ``127.0.0.1`` and a free port (``master_port`` to fix one); ``backend``
-       default as above. Returns when all are done.
+    3. ``nproc_per_node > 1``: spawns that many processes on ``127.0.0.1`` and a free
+       port (``master_port`` to fix one), with Ignite's worker set-up (as
+       ``idist.Parallel`` spawns); ``backend`` default as above. Each process gets
+       ``threads_per_process`` intra-op threads (default: this machine's cores divided
+       by ``nproc_per_node``, as torchrun's ``OMP_NUM_THREADS=1`` does, unless
+       ``OMP_NUM_THREADS`` is set) and the launcher's console logging (so rank 0 prints
+       the epoch lines). Returns when all are done.
     4. Otherwise: ``fn(0, *args, **kwargs)`` runs here, with no process group.
 
     A rank that raises ends the job: spawned siblings are terminated and the error
     is raised here (``torch.multiprocessing.ProcessRaisedException``, whose message
     holds the failing rank's traceback); under torchrun, torchrun stops the others.
+
+    Preemption with spawned processes: a SIGTERM or SIGUSR1 that reaches the launcher
+    (alone, or with its whole process group, as Slurm and Kubernetes send it) is passed
+    on to every rank; the ranks checkpoint at the same iteration and exit with
+    ``128 + signum``, and ``launch`` raises ``SystemExit`` with that status (143 for
+    SIGTERM, 138 for SIGUSR1). The same when the signal reaches one rank only. The other
+    ranks get the process-group timeout to finish before they are stopped.
 
     Spawned processes start a fresh interpreter (the ``spawn`` method), so ``fn`` must
     be importable (defined at module top level) and the script must call ``launch``
@@ -260,14 +335,19 @@ def launch(
         nproc_per_node: Processes to spawn on this machine.
         timeout: Process-group timeout in seconds (or a ``timedelta``): a collective
             that waits longer, e.g. for a rank that died, raises instead of hanging.
-            ``None`` keeps torch's default.
+            ``None``: the ``dist_timeout`` of the first :class:`~ignitrain.TrainConfig`
+            passed to ``fn`` (positionally or by keyword, not nested in another object),
+            else torch's default (30 minutes).
         master_port: Port of the rendezvous when spawning (default: a free one).
+        threads_per_process: Intra-op threads of each spawned process (default: cores
+            divided by ``nproc_per_node``).
         **kwargs: Keyword arguments for ``fn``.
 
     Raises:
         TypeError: An argument has the wrong type, or ``fn`` cannot be spawned.
         ValueError: An argument has a wrong value (unknown backend, ``nproc_per_node``
             below 1, ``timeout`` not positive...).
+        SystemExit: Spawned ranks were preempted (status ``128 + signum``).
 
     Example:
         >>> def training(local_rank, config):
@@ -281,7 +361,10 @@ def launch(
     backend = _check_backend(backend)
     nproc_per_node = _check_nproc(nproc_per_node)
     timeout = _check_timeout(timeout)
+    if timeout is None:
+        timeout = _timeout_from_config(args, kwargs)
     master_port = _check_port(master_port)
+    threads_per_process = _check_threads(threads_per_process)
 
     if _in_torchrun() and not _group_exists():
         _warn_if_nproc_differs(nproc_per_node)
@@ -297,6 +380,7 @@ def launch(
             nproc_per_node=nproc_per_node,
             timeout=timeout,
             master_port=master_port,
+            threads=threads_per_process,
         )
     else:
         fn(0, *args, **kwargs)

@@ -49,6 +49,7 @@ def resume_from(trainer: Any, path: str | os.PathLike) -> Path | None:
     objects it did not hold, which keep their current state.
     """
     from ignitrain.handlers.checkpoint import load_objects, safe_load
+    from ignitrain.resume_rules import apply_resume_rules
 
     found = find_checkpoint(trainer, path)
     if found is None:
@@ -58,6 +59,7 @@ def resume_from(trainer: Any, path: str | os.PathLike) -> Path | None:
         )
         return None
     payload = safe_load(found, foreign=True)
+    apply_resume_rules(trainer, payload, found)  # refuse / apply / warn each changed option
     saved_world = payload.get("world_size")
     if saved_world is not None and saved_world != idist.get_world_size():
         logger.warning(

@@ -107,8 +107,15 @@ class Trainer:
         """Run the training engine to ``config.num_epochs`` and return the History.
 
         With ``config.resume`` set, the run first continues from that checkpoint. A
-        run that is already complete is not restarted.
+        run that is already complete is not restarted. The run holds ``output_dir``
+        while it trains (see :mod:`ignitrain.run_lock`).
         """
+        from ignitrain.run_lock import hold_output_dir
+
+        with hold_output_dir(self):
+            return self._train_holding_output_dir()
+
+    def _train_holding_output_dir(self) -> History:
         if self.config.resume is not None and not self._resumed:
             self.resume(self.config.resume)
         state = self.engine.state

@@ -24,7 +24,13 @@ import torch.distributed as dist
 
 from ignitrain import distributed
 
-__all__ = ["collectives_worker", "raise_on_rank_one"]
+__all__ = [
+    "bf16_training_worker",
+    "collectives_worker",
+    "exit_after",
+    "raise_on_rank_one",
+    "setup_worker",
+]
 
 
 def _write(out_dir: str, record: dict) -> None:
@@ -99,6 +105,69 @@ def raise_on_rank_one(local_rank: int, out_dir: str | None = None) -> None:
     idist.barrier()
 
 
+def setup_worker(local_rank: int, out_dir: str, config: object = None) -> None:
+    """Record what launch set up in this process: threads, timeout, logging."""
+    import logging
+
+    log = logging.getLogger("ignitrain")
+    log.info("hello from rank %d", idist.get_rank())
+    _write(
+        out_dir,
+        {
+            "threads": torch.get_num_threads(),
+            "group_timeout_s": _group_timeout_s(),
+            "ignitrain_level": log.getEffectiveLevel(),
+            "console_handlers": len(logging.getLogger().handlers) + len(log.handlers),
+        },
+    )
+
+
+def _record_at_exit(out_dir: str, rank: int) -> None:
+    # After fn returned and launch's teardown ran: what is still alive in this process.
+    import gc
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    gc.collect()
+    alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+    path = Path(out_dir) / f"exit{rank}.json"
+    path.write_text(json.dumps({"ddp_alive": alive, "group": dist.is_initialized()}))
+
+
+def bf16_training_worker(local_rank: int, out_dir: str, epochs: int = 2) -> None:
+    """A small bf16 classification run on digits, 2 processes (the issue 13 abort)."""
+    import atexit
+
+    from torch import nn
+
+    import ignitrain
+    from ignitrain import TrainConfig, datasets
+
+    atexit.register(_record_at_exit, out_dir, idist.get_rank())
+    splits = datasets.digits(seed=0, image=False)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    config = TrainConfig(
+        num_epochs=epochs,
+        batch_size=64,
+        amp="bf16",
+        lr=0.01,
+        output_dir=str(Path(out_dir) / "run"),
+        progress_bar=False,
+        seed=0,
+    )
+    ignitrain.create_classification_trainer(model, config, splits.train, splits.val).train()
+
+
+def _bf16_main(out_dir: str) -> None:
+    # The issue's report: bf16 + 2 spawned processes, logging set up by the script.
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    distributed.launch(bf16_training_worker, out_dir, backend="gloo", nproc_per_node=2)
+    print("launch returned", flush=True)
+
+
 def _torchrun_main(out_dir: str, mode: str) -> None:
     distributed.launch(collectives_worker, out_dir, backend="gloo", timeout=45, scale=10.0)
     if mode == "join_then_fail":
@@ -109,5 +178,15 @@ def _torchrun_main(out_dir: str, mode: str) -> None:
         raise SystemExit(f"unknown mode {mode!r}; use 'join' or 'join_then_fail'")
 
 
+def exit_after(local_rank: int, codes: list, delays: list) -> None:
+    """Sleep ``delays[rank]`` s, then exit with ``codes[rank]`` (a raw process exit)."""
+    time.sleep(delays[local_rank])
+    sys.stdout.flush()
+    os._exit(codes[local_rank])
+
+
 if __name__ == "__main__":
-    _torchrun_main(sys.argv[1], sys.argv[2])
+    if sys.argv[2] == "spawn_bf16":
+        _bf16_main(sys.argv[1])
+    else:
+        _torchrun_main(sys.argv[1], sys.argv[2])

@@ -28,6 +28,7 @@ from ignite.metrics import Metric
 from torch import nn
 
 from ignitrain.callbacks import attach_callbacks
+from ignitrain.checks import check_data, check_run_config
 from ignitrain.config import TrainConfig
 from ignitrain.console import attach_console
 from ignitrain.data import (
@@ -72,10 +73,10 @@ logger = logging.getLogger("ignitrain")
 def check_config(config: Any) -> TrainConfig:
     """``config`` must be a ``TrainConfig`` (a mapping is converted)."""
     if isinstance(config, Mapping):
-        return TrainConfig.from_dict(config)
+        return check_run_config(TrainConfig.from_dict(config))
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be an ignitrain.TrainConfig, got {type(config).__name__}")
-    return config
+    return check_run_config(config)  # seed range, writable output_dir (ignitrain/checks.py)
 
 
 def check_model(model: Any, name: str = "model", *, seed: int | None = None) -> nn.Module:
@@ -166,7 +167,9 @@ def make_loaders(train_data: Any, val_data: Any, config: TrainConfig) -> tuple[A
             f"drop_last={config.drop_last}, {idist.get_world_size()} process(es)): "
             "use a smaller batch_size or more data"
         )
-    return train_loader, make_eval_loader(val_data, config)
+    val_loader = make_eval_loader(val_data, config)
+    check_data(train_data, val_data, val_loader, config)  # one-pass, empty (ignitrain/checks.py)
+    return train_loader, val_loader
 
 
 def place_model(

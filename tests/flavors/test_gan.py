@@ -140,7 +140,10 @@ def test_resume_restores_both_players_exactly(tmp_path):
     resumed = create_gan_trainer(
         mlp(4, 2, 5),
         mlp(2, 1, 6),
-        cfg(num_epochs=3, output_dir=str(tmp_path / "b")),
+        # the run's own options: resume refuses a changed schedule (issue 12)
+        cfg(
+            num_epochs=3, output_dir=str(tmp_path / "b"), lr_scheduler="cosine", deterministic=True
+        ),
         ring(512),
         latent_dim=4,
         loss="hinge",

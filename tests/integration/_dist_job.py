@@ -12,6 +12,9 @@ torchrun's group. Faults, each at iteration ``N`` (``ITERATION_COMPLETED``):
 
 * ``--term-at N``: rank ``--fault-rank`` (default 1) sends itself SIGTERM, as a
   scheduler preempting one process does.
+* ``--mark-at N``: rank 0 writes ``OUTPUT_DIR/out/started`` (a test then signals the
+  launcher or its process group); with ``--slow S`` every iteration sleeps ``S`` s so the
+  signal lands mid-training.
 * ``--nan-at N``: on rank ``--fault-rank`` the model's output at iteration ``N`` (the
   forward of iteration N's update) is NaN, so only that rank sees a NaN loss.
 
@@ -27,6 +30,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import ignite.distributed as idist
@@ -107,6 +111,16 @@ def train(local_rank: int, args: argparse.Namespace) -> None:
         def preempt(_):
             os.kill(os.getpid(), signal.SIGTERM)
 
+    if args.mark_at is not None and rank == 0:
+
+        @engine.on(Events.ITERATION_COMPLETED(once=args.mark_at))
+        def mark(_):
+            (out_dir / "out").mkdir(parents=True, exist_ok=True)
+            (out_dir / "out" / "started").write_text(str(os.getpid()))
+
+    if args.slow:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda _: time.sleep(args.slow))
+
     if args.nan_at is not None and faulty:
 
         def nan_output(module, inputs, output):
@@ -150,6 +164,8 @@ def main() -> None:
     parser.add_argument("--options", default="{}")
     parser.add_argument("--term-at", type=int, default=None)
     parser.add_argument("--nan-at", type=int, default=None)
+    parser.add_argument("--mark-at", type=int, default=None)
+    parser.add_argument("--slow", type=float, default=0.0)
     parser.add_argument("--fault-rank", type=int, default=1)
     args = parser.parse_args()
     under_torchrun = "LOCAL_RANK" in os.environ

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -192,11 +193,11 @@ def test_sigterm_to_one_rank_stops_both_and_checkpoints(preempted):
     assert not list((out / "out").glob("rank*.pt")), "training must not go on after preemption"
     preempt = sorted((out / "checkpoints").glob("checkpoint_preempt_*.pt"))
     assert [p.name for p in preempt] == ["checkpoint_preempt_iter00000014.pt"]
-    # Both ranks exit with status 143. idist.Parallel's parent then raises
-    # ProcessExitedException ("process R terminated with exit code 143"): the job ends
-    # promptly with a non-zero status (1, not 143), without a hang.
-    assert proc.returncode != 0
-    assert "terminated with exit code 143" in proc.stderr, proc.stderr[-3000:]
+    # Both ranks exit with status 143, and so does the launcher (issue 12: it exited 1,
+    # torch's join raising ProcessExitedException for the first rank's 143).
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    partial = _records(out, "partial")
+    assert [r["iteration"] for r in partial] == [14, 14]
 
 
 def test_preempted_run_resumed_on_two_processes_equals_uninterrupted(
@@ -250,3 +251,112 @@ def test_preempted_mid_accumulation_group_resumes_exactly_on_two_processes(tmp_p
     assert_same_tree(got[0]["model"], want[0]["model"], "model")
     assert_same_tree(got[1]["optimizer"], want[1]["optimizer"], "optimizer")
     assert_same_tree(got[0]["history"], want[0]["history"], "history")
+
+
+# -- preemption of the launcher (issue 12 item 3) ---------------------------------------
+
+_SLOW_JOB = ("--options", '{"num_epochs": 6}', "--mark-at", "3", "--slow", "0.05")
+
+
+def _start(out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(JOB), str(out), "--nproc", "2", *_SLOW_JOB, *extra]
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        start_new_session=True,  # the launcher leads a process group, as under Slurm
+    )
+
+
+def _wait_started(proc: subprocess.Popen, out: Path) -> None:
+    deadline = time.monotonic() + _JOB_TIMEOUT
+    while not (out / "out" / "started").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"job ended or hung before training: {proc.communicate()[1][-3000:]}")
+        time.sleep(0.05)
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=_JOB_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"job hung after the signal: {proc.communicate()[1][-3000:]}")
+    return proc.returncode, err
+
+
+def _check_preempted_together(out: Path, err: str, total: int = 120) -> int:
+    partial = _records(out, "partial")
+    assert [r["rank"] for r in partial] == [0, 1], err[-3000:]
+    (iteration,) = {r["iteration"] for r in partial}
+    assert 3 <= iteration < total, "stopped mid-training"
+    preempt = sorted((out / "checkpoints").glob("checkpoint_preempt_*.pt"))
+    assert [p.name for p in preempt] == [f"checkpoint_preempt_iter{iteration:08d}.pt"]
+    saved = torch.load(preempt[0], weights_only=True)
+    assert saved["iteration"] == iteration
+    assert not list(out.rglob("*.tmp"))
+    return iteration
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "to_group"),
+    [
+        (signal.SIGTERM, 143, False),
+        (signal.SIGTERM, 143, True),
+        (signal.SIGUSR1, 138, False),
+    ],
+    ids=["sigterm-launcher", "sigterm-group", "sigusr1-launcher"],
+)
+def test_signal_to_the_launcher_checkpoints_every_rank_at_one_iteration(
+    tmp_path, signum, status, to_group
+):
+    # Before: the launcher died of the signal (-15), torch's PR_SET_PDEATHSIG killed the
+    # ranks with SIGINT, and no preempt checkpoint was written (5 of 6 tries).
+    out = tmp_path / "run"
+    proc = _start(out)
+    _wait_started(proc, out)
+    if to_group:
+        os.killpg(proc.pid, signum)
+    else:
+        os.kill(proc.pid, signum)
+    code, err = _finish(proc)
+    assert code == status, err[-3000:]
+    _check_preempted_together(out, err)
+
+
+def test_second_sigterm_to_the_group_during_the_save_loses_nothing(tmp_path):
+    out = tmp_path / "run"
+    proc = _start(out)
+    _wait_started(proc, out)
+    os.killpg(proc.pid, signal.SIGTERM)
+    time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGTERM)
+    code, err = _finish(proc)
+    assert code == 143, err[-3000:]
+    iteration = _check_preempted_together(out, err)
+    # and the run resumes from it to the end
+    shutil.rmtree(out / "out")
+    _spawn(out, "--resume", "--options", '{"num_epochs": 6}')
+    assert [r["iteration"] for r in _records(out)] == [120, 120]
+    assert iteration < 120
+
+
+def test_second_two_process_job_into_a_running_jobs_dir_fails_at_once(tmp_path):
+    # Issue 12: two gloo jobs in one output_dir mixed their files. The second job's
+    # rank 0 finds the first job's lock and every rank of it raises, naming the holder.
+    out = tmp_path / "run"
+    # slow enough to be still training when the second job (a minute to start on a
+    # loaded machine) reaches train()
+    first = _start(out, "--options", '{"num_epochs": 20}', "--slow", "0.25")
+    _wait_started(first, out)
+    holder = int((out / "out" / "started").read_text())  # rank 0 of the first job
+    second = _run([sys.executable, str(JOB), str(out), "--nproc", "2"])
+    assert second.returncode != 0
+    assert f"is in use by another run (PID {holder}" in second.stderr, second.stderr[-3000:]
+    os.killpg(first.pid, signal.SIGTERM)
+    code, err = _finish(first)
+    assert code == 143, err[-3000:]
+    _check_preempted_together(out, err, total=400)  # the first job's files are its own
