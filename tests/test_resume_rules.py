@@ -73,7 +73,7 @@ def test_new_lr_and_weight_decay_are_applied_and_recorded(saved_run, digits_flat
     payload = torch.load(last, weights_only=True)
     # the checkpoint's recorded config is what the run used
     assert (payload["config"]["lr"], payload["config"]["weight_decay"]) == (0.05, 1e-4)
-    saved_group = payload["state"]["optimizer"]["param_groups"][0]
+    saved_group = payload["optimizer"]["param_groups"][0]
     assert (saved_group["lr"], saved_group["weight_decay"]) == (0.05, 1e-4)
 
 

@@ -28,6 +28,7 @@ EVERYTHING = {
     "epoch_summary",
     "checkpoints",
     "preemption",
+    "run_record",
 }
 
 

@@ -43,7 +43,7 @@ from ignitrain.handlers.attached import AttachedHandler, AttachedHandlers, recor
 from ignitrain.handlers.history import History, attach_history
 from ignitrain.handlers.logging import attach_epoch_summary, attach_progress_bar, attach_tensorboard
 from ignitrain.handlers.metrics import attach_epoch_mean
-from ignitrain.train_ranking import ranking_source
+from ignitrain.train_ranking import is_train_metric, ranking_source
 from ignitrain.trainer import Trainer
 
 __all__ = [
@@ -318,10 +318,13 @@ def attach_evaluation_sets(
             trainer.evaluators[f"ema/{name}"] = ema_evaluator = trainer.make_evaluator()
             sets.append(EvalSet(f"ema/{name}", ema_evaluator, loader, every, ema.swapped))
     default = "val" if "val" in found else next((n for n in found if n != "test"), "val")
+    attach = lambda engine: attach_evaluations(engine, sets)  # noqa: E731
+    if is_train_metric(metric):  # issue 13: ranked by the training epoch means instead
+        return attach, trainer.evaluators.get(default), metric
     split, metric = split_metric(metric, trainer.evaluators, default)
     if split in found:
         trainer.val_loader = found[split][0]
-    return (lambda engine: attach_evaluations(engine, sets)), trainer.evaluators.get(split), metric
+    return attach, trainer.evaluators.get(split), metric
 
 
 def attach_handlers(

@@ -206,7 +206,7 @@ def test_routed_runs_are_recorded_per_split_and_only_val_decides(
     assert history["val/accuracy"] == pytest.approx(seen["val"])
     assert history["train_eval/accuracy"] == pytest.approx(seen["train"])
     assert seen["val"] != seen["train"]
-    assert stop.checker.best == pytest.approx(max(seen["val"]))
+    assert stop.best == pytest.approx(max(seen["val"]))
     assert store.best_scores() == [pytest.approx(max(seen["val"]))]
     # TensorBoard: one val/accuracy point per epoch, the validation run's
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -222,7 +222,7 @@ def test_without_routing_the_train_run_decides(digits_flat, tmp_path):
     # one evaluation per training iteration count) and History see train accuracy
     seen, history, stop, _ = mnist_shaped(digits_flat, tmp_path, route=False, ignitrain_first=False)
     assert seen["val"] != seen["train"]
-    assert stop.checker.best == pytest.approx(max(seen["train"]))
+    assert stop.best == pytest.approx(max(seen["train"]))
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
