@@ -10,6 +10,7 @@ for ``examples.models``)::
     ignitrain evaluate runs/digits_cnn/checkpoints/<file> --data digits:test [--json]
     ignitrain lr-find examples/configs/digits_cnn.yaml
     ignitrain report runs/digits_cnn
+    ignitrain export runs/big_model model.pt          # one full state dict from FSDP shards
     python -m ignitrain ...                                           # the same commands
 
 Exit status: 0 success; 2 a mistake in the command line or the job (one message on
@@ -137,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write OUTPUT_DIR/report.html and print a summary")
     report.add_argument("output_dir", metavar="OUTPUT_DIR")
     report.set_defaults(func=cmd_report)
+
+    # issue 14: one consolidated model from a sharded (FSDP) checkpoint
+    export = commands.add_parser(
+        "export", help="write a sharded checkpoint's model as one full state dict (.pt)"
+    )
+    export.add_argument("source", metavar="RUN_DIR_OR_FOLDER")
+    export.add_argument("out", metavar="OUT.pt")
+    export.add_argument("--model", default="model", help="which model of the checkpoint")
+    export.set_defaults(func=cmd_export)
     return parser
 
 
@@ -411,6 +421,17 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise JobError(str(exc)) from None
     print(summary_table(args.output_dir))
     print(f"report    {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``ignitrain export RUN_DIR_OR_FOLDER OUT.pt [--model NAME]`` (issue 14)."""
+    from ignitrain.handlers.sharded import export_model, find_sharded
+
+    folder = find_sharded(args.source)
+    out = export_model(folder, args.out, key=args.model)
+    print(f"exported  {folder} [{args.model}] -> {out}")
+    print("load with torch.load(path, weights_only=True), then model.load_state_dict(...)")
     return 0
 
 

@@ -98,6 +98,17 @@ class TrainConfig:
             everything in memory.
         resume: ``None``, ``"latest"`` or a checkpoint path.
         dist_timeout: Seconds before a collective across processes gives up.
+        parallel: How a model is spread over processes: ``"auto"`` (DDP under a process
+            group, today's behaviour), ``"ddp"``, or ``"fsdp"`` (FSDP2 ``fully_shard``:
+            every rank keeps a shard of parameters, gradients and optimizer state).
+        fsdp_wrap: Which submodules ``"fsdp"`` shards as their own unit: ``"auto"``
+            (Transformer encoder/decoder layers, ``*Block``/``*Layer`` classes and the
+            children of ``nn.Sequential`` stacks), a list of module class names, or an
+            integer: every smallest submodule with at least that many parameters.
+        fsdp_cpu_offload: Keep sharded parameters, gradients and optimizer state on the
+            CPU (FSDP2 ``CPUOffloadPolicy``); saves device memory, costs speed.
+        fsdp_reshard_after_forward: Free each unit's gathered parameters after its
+            forward (less memory, one more all-gather in the backward).
     """
 
     # what and how long
@@ -153,6 +164,11 @@ class TrainConfig:
     output_dir: str | None = None
     resume: str | None = None
     dist_timeout: float = 1800.0
+    # issue 14: sharding over processes (FSDP2), validated in _validate_parallel
+    parallel: str = "auto"
+    fsdp_wrap: Any = "auto"
+    fsdp_cpu_offload: bool = False
+    fsdp_reshard_after_forward: bool = True
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -391,6 +407,7 @@ def _validate(cfg: TrainConfig) -> None:
     ):
         _bool(cfg, name)
     _validate_choices(cfg)
+    _validate_parallel(cfg)  # issue 14
     _validate_containers(cfg)
     _validate_objects(cfg)
 
@@ -452,6 +469,47 @@ def _validate_choices(cfg: TrainConfig) -> None:
             "resume",
             cfg.resume,
             "output_dir to be set: 'latest' means the newest checkpoint in output_dir",
+        )
+
+
+# -- issue 14: parallel / FSDP options --------------------------------------------
+
+_PARALLEL_CHOICES = ("auto", "ddp", "fsdp")
+
+
+def _validate_parallel(cfg: TrainConfig) -> None:
+    if not isinstance(cfg.parallel, str):
+        _fail("parallel", cfg.parallel, "'auto', 'ddp' or 'fsdp'", TypeError)
+    cfg.parallel = cfg.parallel.lower()
+    if cfg.parallel not in _PARALLEL_CHOICES:
+        _fail(
+            "parallel",
+            cfg.parallel,
+            "'auto', 'ddp' or 'fsdp'" + suggest(cfg.parallel, _PARALLEL_CHOICES),
+        )
+    for name in ("fsdp_cpu_offload", "fsdp_reshard_after_forward"):
+        _bool(cfg, name)
+    wrap = cfg.fsdp_wrap
+    allowed = "'auto', a list of module class names, or a minimum parameter count >= 1"
+    if isinstance(wrap, str):
+        # one class name is a list of one; "auto" stays the default policy
+        cfg.fsdp_wrap = wrap if wrap == "auto" else [wrap]
+        if wrap != "auto" and (not wrap.isidentifier()):
+            _fail("fsdp_wrap", wrap, allowed)
+    elif _is_int(wrap):
+        if wrap < 1:
+            _fail("fsdp_wrap", wrap, allowed)
+    elif isinstance(wrap, (list, tuple)):
+        if not wrap or not all(isinstance(n, str) and n.isidentifier() for n in wrap):
+            _fail("fsdp_wrap", wrap, allowed, TypeError)
+        cfg.fsdp_wrap = list(wrap)
+    else:
+        _fail("fsdp_wrap", wrap, allowed, TypeError)
+    fsdp_only = cfg.fsdp_cpu_offload or cfg.fsdp_wrap != "auto"
+    if fsdp_only and cfg.parallel != "fsdp":
+        raise ConfigError(
+            f"TrainConfig.fsdp_wrap={cfg.fsdp_wrap!r}/fsdp_cpu_offload={cfg.fsdp_cpu_offload!r} "
+            f"only take effect with parallel='fsdp' (got parallel={cfg.parallel!r})"
         )
 
 

@@ -20,6 +20,7 @@ gradient of the samples in its group. Under DDP the gradient all-reduce is skipp
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from ignite.engine import Engine
 from torch import nn
 
 from ignitrain.distributed import own_rank_state, with_rank_states
+from ignitrain.fsdp import is_fsdp, set_gradient_sync  # issue 14
 
 __all__ = [
     "StepOptions",
@@ -161,6 +163,8 @@ class OptimizerStep:
         return size, pos == start, pos == start + size - 1
 
     def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        # issue 14: FSDP2 decides in the backward, so this is a setting, not a context
+        set_gradient_sync(self.models, last)
         if last:
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
@@ -228,6 +232,14 @@ class OptimizerStep:
         :func:`~ignitrain.distributed.with_rank_states`).
         """
         state: dict[str, Any] = {"pending": self._pending}
+        if self._pending and any(is_fsdp(m) for m in self.models):  # issue 14
+            warnings.warn(
+                "checkpoint in the middle of an accumulation group under FSDP: the group's "
+                "gradients so far live unsharded inside FSDP and are not saved; a resume "
+                "restarts the group without them (save at group boundaries)",
+                UserWarning,
+                stacklevel=2,
+            )
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         if self._pending:

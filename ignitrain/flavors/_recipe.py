@@ -151,7 +151,11 @@ def place_model(
     ``model`` is the user's module, which checkpoints and evaluation use."""
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if idist.get_world_size() > 1:
+    if idist.get_world_size() > 1 and config.parallel == "fsdp":  # issue 14
+        from ignitrain.fsdp import FSDPOptions, shard_model
+
+        net = model = shard_model(model, FSDPOptions.from_config(config, device), device)
+    elif idist.get_world_size() > 1:
         quiet_ignite_auto_loggers()
         net = idist.auto_model(model)
     else:
