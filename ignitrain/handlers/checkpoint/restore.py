@@ -343,6 +343,13 @@ def load_checkpoint(
         targets["optimizer"] = optimizer
     targets.update(objects)
     if Path(path).is_dir():
+        # issue 14: a sharded folder (FSDP) or the newest resume point, file or folder
+        from ignitrain.handlers.sharded import is_sharded_checkpoint
+        from ignitrain.handlers.sharded_run import latest_checkpoint, load_trainer_sharded
+
+        found = Path(path) if is_sharded_checkpoint(path) else latest_checkpoint(path)
+        if found is not None and is_sharded_checkpoint(found):
+            return load_trainer_sharded(found, targets, strict=strict)
         path = latest_in(path)
     payload = safe_load(path)
     if targets:
