@@ -41,6 +41,7 @@ from ignitrain.handlers.sharded import (
     load_sharded_objects,
     read_sharded_meta,
     sharded_names,
+    write_sharded,
 )
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "latest_sharded",
     "latest_checkpoint",
     "load_trainer_sharded",
+    "save_trainer_sharded",
 ]
 
 #: The ``extra.pt`` entry holding a single-file checkpoint's metadata.
@@ -122,6 +124,28 @@ def trainer_saver(
     return ShardedSaver(
         dirname, sharded=sharded_names(to_save), meta_fn=meta, resumable_fn=resumable_fn
     )
+
+
+def save_trainer_sharded(
+    objects: Mapping[str, Any], extra: Mapping[str, Any], folder: str | os.PathLike
+) -> Path:
+    """``Trainer.save_checkpoint`` under FSDP: one sharded folder at ``folder`` (a
+    collective: call on every rank), loadable by ``Trainer.resume(folder)`` and
+    ``ignitrain.load_checkpoint(folder, model=...)``."""
+    import ignite.distributed as idist
+
+    from ignitrain.handlers.checkpoint.adapter import _Saved
+
+    to_save = trainer_to_save(objects, _Saved, lambda: extra)
+    # state_dict() may be a collective (FSDP, the RNG states of every rank): every rank
+    states = {name: obj.state_dict() for name, obj in to_save.items()}
+    meta = {
+        "iteration": int(extra.get("iteration", -1)),
+        "epoch": int(extra.get("epoch", -1)),
+        "world_size": idist.get_world_size(),
+        "resumable": True,
+    }
+    return write_sharded(states, folder, sharded=sharded_names(to_save), meta=meta)
 
 
 def sharded_files(dirname: str | os.PathLike, prefix: str) -> list[tuple[str, str]]:
