@@ -72,9 +72,11 @@ def resume_from(trainer: Any, path: str | os.PathLike) -> Path | None:
             idist.get_world_size(),
         )
     foreign = bool(payload.get("foreign"))
-    absent = load_objects(
-        trainer.checkpointables, payload, source=str(found), allow_missing=foreign
-    )
+    from ignitrain.handlers.sharded_run import load_file_into_sharded, uses_fsdp
+
+    # issue 14: a file of full tensors (one process, DDP) into FSDP-sharded models
+    load = load_file_into_sharded if uses_fsdp(trainer.models) else load_objects
+    absent = load(trainer.checkpointables, payload, source=str(found), allow_missing=foreign)
     if absent:
         logger.warning(
             "Resumed from %s, a checkpoint not written by ignitrain: it holds no state for %s "
@@ -138,10 +140,11 @@ def finish_interrupted_run(trainer: Any) -> None:
     state = trainer.engine.state
     tag = f"iter{state.iteration:08d}"
     last = store.path_for("last", tag)
-    if handler.sharded:  # issue 14: a folder (the name without .pt), seen by every rank
+    if handler.sharded:  # issue 14: a folder (the name without .pt), or a file of a
+        # run on one process; every rank looks (they all write the folder, or none)
         from ignitrain.handlers.sharded import is_sharded_checkpoint
 
-        if is_sharded_checkpoint(last.with_suffix("")):
+        if is_sharded_checkpoint(last.with_suffix("")) or last.is_file():
             return
     elif store.writes and last.exists():
         return

@@ -54,6 +54,7 @@ __all__ = [
     "latest_checkpoint",
     "load_trainer_sharded",
     "save_trainer_sharded",
+    "load_file_into_sharded",
 ]
 
 #: The ``extra.pt`` entry holding a single-file checkpoint's metadata.
@@ -268,3 +269,93 @@ def _read_extra(folder: Path) -> dict[str, Any]:
     if not isinstance(extra, dict):
         raise CheckpointError(f"{path} holds {type(extra).__name__}, expected a dict")
     return extra
+
+
+def load_file_into_sharded(
+    objects: Mapping[str, Any],
+    payload: Mapping[str, Any],
+    *,
+    source: str,
+    allow_missing: bool = False,
+) -> list[str]:
+    """Load a single-file checkpoint (full tensors: a run on one process, or DDP) into
+    ``objects`` whose models are FSDP-sharded (a collective: every rank, same file).
+
+    ``Module.load_state_dict`` cannot copy full tensors into ``DTensor`` shards, so the
+    models go through ``set_model_state_dict(full_state_dict=True)``, which keeps each
+    rank's part, and the optimizers through ``set_optimizer_state_dict`` after their
+    state is re-keyed from parameter ids to parameter names. The other objects are
+    checked and loaded first by :func:`~ignitrain.handlers.checkpoint.load_objects`.
+
+    Returns:
+        The names the checkpoint did not hold (with ``allow_missing``).
+    """
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    from ignitrain.handlers.checkpoint import saved_states
+    from ignitrain.handlers.sharded import _owner
+
+    saved = saved_states(payload)
+    models = {k: v for k, v in objects.items() if isinstance(v, nn.Module)}
+    optimizers = {k: v for k, v in objects.items() if isinstance(v, torch.optim.Optimizer)}
+    tensors = [*models, *optimizers]
+    lacking = [k for k in tensors if k not in saved]
+    if lacking and not allow_missing:
+        raise CheckpointError(
+            f"Checkpoint {source} has no state named {lacking} (it holds {sorted(saved)})"
+        )
+    plain = {k: v for k, v in objects.items() if k not in tensors}
+    absent = load_objects(plain, payload, source=source, allow_missing=allow_missing)
+    options = StateDictOptions(full_state_dict=True)
+    try:
+        for name, model in models.items():
+            if name in saved:
+                inner = getattr(model, "_orig_mod", model)
+                set_model_state_dict(inner, saved[name], options=options)
+        for name, optimizer in optimizers.items():
+            if name in saved:
+                inner = getattr(models[_owner(name, optimizer, models)], "_orig_mod", None)
+                inner = inner or models[_owner(name, optimizer, models)]
+                state = _by_parameter_name(inner, optimizer, saved[name], source, name)
+                set_optimizer_state_dict(inner, optimizer, state, options=options)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(
+            f"Checkpoint {source} does not load into the sharded models: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return absent + [k for k in lacking if k not in absent]
+
+
+def _by_parameter_name(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: Any, source: str, name: str
+) -> dict[str, Any]:
+    """An optimizer ``state_dict`` keyed by parameter id, re-keyed by parameter name
+    (the ids of each saved group, in order, are the current group's parameters)."""
+    names = {id(p): fqn for fqn, p in model.named_parameters()}
+    groups = state.get("param_groups") if isinstance(state, Mapping) else None
+    if not isinstance(groups, list) or len(groups) != len(optimizer.param_groups):
+        raise CheckpointError(
+            f"Checkpoint {source}: {name!r} does not have the optimizer's "
+            f"{len(optimizer.param_groups)} parameter group(s)"
+        )
+    by_id: dict[Any, str] = {}
+    out_groups = []
+    for saved, current in zip(groups, optimizer.param_groups):
+        ids = saved.get("params", [])
+        if len(ids) != len(current["params"]):
+            raise CheckpointError(
+                f"Checkpoint {source}: {name!r} has a group of {len(ids)} parameters, the "
+                f"optimizer {len(current['params'])}"
+            )
+        fqns = [names[id(p)] for p in current["params"]]
+        by_id.update(zip(ids, fqns))
+        out_groups.append({**saved, "params": fqns})
+    entries = state.get("state", {})
+    return {
+        "state": {by_id[k]: v for k, v in entries.items() if k in by_id},
+        "param_groups": out_groups,
+    }

@@ -137,3 +137,25 @@ def test_two_process_checkpoint_resumes_on_one_process_with_a_warning(reference,
 
     newest = latest_checkpoint(run)
     assert newest.suffix == ".pt" and "_last_" in newest.name
+
+
+def test_one_process_checkpoint_resumes_on_two_sharded_processes(tmp_path):
+    # one process: parallel="fsdp" trains like "auto" and writes single files
+    _job(tmp_path, 1, "--options", json.dumps({"num_epochs": 2}))
+    saved = torch.load(
+        tmp_path / "checkpoints" / "checkpoint_last_iter00000040.pt", weights_only=True
+    )
+    # nothing left to train: the state loaded into the shards is gathered back unchanged
+    _job(tmp_path, 2, "--resume", "--options", json.dumps({"num_epochs": 2}))
+    got = _final(tmp_path)
+    assert got["iteration"] == 40
+    assert_same_tree(got["model"], saved["model"], "model")
+    # the file's optimizer state is keyed by parameter id, the gathered one by name
+    names = list(got["model"])
+    by_name = {names[i]: v for i, v in saved["optimizer"]["state"].items()}
+    assert_same_tree(got["optimizer"]["state"], by_name, "optimizer")
+    # and training goes on, sharded, from there
+    resumed = _job(tmp_path, 2, "--resume", "--options", json.dumps({"num_epochs": 3}))
+    assert "Resuming a run saved with 1 process(es) on 2" in resumed.stderr
+    assert _final(tmp_path)["iteration"] == 60
+    assert (tmp_path / "checkpoints" / "checkpoint_last_iter00000060" / "extra.pt").is_file()
