@@ -118,8 +118,11 @@ def find_checkpoint_in_dir(directory: str | os.PathLike) -> Path:
     Raises:
         FileNotFoundError: The directory holds no valid checkpoint.
     """
+    from ignitrain.handlers.sharded import is_sharded_checkpoint
     from ignitrain.handlers.sharded_run import latest_checkpoint
 
+    if is_sharded_checkpoint(directory):  # a sharded checkpoint is a folder itself
+        return Path(directory)
     found = latest_checkpoint(directory)
     if found is None:
         raise FileNotFoundError(f"resume: no valid checkpoint in {str(directory)!r}")

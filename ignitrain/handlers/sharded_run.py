@@ -25,6 +25,7 @@ run directory, file or folder, by iteration; ``resume="latest"``,
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ __all__ = [
     "load_trainer_sharded",
     "save_trainer_sharded",
     "load_file_into_sharded",
+    "remove_stale_folders",
 ]
 
 #: The ``extra.pt`` entry holding a single-file checkpoint's metadata.
@@ -147,6 +149,19 @@ def save_trainer_sharded(
         "resumable": True,
     }
     return write_sharded(states, folder, sharded=sharded_names(to_save), meta=meta)
+
+
+def remove_stale_folders(dirname: str | os.PathLike) -> None:
+    """Remove the ``.NAME.tmp``/``.NAME.old`` folders a killed save left in ``dirname``
+    (rank 0, at a run's start: no rank writes before rank 0 joins the next save)."""
+    import ignite.distributed as idist
+
+    dirname = Path(dirname)
+    if idist.get_rank() != 0 or not dirname.is_dir():
+        return
+    for path in [*dirname.glob(".*.tmp"), *dirname.glob(".*.old")]:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def sharded_files(dirname: str | os.PathLike, prefix: str) -> list[tuple[str, str]]:

@@ -71,7 +71,11 @@ def _run(tmp_path, epochs, *, resume=False):
 
 
 def test_sharded_handler_writes_folders_and_points_at_the_last(tmp_path):
+    killed = tmp_path / ".checkpoint_periodic_iter00000004.tmp"  # a save killed half way
+    killed.mkdir(parents=True)
+    (killed / "__0_0.distcp").write_bytes(b"partial")
     model, _, engine, handler = _run(tmp_path, 2)
+    assert not killed.exists()
     names = sorted(p.name for p in tmp_path.iterdir())
     # 10 iterations, every 2 steps, n_saved=2 (Ignite's choice, evicted after the write)
     assert names == [

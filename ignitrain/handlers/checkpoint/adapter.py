@@ -324,6 +324,10 @@ class CheckpointHandler:
         self._running = True
         self._pending = self._written = None
         self.store.remove_stale_temps()
+        if self.sharded:  # issue 14: the temp folders of a killed sharded save
+            from ignitrain.handlers.sharded_run import remove_stale_folders
+
+            remove_stale_folders(self.store.dirname)
         self._rebuild_saved()
         self._move_last()
 
