@@ -6,7 +6,8 @@ Usage: python _fsdp_resume_job.py OUTPUT_DIR NPROC [--resume] [--kill-at N] [--o
 (``parallel="fsdp"`` then trains like ``"auto"``). With ``--kill-at N`` rank 0 sends
 SIGKILL to the whole process group right after iteration ``N`` completes: no handler
 runs on any rank, as when a node dies. At the end every rank gathers the full model
-and optimizer state and rank 0 saves it to ``OUTPUT_DIR/final.pt``.
+and optimizer state and rank 0 saves it to ``OUTPUT_DIR/final.pt``, after
+``trainer.save_checkpoint(OUTPUT_DIR/manual/checkpoint)`` on every rank.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def train(local_rank: int, args: argparse.Namespace) -> None:
             os.killpg(os.getpgrp(), signal.SIGKILL)
 
     trainer.train()
+    # by hand, on every rank: a sharded folder under FSDP
+    trainer.save_checkpoint(Path(args.output_dir) / "manual" / "checkpoint")
     state = _full_state(trainer)  # a collective: every rank
     if idist.get_rank() == 0:
         state["history"] = trainer.history.state_dict()

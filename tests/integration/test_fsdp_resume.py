@@ -101,6 +101,21 @@ def test_load_checkpoint_of_a_run_dir_gives_an_ordinary_model_the_full_weights(r
     assert_same_tree(model.state_dict(), _final(reference)["model"], "model")
 
 
+def test_save_checkpoint_by_hand_under_fsdp_is_a_sharded_folder(reference):
+    import ignitrain
+    from ignitrain.handlers.sharded import is_sharded_checkpoint
+    from ignitrain.resume import find_checkpoint_in_dir
+
+    folder = reference / "manual" / "checkpoint"
+    assert is_sharded_checkpoint(folder)
+    assert find_checkpoint_in_dir(folder) == folder
+    model = _plain_model()
+    with pytest.warns(UserWarning, match="resharded"):
+        payload = ignitrain.load_checkpoint(folder, model=model)
+    assert payload["iteration"] == 60
+    assert_same_tree(model.state_dict(), _final(reference)["model"], "model")
+
+
 def test_export_of_a_trainer_run_dir_opens_with_weights_only(reference, tmp_path):
     out = tmp_path / "model.pt"
     proc = subprocess.run(

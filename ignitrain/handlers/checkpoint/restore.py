@@ -317,7 +317,9 @@ def load_checkpoint(
 
     Args:
         path: The checkpoint file, or a run directory (or its ``checkpoints/``) for
-            its newest valid checkpoint.
+            its newest valid checkpoint; a sharded (FSDP) folder, or a run directory
+            whose newest checkpoint is one, loads on one process into ordinary objects
+            (``ignitrain.handlers.sharded_run.load_trainer_sharded``).
         model: Model to load the ``"model"`` state into (wrapped or not).
         optimizer: Optimizer to load the ``"optimizer"`` state into.
         strict: See :func:`load_objects`.
