@@ -355,12 +355,21 @@ def _publish(tmp: Path, folder: Path) -> None:
     old = None
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_path(old)
         os.replace(folder, old)
     os.replace(tmp, folder)
     _fsync_dir(folder.parent)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_path(old)
+
+
+def _remove_path(path: Path) -> None:
+    # a folder, or a single-file checkpoint of the same name (saved without FSDP before):
+    # rmtree alone leaves a file, and renaming a folder onto it then fails (ENOTDIR)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class ShardedSaver(BaseSaveHandler):

@@ -162,3 +162,16 @@ def test_load_trainer_sharded_refuses_a_folder_without_the_objects(tmp_path):
     with pytest.raises(CheckpointError, match=r"has no \['optimizer'\]"):
         load_trainer_sharded(folder, {"model": model, "optimizer": opt})
     json.loads((folder / "ignitrain_sharded.json").read_text())  # untouched
+
+
+def test_a_sharded_save_replaces_a_single_file_of_the_same_name(tmp_path):
+    # Trainer.save_checkpoint(path) on one process writes a file, under FSDP a folder;
+    # the replaced file (kept as .NAME.old until the folder is in place) must not
+    # block the next replacement
+    model = nn.Linear(4, 2)
+    path = tmp_path / "checkpoint"
+    torch.save(build_payload({"model": model}), path)
+    save_sharded({"model": model}, path, meta={"iteration": 1})
+    save_sharded({"model": model}, path, meta={"iteration": 2})
+    assert is_sharded_checkpoint(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]
