@@ -7,7 +7,7 @@ Usage: python _fsdp_resume_job.py OUTPUT_DIR NPROC [--resume] [--kill-at N] [--o
 SIGKILL to the whole process group right after iteration ``N`` completes: no handler
 runs on any rank, as when a node dies. At the end every rank gathers the full model
 and optimizer state and rank 0 saves it to ``OUTPUT_DIR/final.pt``, after
-``trainer.save_checkpoint(OUTPUT_DIR/manual/checkpoint)`` on every rank.
+``trainer.save_checkpoint(OUTPUT_DIR/manual/checkpoint{world size})`` on every rank.
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def train(local_rank: int, args: argparse.Namespace) -> None:
 
     trainer.train()
     # by hand, on every rank: a sharded folder under FSDP
-    trainer.save_checkpoint(Path(args.output_dir) / "manual" / "checkpoint")
+    manual = f"checkpoint{idist.get_world_size()}"  # a folder under FSDP, else a file
+    trainer.save_checkpoint(Path(args.output_dir) / "manual" / manual)
     state = _full_state(trainer)  # a collective: every rank
     if idist.get_rank() == 0:
         state["history"] = trainer.history.state_dict()

@@ -106,7 +106,7 @@ def test_save_checkpoint_by_hand_under_fsdp_is_a_sharded_folder(reference):
     from ignitrain.handlers.sharded import is_sharded_checkpoint
     from ignitrain.resume import find_checkpoint_in_dir
 
-    folder = reference / "manual" / "checkpoint"
+    folder = reference / "manual" / "checkpoint2"
     assert is_sharded_checkpoint(folder)
     assert find_checkpoint_in_dir(folder) == folder
     model = _plain_model()
