@@ -467,8 +467,11 @@ def _restored_trainer(args: argparse.Namespace) -> tuple[Any, Any, str, Path]:
             f"no config.yaml next to {str(checkpoint)!r}: pass the job file with --config JOB.yaml"
         )
     job = load_job(job_file)
+    from ignitrain.handlers.sharded import is_sharded_checkpoint, read_sharded_meta
+
     try:
-        safe_load(checkpoint)
+        # a corrupt or foreign file is the user's input, not a crash (issue 14: or folder)
+        (read_sharded_meta if is_sharded_checkpoint(checkpoint) else safe_load)(checkpoint)
     except Exception as exc:
         raise JobError(f"cannot read checkpoint {str(checkpoint)!r}: {exc}") from None
     job_data, dataset, label = _evaluation_data(job, args.data)

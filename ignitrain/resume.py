@@ -15,25 +15,26 @@ logger = logging.getLogger("ignitrain")
 
 
 def find_checkpoint(trainer: Any, path: str | os.PathLike) -> Path | None:
-    """The file ``path`` names: ``"latest"`` -> newest valid in ``output_dir``.
+    """The file or sharded folder ``path`` names: ``"latest"`` -> newest valid in
+    ``output_dir`` (a file or a sharded folder, see ``sharded_run.latest_checkpoint``).
 
     Returns ``None`` only for ``"latest"`` when nothing was saved yet.
 
     Raises:
         FileNotFoundError: an explicit path does not exist.
     """
-    from ignitrain.handlers.checkpoint import CheckpointStore
+    from ignitrain.handlers.sharded import is_sharded_checkpoint
+    from ignitrain.handlers.sharded_run import latest_checkpoint
 
     if str(path) == "latest":
         if trainer.config.output_dir is None:
             raise ValueError("resume('latest') needs TrainConfig.output_dir to look in")
-        store = (
-            trainer.checkpoints.store
-            if trainer.checkpoints is not None
-            else CheckpointStore(Path(trainer.config.output_dir) / "checkpoints")
-        )
-        return store.latest_path()
+        if trainer.checkpoints is not None:
+            trainer.checkpoints.store.wait()  # a background commit still running
+        return latest_checkpoint(Path(trainer.config.output_dir) / "checkpoints")
     path = Path(path)
+    if is_sharded_checkpoint(path):
+        return path
     if path.is_dir():
         return find_checkpoint_in_dir(path)
     if not path.is_file():
@@ -58,6 +59,10 @@ def resume_from(trainer: Any, path: str | os.PathLike) -> Path | None:
             trainer.config.output_dir,
         )
         return None
+    from ignitrain.handlers.sharded import is_sharded_checkpoint
+
+    if is_sharded_checkpoint(found):  # issue 14: FSDP's folders, on every rank
+        return _resume_sharded(trainer, found)
     payload = safe_load(found, foreign=True)
     apply_resume_rules(trainer, payload, found)  # refuse / apply / warn each changed option
     saved_world = payload.get("world_size")
@@ -69,9 +74,11 @@ def resume_from(trainer: Any, path: str | os.PathLike) -> Path | None:
             idist.get_world_size(),
         )
     foreign = bool(payload.get("foreign"))
-    absent = load_objects(
-        trainer.checkpointables, payload, source=str(found), allow_missing=foreign
-    )
+    from ignitrain.handlers.sharded_run import load_file_into_sharded, uses_fsdp
+
+    # issue 14: a file of full tensors (one process, DDP) into FSDP-sharded models
+    load = load_file_into_sharded if uses_fsdp(trainer.models) else load_objects
+    absent = load(trainer.checkpointables, payload, source=str(found), allow_missing=foreign)
     if absent:
         logger.warning(
             "Resumed from %s, a checkpoint not written by ignitrain: it holds no state for %s "
@@ -84,18 +91,44 @@ def resume_from(trainer: Any, path: str | os.PathLike) -> Path | None:
     return found
 
 
+def _resume_sharded(trainer: Any, folder: Path) -> Path:
+    """Load a sharded folder into ``trainer.checkpointables`` (a collective).
+
+    Another world size reshards the models and optimizers; ``load_sharded_objects``
+    warns (``UserWarning``), and the log says what changes.
+    """
+    from ignitrain.handlers.sharded_run import load_trainer_sharded
+
+    payload = load_trainer_sharded(folder, trainer.checkpointables)
+    saved_world = payload["sharded"].get("world_size")
+    if saved_world is not None and saved_world != idist.get_world_size():
+        logger.warning(
+            "Resuming a sharded run saved with %d process(es) on %d: its shards were "
+            "resharded; the data order per process changes from here on.",
+            saved_world,
+            idist.get_world_size(),
+        )
+    state = trainer.engine.state
+    logger.info("Resumed from %s at epoch %d, iteration %d", folder, state.epoch, state.iteration)
+    return folder
+
+
 def find_checkpoint_in_dir(directory: str | os.PathLike) -> Path:
-    """Newest valid checkpoint of a run directory (or its ``checkpoints/``).
+    """Newest valid checkpoint (file or sharded folder) of a run directory (or its
+    ``checkpoints/``).
 
     Raises:
         FileNotFoundError: The directory holds no valid checkpoint.
     """
-    from ignitrain.handlers.checkpoint import CheckpointError, latest_in
+    from ignitrain.handlers.sharded import is_sharded_checkpoint
+    from ignitrain.handlers.sharded_run import latest_checkpoint
 
-    try:
-        return latest_in(directory)
-    except CheckpointError as exc:
-        raise FileNotFoundError(f"resume: {exc}") from None
+    if is_sharded_checkpoint(directory):  # a sharded checkpoint is a folder itself
+        return Path(directory)
+    found = latest_checkpoint(directory)
+    if found is None:
+        raise FileNotFoundError(f"resume: no valid checkpoint in {str(directory)!r}")
+    return found
 
 
 def finish_interrupted_run(trainer: Any) -> None:
@@ -111,7 +144,14 @@ def finish_interrupted_run(trainer: Any) -> None:
     store = handler.store
     state = trainer.engine.state
     tag = f"iter{state.iteration:08d}"
-    if store.writes and store.path_for("last", tag).exists():
+    last = store.path_for("last", tag)
+    if handler.sharded:  # issue 14: a folder (the name without .pt), or a file of a
+        # run on one process; every rank looks (they all write the folder, or none)
+        from ignitrain.handlers.sharded import is_sharded_checkpoint
+
+        if is_sharded_checkpoint(last.with_suffix("")) or last.is_file():
+            return
+    elif store.writes and last.exists():
         return
     store.remove_stale_temps()
     history = trainer.history

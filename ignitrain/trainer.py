@@ -212,10 +212,15 @@ class Trainer:
 
         Under a process group call it on every rank at the same point: every rank's RNG
         state is gathered into the checkpoint (a collective); rank 0 writes the file.
+        Under FSDP ``path`` becomes a sharded checkpoint folder, every rank writing its
+        shard (``ignitrain.handlers.sharded_run``).
         """
         from ignitrain.handlers.checkpoint import build_payload, save_atomic
+        from ignitrain.handlers.sharded_run import save_trainer_sharded, uses_fsdp
 
         path = Path(path)
+        if uses_fsdp(self.models):  # issue 14: a folder of every rank's shard
+            return save_trainer_sharded(self.checkpointables, self.checkpoint_extra(), path)
         payload = build_payload(self.checkpointables, self.checkpoint_extra())
         if idist.get_rank() == 0:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -355,12 +355,21 @@ def _publish(tmp: Path, folder: Path) -> None:
     old = None
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_path(old)
         os.replace(folder, old)
     os.replace(tmp, folder)
     _fsync_dir(folder.parent)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_path(old)
+
+
+def _remove_path(path: Path) -> None:
+    # a folder, or a single-file checkpoint of the same name (saved without FSDP before):
+    # rmtree alone leaves a file, and renaming a folder onto it then fails (ENOTDIR)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class ShardedSaver(BaseSaveHandler):
@@ -382,6 +391,8 @@ class ShardedSaver(BaseSaveHandler):
         meta_fn: Called at each save; its JSON-serialisable mapping is stored in the
             folder's ``meta`` next to Ignite's own metadata (e.g. ``{"iteration": ...}``,
             which :func:`find_sharded` orders by).
+        resumable_fn: Called at each save; ``False`` keeps ``sharded_latest.json`` where
+            it was (a best checkpoint taken between two save points is no resume point).
     """
 
     def __init__(
@@ -390,14 +401,21 @@ class ShardedSaver(BaseSaveHandler):
         *,
         sharded: Any,
         meta_fn: Any = None,
+        resumable_fn: Any = None,
     ) -> None:
         if isinstance(sharded, str) or not all(isinstance(n, str) for n in sharded):
             raise TypeError(f"sharded must be a list of entry names, got {sharded!r}")
         if meta_fn is not None and not callable(meta_fn):
             raise TypeError(f"meta_fn must be callable or None, got {type(meta_fn).__name__}")
+        if resumable_fn is not None and not callable(resumable_fn):
+            raise TypeError(
+                f"resumable_fn must be callable or None, got {type(resumable_fn).__name__}"
+            )
         self.dirname = Path(dirname)
         self.sharded = list(sharded)
         self.meta_fn = meta_fn
+        self.resumable_fn = resumable_fn
+        self.last_path: Path | None = None
         self._evict: list[str] = []
 
     def folder_of(self, filename: str) -> Path:
@@ -409,13 +427,17 @@ class ShardedSaver(BaseSaveHandler):
         meta = {**dict(metadata or {}), "filename": filename}
         if self.meta_fn is not None:
             meta.update(self.meta_fn())
+        resumable = self.resumable_fn() if self.resumable_fn is not None else True
+        meta["resumable"] = bool(resumable)
         if _rank() == 0:
             self.dirname.mkdir(parents=True, exist_ok=True)
         folder = write_sharded(
             checkpoint, self.folder_of(filename), sharded=self.sharded, meta=meta
         )
+        self.last_path = folder
         if _rank() == 0:
-            _write_latest(self.dirname, folder)
+            if resumable:
+                _write_latest(self.dirname, folder)
             # evict only now that the new folder is complete (see remove)
             for name in self._evict:
                 if self.folder_of(name) != folder:

@@ -177,8 +177,10 @@ class CheckpointHandler:
         save_last: bool,
         extra_fn: Callable[[], Mapping[str, Any]] | None,
         accumulation_steps: int = 1,
+        sharded: bool = False,
     ):
         self.engine = engine
+        self.sharded = sharded  # issue 14: FSDP, folders by ignitrain.handlers.sharded_run
         self.accumulation_steps = accumulation_steps
         self.objects = dict(objects)
         self.store = store
@@ -205,8 +207,14 @@ class CheckpointHandler:
     # -- the Ignite Checkpoint objects ---------------------------------------------
 
     def _checkpoint(self, kind: str) -> Checkpoint:
-        to_save = {name: _Saved(name, obj) for name, obj in self.objects.items()}
-        saver = DurableSaver(self.store, kind, list(self.objects), extra_fn=self.payload_extra)
+        if self.sharded:  # issue 14: every rank writes its shard (sharded_run)
+            from ignitrain.handlers import sharded_run
+
+            to_save = sharded_run.trainer_to_save(self.objects, _Saved, self.payload_extra)
+            saver = sharded_run.trainer_saver(self.store.dirname, to_save, self.engine)
+        else:
+            to_save = {name: _Saved(name, obj) for name, obj in self.objects.items()}
+            saver = DurableSaver(self.store, kind, list(self.objects), extra_fn=self.payload_extra)
         step, score = self._iteration_step, None
         pattern = f"{{filename_prefix}}_{kind}_iter{{global_step:08d}}.{{ext}}"
         if kind == "periodic" and self.save_every == -1:
@@ -219,7 +227,8 @@ class CheckpointHandler:
             # the metric's value: the "global step" part is the whole tag.
             step, pattern = self._best_step, "{filename_prefix}_best_{global_step}.{ext}"
             score = nan_safe_score(self._best_score, 1.0 if self.best_mode == "max" else -1.0)
-            saver.link_fn = lambda: self._link
+            if not self.sharded:  # a folder is written again, never linked
+                saver.link_fn = lambda: self._link
             saver.resumable_fn = lambda: self._in_point
         return Checkpoint(
             to_save,
@@ -252,10 +261,15 @@ class CheckpointHandler:
         if self.store.writes and self.store.dirname.is_dir():
             tag = _safe_tag_part(self.best_metric) if self.best_metric else None
             sign = 1.0 if self.best_mode == "max" else -1.0
-            for path, kind in self.store._files():
-                priority = _parse_saved(path.name, kind, self.store.prefix, tag, sign)
+            files = [(path.name, kind) for path, kind in self.store._files()]
+            if self.sharded:  # issue 14: folders, known to Ignite as "{folder}.pt"
+                from ignitrain.handlers.sharded_run import sharded_files
+
+                files = sharded_files(self.store.dirname, self.store.prefix)
+            for name, kind in files:
+                priority = _parse_saved(name, kind, self.store.prefix, tag, sign)
                 if priority is not None:
-                    found[kind].append((priority, path.name))
+                    found[kind].append((priority, name))
         if idist.get_world_size() > 1:
             found = json.loads(idist.broadcast(json.dumps(found), src=0, safe_mode=True))
         for kind, items in found.items():
@@ -319,6 +333,10 @@ class CheckpointHandler:
         self._running = True
         self._pending = self._written = None
         self.store.remove_stale_temps()
+        if self.sharded:  # issue 14: the temp folders of a killed sharded save
+            from ignitrain.handlers.sharded_run import remove_stale_folders
+
+            remove_stale_folders(self.store.dirname)
         self._rebuild_saved()
         self._move_last()
 
@@ -475,6 +493,11 @@ class CheckpointHandler:
             checkpoint = self.checkpoints[kind]
             checkpoint(self.engine)
             path = checkpoint.save_handler.last_path
+        elif self.sharded:  # issue 14: a single file would hold rank 0's shard only
+            raise ValueError(
+                f"Argument tag={tag!r} is not allowed under FSDP: sharded checkpoints take "
+                f"the default tag {default!r}"
+            )
         else:
             path = self.store.save(self.payload(), kind, tag)
         self.store.wait()
@@ -498,6 +521,7 @@ def attach_checkpoints(
     save_last: bool = True,
     extra_fn: Callable[[], Mapping[str, Any]] | None = None,
     accumulation_steps: int = 1,
+    sharded: bool = False,
 ) -> CheckpointHandler:
     """Save periodic, best and last checkpoints of ``objects`` while ``engine`` trains.
 
@@ -536,6 +560,9 @@ def attach_checkpoints(
             ``"model_description"``...).
         accumulation_steps: Micro-batches per optimizer step (``save_every`` counts
             steps: an accumulation group ends at ``k`` micro-batches or the epoch's end).
+        sharded: Write each checkpoint as a sharded DCP folder from every rank (FSDP
+            models; see :mod:`ignitrain.handlers.sharded_run`). ``store`` must not
+            commit in the background then.
 
     Returns:
         The :class:`CheckpointHandler` (``checkpoints``, ``save_now``, ``detach``,
@@ -591,6 +618,11 @@ def attach_checkpoints(
             f"Argument accumulation_steps={accumulation_steps!r} is not allowed: expected an "
             "integer >= 1"
         )
+    if sharded and store.background:  # issue 14: DCP's save is a collective
+        raise ValueError(
+            "Argument sharded=True is not allowed with a background store: sharded "
+            "checkpoints are written on every rank's training thread"
+        )
     handler = CheckpointHandler(
         engine,
         objects,
@@ -603,5 +635,6 @@ def attach_checkpoints(
         save_last=save_last,
         extra_fn=extra_fn,
         accumulation_steps=accumulation_steps,
+        sharded=bool(sharded),
     )
     return handler.attach()

@@ -317,7 +317,9 @@ def load_checkpoint(
 
     Args:
         path: The checkpoint file, or a run directory (or its ``checkpoints/``) for
-            its newest valid checkpoint.
+            its newest valid checkpoint; a sharded (FSDP) folder, or a run directory
+            whose newest checkpoint is one, loads on one process into ordinary objects
+            (``ignitrain.handlers.sharded_run.load_trainer_sharded``).
         model: Model to load the ``"model"`` state into (wrapped or not).
         optimizer: Optimizer to load the ``"optimizer"`` state into.
         strict: See :func:`load_objects`.
@@ -343,6 +345,13 @@ def load_checkpoint(
         targets["optimizer"] = optimizer
     targets.update(objects)
     if Path(path).is_dir():
+        # issue 14: a sharded folder (FSDP) or the newest resume point, file or folder
+        from ignitrain.handlers.sharded import is_sharded_checkpoint
+        from ignitrain.handlers.sharded_run import latest_checkpoint, load_trainer_sharded
+
+        found = Path(path) if is_sharded_checkpoint(path) else latest_checkpoint(path)
+        if found is not None and is_sharded_checkpoint(found):
+            return load_trainer_sharded(found, targets, strict=strict)
         path = latest_in(path)
     payload = safe_load(path)
     if targets:
