@@ -83,6 +83,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--std", type=float, default=0.05, help="std of each Gaussian")
     parser.add_argument("--loss", choices=("bce", "hinge", "wgan-gp"), default="bce")
     parser.add_argument("--train-size", type=int, default=32768)
+    parser.add_argument("--seed", type=int, default=0, help="seeds weights, data and training")
     return parser.parse_args()
 
 
@@ -91,7 +92,7 @@ def main() -> dict[str, float]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # tiny MLPs: a second thread only adds synchronisation (10x slower on a busy 2-core box)
     torch.set_num_threads(1)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     generator, discriminator = mlp(2, 2), mlp(2, 1)
     config = TrainConfig(
         num_epochs=args.epochs,
@@ -102,13 +103,13 @@ def main() -> dict[str, float]:
         output_dir=args.output_dir,
         tensorboard=False,
         progress_bar=False,
-        seed=0,
+        seed=args.seed,
     )
     trainer = create_gan_trainer(
         generator,
         discriminator,
         config,
-        mixture(args.train_size, args.std, seed=0),
+        mixture(args.train_size, args.std, seed=args.seed),
         latent_dim=2,
         loss=args.loss,
         fixed_noise_size=1000,
