@@ -10,7 +10,15 @@ images: after training, 10,000 generated points are assigned to their nearest mo
   (1/32) of all points while being within 3 std (a collapsed GAN covers 1-2 modes).
 
 The sample scatter plot of each epoch is written by the trainer to
-``<output-dir>/samples/epoch_XXXX.png``. About 2 minutes on 2 CPU cores::
+``<output-dir>/samples/epoch_XXXX.png``. Measured on 2 busy CPU cores, seed 0:
+
+- full length (30 epochs of 32,768 points, about 3 minutes): 7/8 modes covered,
+  73.1% of samples within 3 std;
+- ``--epochs 20 --train-size 16384`` (1,280 steps, about 50 s; the shortened run
+  ``tests/test_examples.py`` checks): 5/8 modes, 46.7% (seeds 1 and 2: 6/8 67.4%,
+  5/8 59.2%); fewer steps cover 0-2 modes.
+
+::
 
     python examples/gan_mixture.py --output-dir runs/gan_mixture --epochs 30
 """
