@@ -10,7 +10,15 @@ images: after training, 10,000 generated points are assigned to their nearest mo
   (1/32) of all points while being within 3 std (a collapsed GAN covers 1-2 modes).
 
 The sample scatter plot of each epoch is written by the trainer to
-``<output-dir>/samples/epoch_XXXX.png``. About 2 minutes on 2 CPU cores::
+``<output-dir>/samples/epoch_XXXX.png``. Measured on 2 busy CPU cores, seed 0:
+
+- full length (30 epochs of 32,768 points, about 3 minutes): 7/8 modes covered,
+  73.1% of samples within 3 std;
+- ``--epochs 20 --train-size 16384`` (1,280 steps, about 50 s; the shortened run
+  ``tests/test_examples.py`` checks): 5/8 modes, 46.7% (seeds 1 and 2: 6/8 67.4%,
+  5/8 59.2%); fewer steps cover 0-2 modes.
+
+::
 
     python examples/gan_mixture.py --output-dir runs/gan_mixture --epochs 30
 """
@@ -83,6 +91,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--std", type=float, default=0.05, help="std of each Gaussian")
     parser.add_argument("--loss", choices=("bce", "hinge", "wgan-gp"), default="bce")
     parser.add_argument("--train-size", type=int, default=32768)
+    parser.add_argument("--seed", type=int, default=0, help="seeds weights, data and training")
     return parser.parse_args()
 
 
@@ -91,7 +100,7 @@ def main() -> dict[str, float]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # tiny MLPs: a second thread only adds synchronisation (10x slower on a busy 2-core box)
     torch.set_num_threads(1)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     generator, discriminator = mlp(2, 2), mlp(2, 1)
     config = TrainConfig(
         num_epochs=args.epochs,
@@ -102,13 +111,13 @@ def main() -> dict[str, float]:
         output_dir=args.output_dir,
         tensorboard=False,
         progress_bar=False,
-        seed=0,
+        seed=args.seed,
     )
     trainer = create_gan_trainer(
         generator,
         discriminator,
         config,
-        mixture(args.train_size, args.std, seed=0),
+        mixture(args.train_size, args.std, seed=args.seed),
         latent_dim=2,
         loss=args.loss,
         fixed_noise_size=1000,

@@ -25,7 +25,7 @@ CASES = {
     "classify_digits": (["--epochs", "2"], "test accuracy", ["history.json", "history.png"]),
     "regress_diabetes": (["--epochs", "3"], "test (original units)", ["history.json"]),
     "autoencoder_digits": (["--epochs", "2"], "test pixel MSE", ["reconstructions.png"]),
-    "gan_mixture": (["--epochs", "1", "--train-size", "2048"], "modes covered", ["samples"]),
+    "gan_mixture": (["--epochs", "20", "--train-size", "16384"], "modes covered", ["samples"]),
     "seq2seq_reverse": (["--epochs", "1", "--train-size", "2000"], "exact-match", []),
     "language_model": (
         ["--epochs", "1", "--train-bytes", "60000", "--val-bytes", "10000"],
@@ -37,14 +37,19 @@ CASES = {
 
 # the figure each shortened run must reach (measured: classify_digits 0.944, diabetes
 # R2 0.397, autoencoder MSE 0.077, seq2seq token accuracy 0.148 (chance ~0.1), language
-# model 91 per byte (uniform: 256)); the GAN needs more than one short epoch to cover a
-# mode, so its check is that it runs and reports coverage
+# model 91 per byte (uniform: 256), GAN 5/8 modes and 46.7% of samples within 3 std at
+# seed 0 (seeds 1, 2: 6/8 67.4%, 5/8 59.2%; a collapsed GAN covers 1-2 modes; one short
+# epoch covers none: 1280 steps are the fewest found to cover most modes, ~50 s loaded)
 FIGURES = {
     "classify_digits": (r"test accuracy ([0-9.]+)", ">=", 0.90),
     "regress_diabetes": (r"test \(original units\):.*R2 ([-0-9.]+)", ">=", 0.25),
     "autoencoder_digits": (r"test pixel MSE ([0-9.]+)", "<=", 0.10),
     "seq2seq_reverse": (r"token accuracy ([0-9.]+)", ">=", 0.12),
     "language_model": (r"val perplexity per byte ([0-9.]+)", "<=", 200.0),
+    "gan_mixture": [
+        (r"(\d)/8 modes covered", ">=", 4),
+        (r"([0-9.]+)% of samples within 3 std", ">=", 35.0),
+    ],
 }
 
 
@@ -66,9 +71,10 @@ def test_example_runs_and_writes_its_outputs(name, tmp_path):
     for path in files:
         assert (out / path).exists(), f"{name} did not write {path}"
     if name in FIGURES:  # the stated result, printed by the script
-        pattern, op, bound = FIGURES[name]
-        value = float(re.search(pattern, result.stdout).group(1))
-        assert value >= bound if op == ">=" else value <= bound, (name, value, op, bound)
+        figures = FIGURES[name] if isinstance(FIGURES[name], list) else [FIGURES[name]]
+        for pattern, op, bound in figures:
+            value = float(re.search(pattern, result.stdout).group(1))
+            assert value >= bound if op == ">=" else value <= bound, (name, value, op, bound)
     # every example checkpoints into its output dir, readable without unpickling code
     latest = json.loads((out / "checkpoints" / "checkpoint_latest.json").read_text())
     payload = torch.load(out / "checkpoints" / latest["file"], weights_only=True)

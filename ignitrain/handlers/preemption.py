@@ -200,6 +200,11 @@ class PreemptionHandler:
         return bool(self.agree(self.requested))
 
     def _iteration_completed(self, engine: Engine) -> None:
+        # Runs every iteration (issue 16): in one process a single attribute read
+        # unless a signal arrived; with ``agree`` every rank still calls it at every
+        # iteration, so that all ranks stop at the same one.
+        if self.agree is None and self._signum is None:
+            return
         if self.exit_code is not None or not self._agreed():
             return
         length = engine.state.epoch_length

@@ -748,6 +748,43 @@ def test_best_and_periodic_at_the_same_moment_share_one_file(tmp_path):
     assert safe_load(best)["checkpoint"]["kind"] == "periodic"
 
 
+def test_saving_per_epoch_a_mid_epoch_evaluation_after_the_save_point_is_saved_at_once(
+    tmp_path,
+):
+    # With save_every=-1 the per-iteration handler returns at once (issue 16), yet it
+    # still marks the iteration's save point as passed: an evaluation run after it in
+    # the same iteration writes its best there, holding that iteration's weights.
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = training_engine(model, opt)
+    evaluator = ValuesEvaluator("val_loss", [0.5, 0.4])
+    evaluator.attach_to(trainer)
+    attach_checkpoints(
+        trainer,
+        {"model": model, "trainer": trainer},
+        CheckpointStore(tmp_path, n_saved=None),
+        save_every=-1,
+        evaluator=evaluator.engine,
+        best_metric="val_loss",
+    )
+
+    # attached once the epoch started (after the handler moved its save points last):
+    # runs after iteration 3's save point
+    @trainer.on(Events.EPOCH_STARTED)
+    def evaluate_later(engine):
+        engine.add_event_handler(
+            Events.ITERATION_COMPLETED(once=3), lambda _: evaluator.engine.run([0])
+        )
+
+    trainer.run(digits_loader(), max_epochs=1)  # 4 iterations
+    assert names(tmp_path, "best") == [
+        "checkpoint_best_val_loss=0.4_iter00000004.pt",
+        "checkpoint_best_val_loss=0.5_iter00000003.pt",
+    ]
+    at_3 = safe_load(tmp_path / "checkpoint_best_val_loss=0.5_iter00000003.pt")
+    assert at_3["trainer"]["iteration"] == 3 and at_3["metrics"]["val_loss"] == 0.5
+
+
 def test_evaluations_after_training_do_not_make_best_checkpoints(tmp_path):
     _, evaluator, store, _ = run_training(tmp_path, epochs=1, save_every=0, values=[0.5, 0.1])
     assert store.best_scores() == [-0.5]
