@@ -47,6 +47,13 @@ from ignitrain import TrainConfig, datasets  # noqa: E402
 _WRITE_EVENTS = {"os.rename", "os.remove", "os.mkdir", "os.unlink", "os.truncate"}
 
 
+def comparable(history: dict) -> dict:
+    """The History as the resume tests compare it: without the run's wall time, a
+    measurement of this process that an interrupted run can never share."""
+    meta = {k: v for k, v in history.get("meta", {}).items() if k != "wall_time_s"}
+    return {**history, "meta": meta}
+
+
 def _record_writes(root: Path, written: list[str]) -> None:
     """Append every path this process writes under ``root`` to ``written``."""
     prefix = str(root.resolve())
@@ -146,7 +153,7 @@ def train(local_rank: int, args: argparse.Namespace) -> None:
             "stop_reason": getattr(state, "stop_reason", None),
             "model": model.state_dict(),
             "optimizer": trainer.optimizer.state_dict(),
-            "history": trainer.history.to_dict(),
+            "history": comparable(trainer.history.to_dict()),
             "written": sorted(set(written)),
         }
         (out_dir / "out").mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,13 @@ import ignitrain  # noqa: E402
 from ignitrain import TrainConfig, datasets  # noqa: E402
 
 
+def comparable(history: dict) -> dict:
+    """The History as the resume tests compare it: without the run's wall time, a
+    measurement of this process that an interrupted run can never share."""
+    meta = {k: v for k, v in history.get("meta", {}).items() if k != "wall_time_s"}
+    return {**history, "meta": meta}
+
+
 def make_model() -> nn.Module:
     torch.manual_seed(0)  # the same initial weights on every rank and in every run
     return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
@@ -86,7 +93,7 @@ def train(local_rank: int, args: argparse.Namespace) -> None:
     trainer.save_checkpoint(Path(args.output_dir) / "manual" / manual)
     state = _full_state(trainer)  # a collective: every rank
     if idist.get_rank() == 0:
-        state["history"] = trainer.history.state_dict()
+        state["history"] = comparable(trainer.history.state_dict())
         state["iteration"] = trainer.engine.state.iteration
         torch.save(state, Path(args.output_dir) / "final.pt")
 
