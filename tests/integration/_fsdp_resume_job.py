@@ -7,9 +7,9 @@ Usage: python _fsdp_resume_job.py OUTPUT_DIR NPROC [--resume] [--kill-at N] [--t
 (``parallel="fsdp"`` then trains like ``"auto"``). With ``--kill-at N`` rank 0 sends
 SIGKILL to the whole process group right after iteration ``N`` completes: no handler
 runs on any rank, as when a node dies. With ``--term-at N`` rank 0 sends itself SIGTERM
-after iteration ``N`` instead, as a scheduler preempting a job does. At the end every rank gathers the full model
-and optimizer state and rank 0 saves it to ``OUTPUT_DIR/final.pt``, after
-``trainer.save_checkpoint(OUTPUT_DIR/manual/checkpoint{world size})`` on every rank.
+after iteration ``N`` instead, as a scheduler preempting a job does. At the end every
+rank gathers the full model and optimizer state and rank 0 saves it to
+``OUTPUT_DIR/final.pt``, after ``trainer.save_checkpoint(OUTPUT_DIR/manual/checkpoint{world size})`` on every rank.
 """
 
 from __future__ import annotations
