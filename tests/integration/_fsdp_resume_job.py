@@ -9,7 +9,8 @@ SIGKILL to the whole process group right after iteration ``N`` completes: no han
 runs on any rank, as when a node dies. With ``--term-at N`` rank 0 sends itself SIGTERM
 after iteration ``N`` instead, as a scheduler preempting a job does. At the end every
 rank gathers the full model and optimizer state and rank 0 saves it to
-``OUTPUT_DIR/final.pt``, after ``trainer.save_checkpoint(OUTPUT_DIR/manual/checkpoint{world size})`` on every rank.
+``OUTPUT_DIR/final.pt``, after
+``trainer.save_checkpoint(OUTPUT_DIR/manual/checkpoint{world size})`` on every rank.
 """
 
 from __future__ import annotations
