@@ -383,7 +383,9 @@ def flavors_worker(local_rank: int, out_dir: str) -> None:
 
     Not here: WGAN-GP. Its gradient penalty differentiates twice through the
     discriminator (``autograd.grad(create_graph=True)``), and FSDP2 frees the gathered
-    parameters after the first backward ("storage of size 0"): not supported.
+    parameters after the first backward ("storage of size 0"): the factory refuses it
+    (tests/test_fsdp.py::test_wgan_gp_is_refused_under_fsdp_at_factory_time). Seq2seq
+    has its own worker (:func:`seq2seq_worker`).
     """
     _one_thread()
     import math
