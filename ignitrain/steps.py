@@ -39,6 +39,7 @@ from ignitrain.fsdp import is_fsdp, set_gradient_sync  # issue 14
 __all__ = [
     "StepOptions",
     "OptimizerStep",
+    "ends_accumulation_group",
     "resolve_amp",
     "supervised_update",
     "supervised_evaluate",
@@ -153,18 +154,7 @@ class OptimizerStep:
     # -- accumulation bookkeeping -----------------------------------------------------
     def group(self, engine: Engine) -> tuple[int, bool, bool]:
         """``(group size, first micro-batch?, last micro-batch?)`` for this iteration."""
-        k = self.options.accumulation_steps
-        length = engine.state.epoch_length
-        if k == 1:
-            return 1, True, True
-        if length:
-            pos = (engine.state.iteration - 1) % length
-            start = pos - pos % k
-            size = min(k, length - start)
-        else:  # unknown epoch length: group by global iteration
-            pos = engine.state.iteration - 1
-            start, size = pos - pos % k, k
-        return size, pos == start, pos == start + size - 1
+        return _group(engine, self.options.accumulation_steps)
 
     def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
         # issue 14: FSDP2 decides in the backward, so this is a setting, not a context
@@ -259,10 +249,15 @@ class OptimizerStep:
         """
         state: dict[str, Any] = {"pending": self._pending}
         if self._pending and any(is_fsdp(m) for m in self.models):  # issue 14
+            # FSDP2 keeps them unsharded inside the module until the group's last
+            # backward (p.grad is None): the trainer's periodic and preemption saves
+            # fall at group ends for this reason; a save by hand (or a "last" one
+            # after a stop) in mid-group cannot be exact
             warnings.warn(
                 "checkpoint in the middle of an accumulation group under FSDP: the group's "
                 "gradients so far live unsharded inside FSDP and are not saved; a resume "
-                "restarts the group without them (save at group boundaries)",
+                "continues the group without them (save where iteration ends a group of "
+                "grad_accumulation_steps, as periodic and preemption checkpoints do)",
                 UserWarning,
                 stacklevel=2,
             )
@@ -283,6 +278,30 @@ class OptimizerStep:
         if self._pending:
             for p, g in zip(self._params(), state["grads"], strict=True):
                 p.grad = g.to(p.device) if g.numel() or p.numel() == 0 else None
+
+
+def _group(engine: Engine, k: int) -> tuple[int, bool, bool]:
+    length = engine.state.epoch_length
+    if k == 1:
+        return 1, True, True
+    if length:
+        pos = (engine.state.iteration - 1) % length
+        start = pos - pos % k
+        size = min(k, length - start)
+    else:  # unknown epoch length: group by global iteration
+        pos = engine.state.iteration - 1
+        start, size = pos - pos % k, k
+    return size, pos == start, pos == start + size - 1
+
+
+def ends_accumulation_group(engine: Engine, accumulation_steps: int) -> bool:
+    """Whether the engine's current iteration is the last micro-batch of its group.
+
+    The groups of :class:`OptimizerStep` (restarting at every epoch). Under FSDP a
+    trainer checkpoint is taken only where this is true (issue 14): see
+    :meth:`OptimizerStep.state_dict`.
+    """
+    return _group(engine, accumulation_steps)[2]
 
 
 def _all_finite(loss: torch.Tensor, value: float | None = None) -> bool:

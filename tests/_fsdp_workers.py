@@ -28,6 +28,7 @@ __all__ = [
     "ignite_checkpoint_worker",
     "flavors_worker",
     "offload_worker",
+    "seq2seq_worker",
 ]
 
 GLOBAL_BATCH = 8
@@ -382,7 +383,9 @@ def flavors_worker(local_rank: int, out_dir: str) -> None:
 
     Not here: WGAN-GP. Its gradient penalty differentiates twice through the
     discriminator (``autograd.grad(create_graph=True)``), and FSDP2 frees the gathered
-    parameters after the first backward ("storage of size 0"): not supported.
+    parameters after the first backward ("storage of size 0"): the factory refuses it
+    (tests/test_fsdp.py::test_wgan_gp_is_refused_under_fsdp_at_factory_time). Seq2seq
+    has its own worker (:func:`seq2seq_worker`).
     """
     _one_thread()
     import math
@@ -458,3 +461,57 @@ def offload_worker(local_rank: int, out_dir: str) -> None:
                 {"finite": math.isfinite(loss.item()), "warnings": [str(w.message) for w in caught]}
             )
         )
+
+
+class _Seq2Seq(nn.Module):
+    """Encoder GRU's last state starts the decoder GRU: ``(src, tgt_in) -> (N, T, V)``."""
+
+    def __init__(self, vocab: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, hidden, padding_idx=0)
+        self.enc = nn.GRU(hidden, hidden, batch_first=True)
+        self.dec = nn.GRU(hidden, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, vocab)
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        _, state = self.enc(self.embed(src))
+        hidden, _ = self.dec(self.embed(tgt_in), state)
+        return self.out(hidden)
+
+
+def _reversal(num: int, seed: int, digits: int = 5, max_len: int = 4) -> TensorDataset:
+    """Padded digit strings (PAD 0) and their ``BOS(1) reversed EOS(2)`` targets."""
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.zeros((num, max_len), dtype=torch.long)
+    tgt = torch.zeros((num, max_len + 2), dtype=torch.long)
+    for i in range(num):
+        length = int(torch.randint(2, max_len + 1, (1,), generator=gen))
+        tokens = torch.randint(0, digits, (length,), generator=gen) + 3
+        src[i, :length] = tokens
+        tgt[i, 0], tgt[i, 1 : length + 1], tgt[i, length + 1] = 1, tokens.flip(0), 2
+    return TensorDataset(src, tgt)
+
+
+def seq2seq_worker(local_rank: int, out_dir: str) -> None:
+    """A seq2seq run with ``parallel="fsdp"`` (accumulation and clipping on): its
+    per-epoch train losses, validation token accuracy and whether the model is sharded."""
+    _one_thread()
+    import ignitrain
+
+    torch.manual_seed(0)
+    config = ignitrain.TrainConfig(
+        num_epochs=4, batch_size=32, optimizer="adam", lr=1e-2, progress_bar=False,
+        tensorboard=False, parallel="fsdp", seed=0, grad_accumulation_steps=2,
+        max_grad_norm=1.0,
+    )  # fmt: skip
+    trainer = ignitrain.create_seq2seq_trainer(
+        _Seq2Seq(vocab=8), config, _reversal(512, 0), _reversal(128, 1),
+        pad_idx=0, bos_idx=1, eos_idx=2,
+    )  # fmt: skip
+    history = trainer.train()
+    result = {
+        "sharded": type(trainer.model).__name__.startswith("FSDP"),
+        "loss": [float(v) for v in history["train/loss"]],
+        "names": sorted(history.names()),
+    }
+    (Path(out_dir) / f"seq2seq{idist.get_rank()}.json").write_text(json.dumps(result))

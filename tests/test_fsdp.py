@@ -7,6 +7,7 @@ live in tests/_fsdp_workers.py so the spawned interpreters can import them.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -212,3 +213,38 @@ def test_every_flavor_trains_under_fsdp(tmp_path):
             name: {"ok": True, "sharded": True}
             for name in ("classification", "autoencoder", "gan_bce", "generic")
         }
+
+
+@pytest.mark.slow
+def test_seq2seq_flavor_trains_under_fsdp(tmp_path):
+    launch(workers.seq2seq_worker, str(tmp_path), backend="gloo", nproc_per_node=2)
+    results = [json.loads((tmp_path / f"seq2seq{r}.json").read_text()) for r in (0, 1)]
+    assert results[0] == results[1]  # the loss is averaged over ranks: the same curve
+    result = results[0]
+    assert result["sharded"]
+    losses = result["loss"]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.7 * losses[0], losses  # it learns the reversal
+    assert "val/token_accuracy" in result["names"]
+
+
+def test_wgan_gp_is_refused_under_fsdp_at_factory_time():
+    import ignitrain
+
+    def mlp(i, o):
+        return nn.Sequential(nn.Linear(i, 8), nn.ReLU(), nn.Linear(8, o))
+
+    data = torch.utils.data.TensorDataset(torch.randn(16, 3))
+    config = TrainConfig(parallel="fsdp", progress_bar=False, num_epochs=1)
+    with pytest.raises(ValueError, match=r"parallel='fsdp'.*loss='wgan-gp'.*'hinge' or 'bce'"):
+        ignitrain.create_gan_trainer(mlp(2, 3), mlp(3, 1), config, data, latent_dim=2,
+                                     loss="wgan-gp")  # fmt: skip
+    with pytest.raises(ValueError, match=r"parallel='ddp'"):
+        ignitrain.create_gan_trainer(mlp(2, 3), mlp(3, 1), config, data, latent_dim=2,
+                                     loss="wgan_gp")  # fmt: skip
+    # the other GAN losses, and WGAN-GP without FSDP, are built
+    ignitrain.create_gan_trainer(mlp(2, 3), mlp(3, 1), config, data, latent_dim=2, loss="hinge")
+    ignitrain.create_gan_trainer(
+        mlp(2, 3), mlp(3, 1), TrainConfig(progress_bar=False, num_epochs=1), data,
+        latent_dim=2, loss="wgan-gp",
+    )  # fmt: skip

@@ -657,7 +657,15 @@ def _attach_checkpoints(
             "preempt", f"iter{trainer.engine.state.iteration:08d}"
         ),
         agree=agree,
+        # issue 14: under FSDP a stop mid accumulation group finishes the group first
+        boundary=_group_end(config.grad_accumulation_steps) if sharded else None,
     )
+
+
+def _group_end(k: int) -> Callable[[Engine], bool] | None:
+    from ignitrain.steps import ends_accumulation_group
+
+    return None if k == 1 else lambda engine: ends_accumulation_group(engine, k)
 
 
 def _flushed_extra(trainer: Trainer, tensorboard: Any) -> dict:

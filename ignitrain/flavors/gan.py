@@ -429,6 +429,7 @@ def create_gan_trainer(
         gp_weight=gp_weight,
     )
     _check_options(config, n_critic, fixed_noise_size, sample_fn)
+    _check_fsdp(config, objective.loss)
 
     device = recipe.setup_run(config)
     train_loader, _ = recipe.make_loaders(train_data, None, config)
@@ -529,6 +530,21 @@ def _check_latent(latent_dim: Any) -> tuple[int, ...]:
             f"latent_dim={latent_dim!r} is not allowed: expected a positive int or a tuple of them"
         )
     return tuple(int(d) for d in shape)
+
+
+def _check_fsdp(config: Any, loss: str) -> None:
+    # issue 14: the gradient penalty differentiates twice through the discriminator
+    # (autograd.grad(create_graph=True)); FSDP2's post-backward hook reshards the
+    # gathered parameters after the first differentiation, and the second one then
+    # reads freed storage ("storage of size 0"). Refused on one process too, so that a
+    # config does not start failing when it is launched on several.
+    if getattr(config, "parallel", "auto") == "fsdp" and loss == "wgan-gp":
+        raise ValueError(
+            "TrainConfig.parallel='fsdp' with create_gan_trainer(loss='wgan-gp') is not "
+            "allowed: the gradient penalty differentiates twice through the sharded "
+            "discriminator, which FSDP2 does not support. Use loss='hinge' or 'bce' "
+            "under FSDP, or keep loss='wgan-gp' with parallel='ddp' (or 'auto')"
+        )
 
 
 def _check_options(config: Any, n_critic: Any, fixed_noise_size: Any, sample_fn: Any) -> None:

@@ -30,6 +30,12 @@ Several processes: every rank must stop at the same iteration. Pass ``agree``, a
 function every rank calls at every iteration with its local flag and that returns the
 flag agreed over all ranks (e.g. an all-reduce MAX); :attr:`PreemptionHandler.requested`
 is the local flag.
+
+Gradient accumulation under FSDP: pass ``boundary``, a predicate on the engine that is
+true at the last micro-batch of an accumulation group. A stop agreed in the middle of a
+group then runs on to that micro-batch (at most ``k - 1`` more iterations) and saves
+there: FSDP2 keeps a group's gradients unsharded inside the module until its last
+backward, where no checkpoint can reach them (issue 14).
 """
 
 from __future__ import annotations
@@ -82,8 +88,10 @@ class PreemptionHandler:
         save_fn: Callable[[], Any],
         signals: tuple[int, ...],
         agree: Callable[[bool], bool] | None = None,
+        boundary: Callable[[Engine], bool] | None = None,
     ):
         self.engine = engine
+        self.boundary = boundary
         self.save_fn = save_fn
         self.signals = signals
         self.agree = agree
@@ -93,6 +101,7 @@ class PreemptionHandler:
         self._previous: dict[int, Any] = {}
         self._running = False
         self._deferred = False
+        self._agreed_stop = False  # agreed mid-group: act at the group's end (boundary)
         self._main_thread = True
         self._handlers: list[tuple[Any, Callable]] = []
 
@@ -187,7 +196,7 @@ class PreemptionHandler:
 
     def _started(self, _: Engine) -> None:
         self._running = True
-        self._deferred = False
+        self._deferred = self._agreed_stop = False
         self.install()
 
     def _stopped(self, _: Engine) -> None:
@@ -205,8 +214,14 @@ class PreemptionHandler:
         # iteration, so that all ranks stop at the same one.
         if self.agree is None and self._signum is None:
             return
-        if self.exit_code is not None or not self._agreed():
+        if self.exit_code is not None or self._deferred:
             return
+        # once agreed (the same iteration on every rank) no rank calls agree again
+        if not self._agreed_stop and not self._agreed():
+            return
+        self._agreed_stop = True
+        if self.boundary is not None and not self.boundary(engine):
+            return  # finish the accumulation group first
         length = engine.state.epoch_length
         if length and engine.state.iteration % length == 0:
             # Saving now would skip this epoch's EPOCH_COMPLETED handlers on resume.
@@ -263,6 +278,7 @@ def attach_preemption(
     signals: Iterable[int] = DEFAULT_SIGNALS,
     *,
     agree: Callable[[bool], bool] | None = None,
+    boundary: Callable[[Engine], bool] | None = None,
 ) -> PreemptionHandler:
     """Checkpoint and exit with ``128 + signum`` when a preemption signal arrives.
 
@@ -275,6 +291,9 @@ def attach_preemption(
         signals: Signals to handle (default: SIGTERM, and SIGUSR1 where it exists).
         agree: Optional ``flag -> flag`` function called on every rank at every
             iteration to agree on stopping (an all-reduce); ``None`` for one process.
+        boundary: Optional ``engine -> bool``: save only at iterations where it is true
+            (the last micro-batch of an accumulation group under FSDP); a stop agreed
+            elsewhere waits for the next such iteration. ``None``: any iteration.
 
     Returns:
         The :class:`PreemptionHandler` (``requested``, ``detach()``,
@@ -303,4 +322,8 @@ def attach_preemption(
             f"Argument signals={signals!r} is not allowed: expected catchable signal numbers "
             "such as signal.SIGTERM (not SIGKILL/SIGSTOP)"
         )
-    return PreemptionHandler(engine, save_fn, chosen, agree).attach()
+    if boundary is not None and not callable(boundary):
+        raise TypeError(
+            f"Argument boundary={boundary!r} is not allowed: expected a callable or None"
+        )
+    return PreemptionHandler(engine, save_fn, chosen, agree, boundary).attach()

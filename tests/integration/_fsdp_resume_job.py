@@ -1,12 +1,15 @@
 """A ``parallel="fsdp"`` classification job the FSDP resume tests run as a real subprocess.
 
-Usage: python _fsdp_resume_job.py OUTPUT_DIR NPROC [--resume] [--kill-at N] [--options JSON]
+Usage: python _fsdp_resume_job.py OUTPUT_DIR NPROC [--resume] [--kill-at N] [--term-at N]
+[--options JSON]
 
 ``NPROC`` gloo processes (``ignitrain.launch``); ``NPROC=1`` runs without a process group
 (``parallel="fsdp"`` then trains like ``"auto"``). With ``--kill-at N`` rank 0 sends
 SIGKILL to the whole process group right after iteration ``N`` completes: no handler
-runs on any rank, as when a node dies. At the end every rank gathers the full model
-and optimizer state and rank 0 saves it to ``OUTPUT_DIR/final.pt``, after
+runs on any rank, as when a node dies. With ``--term-at N`` rank 0 sends itself SIGTERM
+after iteration ``N`` instead, as a scheduler preempting a job does. At the end every
+rank gathers the full model and optimizer state and rank 0 saves it to
+``OUTPUT_DIR/final.pt``, after
 ``trainer.save_checkpoint(OUTPUT_DIR/manual/checkpoint{world size})`` on every rank.
 """
 
@@ -87,6 +90,12 @@ def train(local_rank: int, args: argparse.Namespace) -> None:
         def die(_):
             os.killpg(os.getpgrp(), signal.SIGKILL)
 
+    if args.term_at is not None and idist.get_rank() == 0:
+
+        @trainer.engine.on(Events.ITERATION_COMPLETED(once=args.term_at))
+        def preempt(_):
+            os.kill(os.getpid(), signal.SIGTERM)
+
     trainer.train()
     # by hand, on every rank: a sharded folder under FSDP
     manual = f"checkpoint{idist.get_world_size()}"  # a folder under FSDP, else a file
@@ -104,6 +113,7 @@ def main() -> None:
     parser.add_argument("nproc", type=int)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--kill-at", type=int, default=None)
+    parser.add_argument("--term-at", type=int, default=None)
     parser.add_argument("--options", default="{}")
     args = parser.parse_args()
     if args.nproc == 1:
