@@ -1244,3 +1244,15 @@ def test_non_finite_weights_never_become_best(tmp_path):
     assert names(tmp_path, "best") == ["checkpoint_best_val_loss=0.5_iter00000004.pt"]
     best = safe_load(tmp_path / names(tmp_path, "best")[0])
     assert all(torch.isfinite(t).all() for t in best["model"].values())
+
+
+def test_finiteness_check_is_exact_when_a_half_precision_sum_overflows():
+    from ignitrain.handlers.checkpoint.adapter import _non_finite
+
+    layer = nn.Linear(512, 512).half()
+    with torch.no_grad():
+        layer.weight.fill_(1.0)  # the sum (262144) is beyond float16's range: not NaN weights
+    assert _non_finite([layer]) == []
+    with torch.no_grad():
+        layer.bias[7] = math.inf
+    assert _non_finite([layer]) == ["Linear.bias"]
