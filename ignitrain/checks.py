@@ -205,11 +205,10 @@ def check_classification_batch(
 
 
 def check_regression_batch(prediction: Any, target: Any) -> None:
-    """Prediction and target of the same shape, float targets.
+    """Prediction and target of the same shape.
 
     Raises:
-        ValueError: the shapes differ (``[N]`` against ``[N, 1]`` named), or the
-            targets are integers.
+        ValueError: the shapes differ (``[N]`` against ``[N, 1]`` named).
     """
     if not isinstance(prediction, torch.Tensor) or not isinstance(target, torch.Tensor):
         return
@@ -224,11 +223,6 @@ def check_regression_batch(prediction: Any, target: Any) -> None:
         raise ValueError(
             f"regression: model output {_shape(prediction)} and target {_shape(target)} "
             f"have different shapes{hint or '; return predictions shaped like the targets'}"
-        )
-    if not target.is_floating_point():
-        raise ValueError(
-            f"regression: targets are {target.dtype} (integers), expected a float tensor "
-            "like the model output; convert them with y.float() in the dataset"
         )
 
 

@@ -155,15 +155,6 @@ def test_regression_broadcasting_mistake_is_named(diabetes_splits):
     assert trainer.engine.state.iteration == 1
 
 
-def test_regression_integer_targets_are_named(diabetes_splits):
-    x, y = diabetes_splits.train.tensors
-    model = make_mlp(in_features=x.shape[1], out=1)
-    # before: trained on, silently
-    trainer = _regression(model, TensorDataset(x, y.round().long()), batch_size=32)
-    with pytest.raises(ValueError, match=r"targets are torch.int64 \(integers\).*y.float\(\)"):
-        trainer.train()
-
-
 def test_first_batch_check_runs_once_and_only_for_known_losses():
     loss = first_batch_checked(torch.nn.CrossEntropyLoss())
     logits = torch.zeros(4, 3)
