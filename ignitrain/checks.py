@@ -9,6 +9,11 @@ Two entry points, one line each in ``ignitrain/flavors/_recipe.py``:
 * :func:`check_data` (from ``make_loaders``): a one-pass iterable (a generator) as
   training data for more than one epoch, empty validation data, ``save_best`` without
   validation data.
+
+And one check that needs the model's output, done on the first training batch only:
+:func:`first_batch_checked` wraps the loss of the ``model(x) -> y_pred`` flavors so its
+first call checks logits/targets (classification) or prediction/target shapes
+(regression) before torch sees them; every later call skips the check (one flag test).
 """
 
 from __future__ import annotations
@@ -20,10 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
+import torch
+from torch import nn
 
 from ignitrain.config import ConfigError, TrainConfig, suggest
 
-__all__ = ["SEED_MAX", "check_data", "check_run_config"]
+__all__ = [
+    "SEED_MAX",
+    "check_classification_batch",
+    "check_data",
+    "check_regression_batch",
+    "check_run_config",
+    "first_batch_checked",
+]
 
 logger = logging.getLogger("ignitrain")
 
@@ -69,9 +83,19 @@ def _check_resume(config: TrainConfig) -> None:
     )
 
 
+def _check_save_every(config: TrainConfig) -> None:
+    if config.save_every > 0 and config.output_dir is None:
+        raise ConfigError(
+            f"TrainConfig.save_every={config.save_every!r} is not allowed without "
+            "output_dir: there is nowhere to write the checkpoints. Set output_dir, or "
+            "leave save_every at -1 (every epoch, once output_dir is set) or 0 (never)"
+        )
+
+
 def check_run_config(config: TrainConfig) -> TrainConfig:
     """Factory-time checks of ``config`` alone (see the module doc); returns it."""
     _check_seed(config)
+    _check_save_every(config)
     _check_resume(config)
     _check_output_dir(config)
     return config
@@ -114,3 +138,118 @@ def check_data(train_data: Any, val_data: Any, val_loader: Any, config: TrainCon
             "TrainConfig.save_best=True without validation data: no best checkpoint is "
             "kept (pass val_data, or save_best=False to silence this)"
         )
+
+
+# -- the first training batch ---------------------------------------------------------
+
+# Losses that compare prediction and target element by element (and broadcast a
+# mismatch silently: MSELoss only warns, then averages over an [N, N] matrix).
+_ELEMENTWISE = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss)
+# Losses over class indices: logits [N, C] (or [N, C, d...]) against targets [N] (or [N, d...]).
+_CLASS_INDEX = (nn.CrossEntropyLoss, nn.NLLLoss)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return f"[{', '.join(str(n) for n in t.shape)}]"
+
+
+def check_classification_batch(
+    logits: Any, target: Any, *, ignore_index: int | None = -100
+) -> None:
+    """Logits ``[N, C]`` and class-index targets ``[N]`` with values in ``[0, C)``.
+
+    Also ``[N, C, d1, ...]`` against ``[N, d1, ...]`` (per-pixel classes), as
+    cross-entropy takes them; float targets (class probabilities) must match the
+    logits' shape. ``ignore_index`` values are allowed anywhere.
+
+    Raises:
+        ValueError: naming the shapes or the offending label values, and the fix.
+    """
+    if not isinstance(logits, torch.Tensor) or not isinstance(target, torch.Tensor):
+        return  # a custom model/loss pair: nothing we can say
+    head = "classification: model output (logits)"
+    if logits.dim() < 2:
+        raise ValueError(
+            f"{head} has shape {_shape(logits)}, expected [N, C] (one score per class); "
+            "return logits of shape [N, C] from the model (e.g. no .squeeze() or argmax)"
+        )
+    if target.is_floating_point():
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"{head} {_shape(logits)} and float targets {_shape(target)} do not match: "
+                "float targets are class probabilities shaped like the logits; pass class "
+                "indices as an integer tensor of shape [N]"
+            )
+        return
+    expected = (logits.shape[0], *logits.shape[2:])
+    if tuple(target.shape) != expected:
+        hint = ""
+        if target.dim() == logits.dim() and target.shape[1] == 1:
+            hint = " (targets [N, 1]: use y.squeeze(1))"
+        raise ValueError(
+            f"{head} {_shape(logits)} and targets {_shape(target)} do not match: expected "
+            f"targets of shape [{', '.join(str(n) for n in expected)}], class indices in "
+            f"[0, {logits.shape[1]}){hint}"
+        )
+    classes = logits.shape[1]
+    labels = target if ignore_index is None else target[target != ignore_index]
+    bad = labels[(labels < 0) | (labels >= classes)]
+    if bad.numel():  # one device sync, on the first batch only
+        shown = sorted({int(v) for v in bad.unique()[:8].tolist()})
+        raise ValueError(
+            f"classification: target labels {shown} are out of range for logits "
+            f"{_shape(logits)}: with {classes} classes labels must be in [0, {classes}). "
+            "Give the model as many outputs as there are classes, or remap the labels "
+            "to 0..C-1"
+        )
+
+
+def check_regression_batch(prediction: Any, target: Any) -> None:
+    """Prediction and target of the same shape.
+
+    Raises:
+        ValueError: the shapes differ (``[N]`` against ``[N, 1]`` named).
+    """
+    if not isinstance(prediction, torch.Tensor) or not isinstance(target, torch.Tensor):
+        return
+    if prediction.shape != target.shape:
+        hint = ""
+        if prediction.numel() == target.numel():
+            hint = (
+                f": torch would broadcast them to [{prediction.shape[0]}, "
+                f"{prediction.shape[0]}] and average the wrong differences. Reshape one "
+                f"(e.g. y.view_as(y_pred) or y_pred.squeeze(-1))"
+            )
+        raise ValueError(
+            f"regression: model output {_shape(prediction)} and target {_shape(target)} "
+            f"have different shapes{hint or '; return predictions shaped like the targets'}"
+        )
+
+
+def first_batch_checked(loss_fn: Any) -> Any:
+    """``loss_fn`` whose first call checks ``(y_pred, y)`` before torch sees them.
+
+    Cross-entropy/NLL losses get :func:`check_classification_batch`, the element-wise
+    MSE/L1/Huber losses :func:`check_regression_batch`; any other loss is returned
+    unchanged, since its shapes may legitimately differ. Torch's own errors here are
+    raw (``IndexError: Target 7 is out of bounds``; on CUDA a device-side assert that
+    kills the process) or absent (MSE broadcasts ``[N]`` against ``[N, 1]`` with a
+    warning).
+    """
+    if isinstance(loss_fn, _CLASS_INDEX):
+        ignore = getattr(loss_fn, "ignore_index", -100)
+
+        def check(y_pred: Any, y: Any) -> None:
+            check_classification_batch(y_pred, y, ignore_index=ignore)
+    elif isinstance(loss_fn, _ELEMENTWISE):
+        check = check_regression_batch
+    else:
+        return loss_fn
+    pending = [check]
+
+    def loss(y_pred: Any, y: Any) -> Any:
+        if pending:  # the first batch only; later calls cost this one test
+            pending.pop()(y_pred, y)
+        return loss_fn(y_pred, y)
+
+    return loss

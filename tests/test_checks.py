@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 
 import ignitrain
 from ignitrain import TrainConfig
-from ignitrain.checks import SEED_MAX, check_run_config
+from ignitrain.checks import SEED_MAX, check_run_config, first_batch_checked
 from ignitrain.config import ConfigError
 from tests.conftest import make_mlp
 
@@ -91,3 +91,91 @@ def test_save_best_without_validation_data_warns(tmp_path, digits_flat, caplog):
     with caplog.at_level(logging.WARNING, logger="ignitrain"):
         _create(digits_flat, val=None, output_dir=str(tmp_path / "run"))
     assert "save_best=True without validation data" in caplog.text
+
+
+# -- issue 12 item 5: the first batch, save_every, top-k --------------------------------
+
+
+def _labelled(digits, label_fn):
+    x, y = digits.train.tensors
+    return TensorDataset(x, label_fn(y.clone()))
+
+
+def test_out_of_range_labels_are_named_on_the_first_batch(digits_flat):
+    def bad(y):
+        y[3], y[100] = 12, -1
+        return y
+
+    # before: IndexError "Target 12 is out of bounds." from torch (on CUDA: a device assert)
+    trainer = _create(digits_flat, train=_labelled(digits_flat, bad), val=None, shuffle=False)
+    with pytest.raises(ValueError, match=r"target labels \[-1, 12\] are out of range for logits "
+                       r"\[128, 10\]: with 10 classes labels must be in \[0, 10\)"):  # fmt: skip
+        trainer.train()
+    assert trainer.engine.state.iteration == 1
+
+
+def test_ignore_index_labels_are_allowed(digits_flat):
+    def ignored(y):
+        y[:5] = -100  # CrossEntropyLoss's default ignore_index
+        return y
+
+    trainer = _create(digits_flat, train=_labelled(digits_flat, ignored), val=None, num_epochs=1)
+    assert trainer.train().meta["stop_reason"] == "completed"
+
+
+def test_targets_of_the_wrong_shape_are_named(digits_flat):
+    # before: RuntimeError "0D or 1D target tensor expected, multi-target not supported"
+    trainer = _create(digits_flat, train=_labelled(digits_flat, lambda y: y[:, None]), val=None)
+    with pytest.raises(ValueError, match=r"logits\) \[128, 10\] and targets \[128, 1\] do not "
+                       r"match: expected targets of shape \[128\].*y.squeeze\(1\)"):  # fmt: skip
+        trainer.train()
+
+
+def test_logits_without_a_class_dimension_are_named(digits_flat):
+    model = torch.nn.Sequential(make_mlp(out=1), torch.nn.Flatten(0))
+    config = TrainConfig(**_BASE)
+    trainer = ignitrain.create_classification_trainer(model, config, digits_flat.train)
+    with pytest.raises(ValueError, match=r"logits\) has shape \[128\], expected \[N, C\]"):
+        trainer.train()
+
+
+def _regression(model, train, **options):
+    return ignitrain.create_regression_trainer(model, TrainConfig(**{**_BASE, **options}), train)
+
+
+def test_regression_broadcasting_mistake_is_named(diabetes_splits):
+    x, y = diabetes_splits.train.tensors
+    assert y.dim() == 2  # targets [N, 1]
+    flat = torch.nn.Sequential(make_mlp(in_features=x.shape[1], out=1), torch.nn.Flatten(0))
+    # before: MSELoss warned and averaged an [N, N] matrix of wrong differences
+    trainer = _regression(flat, diabetes_splits.train, batch_size=32)
+    shapes = r"model output \[32\] and target \[32, 1\] have different shapes"
+    with pytest.raises(ValueError, match=shapes + r": torch would broadcast them to \[32, 32\]"):
+        trainer.train()
+    assert trainer.engine.state.iteration == 1
+
+
+def test_first_batch_check_runs_once_and_only_for_known_losses():
+    loss = first_batch_checked(torch.nn.CrossEntropyLoss())
+    logits = torch.zeros(4, 3)
+    loss(logits, torch.tensor([0, 1, 2, 0]))
+    # the check is gone after the first call: torch's own error again
+    with pytest.raises(IndexError, match="out of bounds"):
+        loss(logits, torch.tensor([0, 1, 2, 7]))
+    custom = torch.nn.BCEWithLogitsLoss()  # multi-label: shapes the check does not know
+    assert first_batch_checked(custom) is custom
+
+
+def test_save_every_without_output_dir_fails_at_the_factory(digits_flat):
+    # before: accepted silently, no checkpoint was ever written
+    with pytest.raises(ConfigError, match=r"save_every=5 is not allowed without output_dir"):
+        _create(digits_flat, save_every=5)
+    _create(digits_flat, save_every=0)  # never: fine
+    _create(digits_flat, save_every=-1)  # the default: fine
+
+
+@pytest.mark.parametrize("name", ["top0", "top00", "top-1", "topk"])
+def test_invalid_top_k_fails_at_the_factory(digits_flat, name):
+    # before: 'top0' passed the factory (TopKCategoricalAccuracy(k=0)) and failed later
+    with pytest.raises(ConfigError, match=rf"contains '{name}'.*topK with K >= 1"):
+        _create(digits_flat, metrics=[name])

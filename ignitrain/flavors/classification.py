@@ -28,7 +28,7 @@ def classification_metrics(
     # one pass for both (Ignite's Accuracy + Loss, the same values): writes "accuracy", "loss"
     metrics: dict[str, Metric] = {"accuracy_loss": AccuracyLoss(loss_fn)}
     for name in extra:
-        if name.startswith("top") and name[3:].isdigit():
+        if name.startswith("top") and name[3:].isdigit() and int(name[3:]) >= 1:
             metrics[name] = TopKCategoricalAccuracy(k=int(name[3:]))
         elif name == "precision":
             metrics[name] = Precision(average=True)
@@ -40,7 +40,8 @@ def classification_metrics(
         else:
             raise ConfigError(
                 f"TrainConfig.metrics contains {name!r}, not a classification metric."
-                f"{suggest(name, _EXTRA)} Allowed: topK (e.g. 'top5'), 'precision', 'recall', 'f1'"
+                f"{suggest(name, _EXTRA)} Allowed: topK with K >= 1 (e.g. 'top5'), "
+                "'precision', 'recall', 'f1'"
             )
     return metrics
 

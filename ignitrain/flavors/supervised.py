@@ -11,6 +11,7 @@ from typing import Any
 from ignite.metrics import Loss, Metric
 from torch import nn
 
+from ignitrain.checks import first_batch_checked
 from ignitrain.flavors import _recipe as recipe
 from ignitrain.predict import SupervisedPredictor
 from ignitrain.registry import build_loss
@@ -51,7 +52,8 @@ def build_supervised_trainer(
     net, model = recipe.place_model(model, config, device)
     opt = recipe.make_optimizer(config, model, optimizer)
     opt_step = OptimizerStep(opt, net, StepOptions.from_config(config, device), device)
-    update = supervised_update(net, opt_step, loss_fn, device, channels_last=config.channels_last)
+    checked = first_batch_checked(loss_fn)  # labels/shapes on the first batch (checks.py)
+    update = supervised_update(net, opt_step, checked, device, channels_last=config.channels_last)
     engine = recipe.make_engine(update, train_loader, config)
 
     def all_metrics() -> dict[str, Metric]:

