@@ -62,13 +62,13 @@ def test_logging_setup_rebuilds_console_handlers_only():
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     file_handler = logging.FileHandler(os.devnull)
-    log.addHandler(handler)
-    log.addHandler(file_handler)
+    # only this test's handlers (an earlier trainer in this process may have added the
+    # console handler of ignitrain.console)
+    earlier, log.handlers = log.handlers, [handler, file_handler]
     try:
         setup = pickle.loads(pickle.dumps(spawn.LoggingSetup.of_this_process()))
     finally:
-        log.removeHandler(handler)
-        log.removeHandler(file_handler)
+        log.handlers = earlier
         file_handler.close()
     (spec,) = setup.handlers["ignitrain"]
     assert (spec.stream, spec.fmt) == ("stderr", "%(levelname)s %(message)s")
