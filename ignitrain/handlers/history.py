@@ -266,6 +266,8 @@ class History:
             return saved
         if idist.get_rank() != 0:
             return None  # only rank 0 writes and reads the history files
+        if position.bytes == 0:
+            return None  # nothing journaled yet (a checkpoint before the first record)
         raise ValueError(
             f"the checkpoint's history is in {str(saved)!r}, which does not exist: "
             f"restore that file (or {JOURNAL_NAME} next to the checkpoints/ folder)"

@@ -236,3 +236,21 @@ def test_attach_history_journals_each_epoch_and_writes_json_at_the_end(tmp_path)
     assert documents == [False] * 3  # history.json: at COMPLETED only
     assert History.load(tmp_path / "history.json").to_dict() == h.to_dict()
     assert History.load(tmp_path / "history.jsonl").to_dict()["series"] == h.to_dict()["series"]
+
+
+def test_a_checkpoint_taken_before_anything_was_journaled_resumes(tmp_path):
+    # A preemption at iteration 4 with log_every=10: the checkpoint's journal position is
+    # 0 bytes and no history.jsonl was ever written; resume failed with "does not exist".
+    journal = tmp_path / "history.jsonl"
+    h = History()
+    h.journal_to(journal)
+    saved = h.state_dict()
+    assert saved["journal"]["bytes"] == 0
+    journal.unlink(missing_ok=True)
+    resumed = History()
+    resumed.journal_to(journal)
+    resumed.load_state_dict(saved)
+    assert len(resumed) == 0
+    resumed.log("train/loss", 0.5, 10)
+    resumed.close()
+    assert History.load(journal)["train/loss"] == [0.5]
