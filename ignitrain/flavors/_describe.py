@@ -30,6 +30,17 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def _user_class(model: nn.Module) -> type:
+    """The model's own class: FSDP2's ``fully_shard`` swaps a module's class for a
+    generated ``FSDP<Class>`` subclass, which names no importable class."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = type(model)
+    if issubclass(cls, FSDPModule):
+        return next(c for c in cls.__mro__[1:] if not issubclass(c, FSDPModule))
+    return cls
+
+
 def describe_model(model: nn.Module) -> dict[str, Any]:
     """``{"class": "pkg.mod.Class", "args": {...}, "num_parameters": N}``.
 
@@ -37,7 +48,7 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
     name (``self.hidden = hidden``), a common habit; others are left out.
     """
     model = unwrap(model)
-    cls = type(model)
+    cls = _user_class(model)
     args: dict[str, Any] = {}
     try:
         params = inspect.signature(cls.__init__).parameters

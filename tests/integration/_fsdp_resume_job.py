@@ -102,7 +102,7 @@ def train(local_rank: int, args: argparse.Namespace) -> None:
     trainer.save_checkpoint(Path(args.output_dir) / "manual" / manual)
     state = _full_state(trainer)  # a collective: every rank
     if idist.get_rank() == 0:
-        state["history"] = comparable(trainer.history.state_dict())
+        state["history"] = comparable(trainer.history.to_dict())
         state["iteration"] = trainer.engine.state.iteration
         torch.save(state, Path(args.output_dir) / "final.pt")
 
