@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import sys
 import traceback
 from collections.abc import Sequence
@@ -174,25 +173,15 @@ def _command_line(argv: Sequence[str] | None) -> str:
     return shlex.join([_PROG, *args])
 
 
-# what a run leaves in output_dir; --overwrite removes these (config.yaml is rewritten
-# and lr_find.png, made before training, is kept)
-_RUN_FILES = (
-    "history.json",
-    "history.jsonl",
-    "report.html",
-    "evaluation.json",
-    "run.json",
-    "profile.csv",
-)
-_RUN_DIRS = ("checkpoints", "tb")
-
-
 def _guard_existing_run(output_dir: Path, resume: Any, overwrite: bool) -> None:
-    """Refuse to mix a new run into an old one's checkpoints and history."""
+    """Refuse to mix a new run into an old one's checkpoints and history (the same rule
+    and file list as the API's, :mod:`ignitrain.run_lock`; config.yaml is rewritten and
+    lr_find.png, made before training, is kept)."""
+    from ignitrain.run_lock import existing_run, remove_run
+
     if resume is not None:
         return
-    existing = [name for name in _RUN_FILES[:1] if (output_dir / name).exists()]
-    existing += [f"{name}/" for name in _RUN_DIRS[:1] if any((output_dir / name).glob("*"))]
+    existing = existing_run(output_dir)
     if not existing:
         return
     if not overwrite:
@@ -201,10 +190,7 @@ def _guard_existing_run(output_dir: Path, resume: Any, overwrite: bool) -> None:
             f"Continue it with `ignitrain resume {output_dir}`, train elsewhere with "
             "--set train.output_dir=NEW_DIR, or pass --overwrite to replace it"
         )
-    for name in _RUN_FILES:
-        (output_dir / name).unlink(missing_ok=True)
-    for name in _RUN_DIRS:
-        shutil.rmtree(output_dir / name, ignore_errors=True)
+    remove_run(output_dir)
 
 
 def _launch(job: dict[str, Any], nproc: int | None, changes: dict[str, Any]) -> None:

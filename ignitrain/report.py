@@ -63,15 +63,21 @@ class RunSummary:
     world_sizes: list[tuple[str, int, int | None]] = field(default_factory=list)
 
 
+def _has_history(path: Path) -> bool:
+    # history.jsonl is appended each epoch, history.json written at the end: a killed
+    # run has only the journal (History.load reads the newer of the two)
+    return (path / "history.json").is_file() or (path / "history.jsonl").is_file()
+
+
 def _check_dir(output_dir: str | os.PathLike) -> Path:
     if not isinstance(output_dir, (str, os.PathLike)):
         raise TypeError(f"output_dir must be a path, got {type(output_dir).__name__}")
     path = Path(output_dir)
     if not path.is_dir():
         raise FileNotFoundError(f"output_dir {str(path)!r} does not exist or is not a directory")
-    if not (path / "history.json").is_file() and not (path / "config.yaml").is_file():
+    if not _has_history(path) and not (path / "config.yaml").is_file():
         raise FileNotFoundError(
-            f"{str(path)!r} holds no ignitrain run (neither history.json nor config.yaml)"
+            f"{str(path)!r} holds no ignitrain run (neither history.json(l) nor config.yaml)"
         )
     return path
 
@@ -87,7 +93,7 @@ def collect(output_dir: str | os.PathLike) -> RunSummary:
     config_text, job = _read_config(path / "config.yaml")
     if config_text is None:  # a script's run: its checkpoints record the config
         config_text, job = _config_from_checkpoint(path)
-    history = History.load(path) if (path / "history.json").is_file() else None
+    history = History.load(path) if _has_history(path) else None
     summary = RunSummary(output_dir=path, config_text=config_text, job=job, history=history)
     if history is not None:
         summary.metrics = _metric_rows(history)

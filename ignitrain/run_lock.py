@@ -36,6 +36,8 @@ from ignitrain.config import ConfigError
 
 __all__ = [
     "LOCK_NAME",
+    "RUN_DIRS",
+    "RUN_FILES",
     "OutputDirLockedError",
     "RunLock",
     "existing_run",
@@ -46,8 +48,17 @@ __all__ = [
 LOCK_NAME = ".lock"
 
 # What a run leaves in output_dir (the CLI's --overwrite removes the same).
-_RUN_FILES = ("history.json", "report.html")
-_RUN_DIRS = ("checkpoints", "tb")
+RUN_FILES = (
+    "history.json",
+    "history.jsonl",
+    "report.html",
+    "evaluation.json",
+    "run.json",
+    "profile.csv",
+)
+# the two files whose presence means a run was here (the journal alone: a killed run)
+_HISTORY_FILES = RUN_FILES[:2]
+RUN_DIRS = ("checkpoints", "tb")
 
 try:  # POSIX
     import fcntl
@@ -136,7 +147,7 @@ def _read_pid(fd: int) -> int | None:
 def existing_run(output_dir: str | os.PathLike) -> list[str]:
     """What of a previous run ``output_dir`` holds (``[]`` when nothing)."""
     root = Path(output_dir)
-    found = [name for name in _RUN_FILES[:1] if (root / name).exists()]
+    found = [name for name in _HISTORY_FILES if (root / name).exists()][:1]
     checkpoints = root / "checkpoints"
     if checkpoints.is_dir() and any(checkpoints.iterdir()):
         found.append("checkpoints/")
@@ -146,9 +157,9 @@ def existing_run(output_dir: str | os.PathLike) -> list[str]:
 def remove_run(output_dir: str | os.PathLike) -> None:
     """Remove a previous run's checkpoints, history, report and TensorBoard logs."""
     root = Path(output_dir)
-    for name in _RUN_FILES:
+    for name in RUN_FILES:
         (root / name).unlink(missing_ok=True)
-    for name in _RUN_DIRS:
+    for name in RUN_DIRS:
         shutil.rmtree(root / name, ignore_errors=True)
 
 

@@ -147,3 +147,15 @@ def test_run_lock_validates_arguments(tmp_path):
     lock.release()
     lock.release()
     assert not lock.held
+
+
+def test_a_killed_runs_journal_alone_counts_as_a_run_and_overwrite_removes_it(tmp_path):
+    # a run killed before its end leaves history.jsonl (history.json is written at the end)
+    from ignitrain.run_lock import existing_run, remove_run
+
+    (tmp_path / "history.jsonl").write_text('{"name": "train/loss"}\n')
+    (tmp_path / "run.json").write_text("{}")
+    assert existing_run(tmp_path) == ["history.jsonl"]
+    remove_run(tmp_path)
+    assert not (tmp_path / "history.jsonl").exists() and not (tmp_path / "run.json").exists()
+    assert existing_run(tmp_path) == []
