@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ignitrain.config import ConfigError, TrainConfig, suggest
+from ignitrain.metric_names import is_train_metric
 
 __all__ = [
     "SEED_MAX",
@@ -133,7 +134,13 @@ def check_data(train_data: Any, val_data: Any, val_loader: Any, config: TrainCon
             f"val_data gives no batches (val_batch_size={size}, "
             f"{idist.get_world_size()} process(es)): pass validation data or val_data=None"
         )
-    if val_loader is None and config.save_best and config.output_dir is not None:
+    ranks_by_training = config.best_metric is not None and is_train_metric(config.best_metric)
+    if (
+        val_loader is None
+        and config.save_best
+        and config.output_dir is not None
+        and not ranks_by_training  # best_metric='train/loss' keeps a best without val
+    ):
         logger.warning(
             "TrainConfig.save_best=True without validation data: no best checkpoint is "
             "kept (pass val_data, or save_best=False to silence this)"
