@@ -1,7 +1,7 @@
 """Safe reading of ``torch.distributed.checkpoint`` (DCP) folders.
 
 DCP's ``FileSystemReader`` reads ``.metadata`` with plain ``pickle.load`` and its
-``DefaultLoadPlanner`` reads every non-tensor item with ``torch.load(weights_only=False)``:
+``DefaultLoadPlanner`` reads every non-tensor item with ``torch.load`` with ``weights_only`` off:
 loading a DCP checkpoint from an untrusted source runs code. Here the metadata is read
 by an unpickler that resolves only DCP's own metadata classes, and non-tensor items with
 ``torch.load(weights_only=True)``; anything else is a
@@ -127,7 +127,7 @@ def _planner_class() -> type:
 
     class _SafeLoadPlanner(DefaultLoadPlanner):
         """``DefaultLoadPlanner`` whose non-tensor items are read with
-        ``torch.load(weights_only=True)`` (DCP's own uses ``weights_only=False``)."""
+        ``torch.load(weights_only=True)`` (DCP's own turns ``weights_only`` off)."""
 
         def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
             fqn = read_item.dest_index.fqn

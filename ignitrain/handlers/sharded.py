@@ -21,7 +21,7 @@ process without any process group, into an ordinary model::
 
 Safe loading: every read goes through :mod:`ignitrain.handlers.safe_dcp` (DCP's own
 reader unpickles ``.metadata`` with plain ``pickle`` and non-tensor items with
-``weights_only=False``; a crafted folder is a ``CheckpointError`` there, before it runs).
+``weights_only`` off; a crafted folder is a ``CheckpointError`` there, before it runs).
 """
 
 from __future__ import annotations
