@@ -58,6 +58,7 @@ __all__ = [
     "checkpointables",
     "ShardedSaver",
     "save_sharded",
+    "read_extra",
     "write_sharded",
     "load_sharded",
     "load_sharded_objects",
@@ -558,9 +559,12 @@ def load_sharded_objects(
     return doc
 
 
-def _load_extra(folder: Path, objects: Mapping[str, Any]) -> None:
-    if not objects:
-        return
+def read_extra(folder: Path) -> dict[str, Any]:
+    """The folder's non-sharded entries (``extra.pt``), read with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: the file is missing, does not load safely or holds no dict.
+    """
     path = folder / _EXTRA
     try:
         extra = torch.load(path, map_location="cpu", weights_only=True)
@@ -570,6 +574,15 @@ def _load_extra(folder: Path, objects: Mapping[str, Any]) -> None:
         raise CheckpointError(
             f"{path} does not load with torch.load(weights_only=True): {exc}"
         ) from exc
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"{path} holds {type(extra).__name__}, expected a dict")
+    return extra
+
+
+def _load_extra(folder: Path, objects: Mapping[str, Any]) -> None:
+    if not objects:
+        return
+    extra = read_extra(folder)
     for name, obj in objects.items():
         if hasattr(obj, "load_state_dict"):
             obj.load_state_dict(extra[name])

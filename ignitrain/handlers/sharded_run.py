@@ -40,6 +40,7 @@ from ignitrain.handlers.sharded import (
     checkpointables,
     is_sharded_checkpoint,
     load_sharded_objects,
+    read_extra,
     read_sharded_meta,
     sharded_names,
     write_sharded,
@@ -61,7 +62,6 @@ __all__ = [
 
 #: The ``extra.pt`` entry holding a single-file checkpoint's metadata.
 META = "ignitrain_meta"
-_EXTRA = "extra.pt"
 
 
 def uses_fsdp(models: Any) -> bool:
@@ -259,7 +259,7 @@ def load_trainer_sharded(
         raise CheckpointError(
             f"Sharded checkpoint {source} has no {missing}; its sharded entries: {doc['sharded']}"
         )
-    extra = _read_extra(folder) if doc["extra"] else {}
+    extra = read_extra(folder) if doc["extra"] else {}
     meta = extra.pop(META, {})
     states = {k: v for k, v in extra.items() if k in plain}
     if plain:
@@ -269,21 +269,6 @@ def load_trainer_sharded(
     if to_load:
         load_sharded_objects(folder, to_load, strict=strict)
     return {**meta, "sharded": doc}
-
-
-def _read_extra(folder: Path) -> dict[str, Any]:
-    path = folder / _EXTRA
-    try:
-        extra = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"Sharded checkpoint {folder} has no {_EXTRA}") from None
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path} does not load with torch.load(weights_only=True): {exc}"
-        ) from exc
-    if not isinstance(extra, dict):
-        raise CheckpointError(f"{path} holds {type(extra).__name__}, expected a dict")
-    return extra
 
 
 def load_file_into_sharded(
