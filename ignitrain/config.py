@@ -8,7 +8,6 @@ the value received, what is allowed, and a close match for a typo.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import numbers
@@ -18,17 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ignitrain.errors import ConfigError, suggest
+
 __all__ = ["TrainConfig", "ConfigError", "suggest"]
-
-
-class ConfigError(ValueError):
-    """A configuration value is not allowed (a ``ValueError``)."""
-
-
-def suggest(name: str, choices: Any) -> str:
-    """Return ``" Did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
-    matches = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" Did you mean {matches[0]!r}?" if matches else ""
 
 
 _AMP_CHOICES = (False, True, "bf16", "fp16", "auto")

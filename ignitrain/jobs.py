@@ -42,7 +42,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ignitrain.config import TrainConfig, read_mapping, suggest
+from ignitrain.config import TrainConfig, read_mapping
+from ignitrain.errors import JobError, suggest
 from ignitrain.seeding import seed_everything
 
 __all__ = [
@@ -80,10 +81,6 @@ FLAVORS: dict[str, tuple[str, str]] = {
     "generic": ("ignitrain.flavors.generic", "create_trainer"),
 }
 """Flavor name -> (module, factory function) of the built-in flavors."""
-
-
-class JobError(Exception):
-    """A mistake in a job file or command line: the message says what and where."""
 
 
 class JobData(NamedTuple):

@@ -51,3 +51,13 @@ def assert_same_tree(a, b, where=""):
             assert_same_tree(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny models run faster and steadier than on two
+    threads of a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -28,13 +28,7 @@ import ignitrain
 from ignitrain import TrainConfig
 from tests.conftest import make_mlp
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trainer(digits_flat, tmp_path=None, **options):

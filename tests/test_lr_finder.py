@@ -14,14 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ignitrain.lr_finder import LRFinderResult, find_lr, suggest_lr
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Two OpenMP threads on a busy 2-core machine make tiny backward passes 10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,7 @@ from ignitrain import TrainConfig
 from ignitrain.predict import GANPredictor, SupervisedPredictor, predict
 from tests.conftest import make_mlp
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**kw):

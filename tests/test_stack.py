@@ -25,12 +25,7 @@ EPOCHS = 3
 LR = 0.4  # large: validation accuracy is not monotonic, so the best epoch is not the last
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -41,9 +41,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +50,7 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
+from ignitrain._files import BackgroundWriter, write_atomic
 from ignitrain.handlers._modes import infer_mode
 
 __all__ = ["History", "attach_history", "JOURNAL_NAME"]
@@ -275,7 +274,7 @@ class History:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``history.json`` atomically (temp file, fsync, rename)."""
-        _write_text_atomic(self._json(), Path(path))
+        write_atomic(path, self._json())
 
     def _json(self) -> str:
         return json.dumps(self.to_dict(), allow_nan=True)
@@ -410,65 +409,6 @@ def _scalar(value: Any) -> float | None:
     return None
 
 
-def _write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-class _Worker:
-    """Runs calls on one worker thread, in order; an error surfaces at the next call."""
-
-    def __init__(self) -> None:
-        self._executor: ThreadPoolExecutor | None = None
-        self._pending: Future | None = None
-        self._again: tuple[Callable[..., Any], tuple] | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` after the previous call (waiting for it first)."""
-        self.wait()
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="ignitrain-writer")
-        self._pending = self._executor.submit(fn, *args)
-
-    def submit_coalesced(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` soon, without waiting: while a call is still running, it
-        runs once more when that one ends (an fsync each epoch must not wait for the
-        last one on a slow disk; one later fsync covers every write before it)."""
-        with self._lock:
-            if self._pending is not None and not self._pending.done():
-                self._again = (fn, args)
-                return
-        self.submit(self._run_until_settled, fn, args)
-
-    def _run_until_settled(self, fn: Callable[..., Any], args: tuple) -> None:
-        while True:
-            fn(*args)
-            with self._lock:
-                again, self._again = self._again, None
-            if again is None:
-                return
-            fn, args = again
-
-    def wait(self) -> None:
-        """Block until the calls so far are done; raise their error."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-        with self._lock:
-            again, self._again = self._again, None
-        if again is not None:  # queued just as the worker finished
-            again[0](*again[1])
-
-
 @dataclass(frozen=True)
 class _Position:
     """How much of a journal belongs to a History: its first ``bytes`` bytes (``records``
@@ -510,7 +450,7 @@ class _Journal:
         self._queue: list[tuple[str, int, float]] = []
         self._meta_written = "{}"
         self._seed: bytes | None = None  # another run's journal to start from
-        self._worker = _Worker()
+        self._worker = BackgroundWriter()
 
     def add(self, name: str, step: int, value: float) -> None:
         self._queue.append((name, step, value))

@@ -23,6 +23,7 @@ from typing import Any
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
+from ignitrain._files import BackgroundWriter
 from ignitrain.handlers.history import History
 
 __all__ = [
@@ -113,8 +114,6 @@ class ScalarEventWriter:
         from tensorboardX.record_writer import masked_crc32c
         from tensorboardX.summary import scalar
 
-        from ignitrain.handlers.history import _Worker
-
         self._event, self._scalar, self._crc = Event, scalar, masked_crc32c
         os.makedirs(log_dir, exist_ok=True)
         # tensorboardX's name (seconds, host), plus nanoseconds: a run resumed within the
@@ -133,7 +132,7 @@ class ScalarEventWriter:
         self.flush_secs = flush_secs
         self.max_queue = max_queue
         self._flushed_at = time.monotonic()
-        self._worker = _Worker()
+        self._worker = BackgroundWriter()
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         """Queue ``tag = value`` at ``step`` (written at the next :meth:`flush`)."""

@@ -13,14 +13,7 @@ from ignitrain.flavors.autoencoder import (
     kl_divergence,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: one thread is faster and steadier than two on a shared 2-core box
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_ae(seed=0, hidden=16, out=64):

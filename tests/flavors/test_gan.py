@@ -12,14 +12,7 @@ from torch.utils.data import TensorDataset
 from ignitrain import TrainConfig
 from ignitrain.flavors.gan import GANEvents, GANObjective, create_gan_trainer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: one thread is faster and steadier than two on a shared 2-core box
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CENTERS = torch.stack(

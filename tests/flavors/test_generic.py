@@ -18,14 +18,7 @@ from ignitrain import TrainConfig
 from ignitrain.config import ConfigError
 from ignitrain.flavors.generic import OutputMean, create_trainer, extract_loss
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: one thread is faster and steadier than two on a shared 2-core box
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass

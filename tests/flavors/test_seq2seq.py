@@ -30,13 +30,7 @@ PAD, BOS, EOS, DIGIT0, DIGITS = 0, 1, 2, 3, 5
 VOCAB = DIGIT0 + DIGITS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: one thread is faster and steadier than two on a shared 2-core box
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reversal(num, seed, min_len=2, max_len=4):

@@ -16,13 +16,7 @@ from ignitrain import TrainConfig
 from ignitrain.handlers.ema import attach_ema
 from tests.conftest import make_mlp
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**kw):

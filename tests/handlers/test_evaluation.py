@@ -32,13 +32,7 @@ from ignitrain.handlers.logging import attach_tensorboard
 from ignitrain.handlers.stopping import attach_early_stopping
 from tests.conftest import make_mlp
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**kw):

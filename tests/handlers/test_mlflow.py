@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import ignitrain
 from ignitrain import TrainConfig
@@ -13,12 +12,12 @@ from tests.conftest import make_mlp
 mlflow = pytest.importorskip("mlflow")
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _end_active_run():
     yield
-    torch.set_num_threads(threads)
     if mlflow.active_run() is not None:
         mlflow.end_run()
 

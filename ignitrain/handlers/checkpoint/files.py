@@ -2,45 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ignitrain._files import commit_temp as _commit
+from ignitrain._files import remove_quietly as _remove_quietly
+from ignitrain._files import temp_path as _temp_path
+from ignitrain._files import write_atomic
 from ignitrain.handlers.checkpoint.payload import _PLAIN_LEAVES
 
 __all__ = ["IN_MEMORY_LIMIT", "save_atomic"]
-
-
-def _temp_path(path: Path) -> Path:
-    # Same directory, so os.replace is a rename within one filesystem (atomic).
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-
-
-def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-def _fsync_dir(dirname: Path) -> None:
-    # The rename itself lives in the directory entry: without this a power loss can
-    # undo it. Some platforms (Windows) cannot open a directory; nothing to do there.
-    try:
-        fd = os.open(dirname, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_temp(obj: Any, path: Path) -> Path:
@@ -95,30 +72,6 @@ def _write_bytes_temp(data: memoryview, path: Path) -> Path:
     return tmp
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDWR)  # Windows needs write access to flush
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _commit(tmp: Path, path: Path, *, synced: bool = False) -> None:
-    """Make a finished temp file durable, rename it onto ``path``, make the rename durable.
-
-    Kept apart from the write so a background store can run it off the training thread.
-    ``synced``: the temp file's data is already on disk (a hard link to a committed file).
-    """
-    try:
-        if not synced:
-            _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` ``obj`` to ``path`` so that ``path`` is never a partial file.
 
@@ -144,11 +97,4 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def _write_json_atomic(data: Mapping[str, Any], path: Path) -> None:
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    _commit(tmp, path)
+    write_atomic(path, json.dumps(data))

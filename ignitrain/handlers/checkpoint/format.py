@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from ignitrain.errors import CheckpointError
+
 __all__ = [
     "CheckpointError",
     "FORMAT_KEY",
@@ -24,10 +26,6 @@ FORMAT_VERSION = 2
 OBJECTS_KEY = "ignitrain_objects"
 KINDS = ("periodic", "best", "last", "preempt")
 _RESERVED_KEYS = (FORMAT_KEY, OBJECTS_KEY, "checkpoint")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit the objects it should be loaded into."""
 
 
 def _upgrade_v1(obj: dict, source: str) -> dict:
