@@ -5,7 +5,7 @@ need one file from it. The best checkpoints are named
 ``checkpoint_best_{metric}={value}_iter{N}.pt``: the metric and its value are read
 back from the name (the file is a copy of the periodic checkpoint it was, so its
 own record says ``periodic``), and "better" follows the metric's mode, the one rule
-in :mod:`ignitrain.handlers._modes`.
+in :mod:`ignitrain.handlers.modes`.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def _checkpoint_dir(run: Path) -> Path:
 
 
 def _best(directory: Path, mode: str | None) -> ChosenCheckpoint | None:
-    from ignitrain.handlers._modes import infer_mode
     from ignitrain.handlers.checkpoint import CheckpointStore
+    from ignitrain.handlers.modes import infer_mode
 
     ranked = []
     for path in CheckpointStore(directory).checkpoints("best"):  # readable files only

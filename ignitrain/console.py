@@ -62,7 +62,7 @@ def final_line(engine: Engine, trainer: Any, seconds: float, metric: str | None)
 
         name = metric if is_train_metric(metric) else f"val/{metric}"
         if name in history:
-            from ignitrain.handlers._modes import infer_mode
+            from ignitrain.handlers.modes import infer_mode
 
             mode = trainer.config.best_mode or infer_mode(metric)
             steps, values = history.steps(name), history[name]

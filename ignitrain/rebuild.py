@@ -1,7 +1,7 @@
 """Rebuild a trained model from its checkpoint alone: the class, its arguments, the weights.
 
 Every checkpoint holds a ``model_description`` (see
-:mod:`ignitrain.flavors._describe`): the class's import path and either its constructor
+:mod:`ignitrain.describe`): the class's import path and either its constructor
 arguments or, for a Hugging Face model, its ``config`` as a dict.
 :func:`rebuild_model` imports the class, builds it from that description and loads the
 weights with :func:`ignitrain.load_checkpoint` (``weights_only=True``). Importing the

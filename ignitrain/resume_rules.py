@@ -156,7 +156,7 @@ def decide(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[Change]:
 
 
 def _model_changes(trainer: Any, payload: Mapping[str, Any]) -> list[Change]:
-    from ignitrain.flavors._describe import describe_model
+    from ignitrain.describe import describe_model
 
     saved = payload.get("model_description")
     if not isinstance(saved, Mapping):

@@ -26,7 +26,7 @@ __all__ = [
 
 
 def _best_of(history: Any, name: str) -> tuple[float, int] | None:
-    from ignitrain.handlers._modes import infer_mode
+    from ignitrain.handlers.modes import infer_mode
 
     if history is None or name not in history:
         return None

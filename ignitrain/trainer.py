@@ -229,7 +229,7 @@ class Trainer:
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """Plain metadata stored beside the state: config, model description, progress."""
-        from ignitrain.flavors._describe import describe_model
+        from ignitrain.describe import describe_model
 
         return {
             "config": self.config.to_dict(),

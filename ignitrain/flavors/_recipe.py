@@ -38,11 +38,11 @@ from ignitrain.data import (
     make_train_loader,
     quiet_ignite_auto_loggers,
 )
-from ignitrain.handlers._modes import infer_mode
 from ignitrain.handlers.attached import AttachedHandler, AttachedHandlers, recording
 from ignitrain.handlers.history import History, attach_history
 from ignitrain.handlers.logging import attach_epoch_summary, attach_progress_bar, attach_tensorboard
 from ignitrain.handlers.metrics import attach_epoch_mean
+from ignitrain.handlers.modes import infer_mode
 from ignitrain.train_ranking import is_train_metric, ranking_source
 from ignitrain.trainer import Trainer
 

@@ -51,7 +51,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ignitrain._files import BackgroundWriter, write_atomic
-from ignitrain.handlers._modes import infer_mode
+from ignitrain.handlers.modes import infer_mode
 
 __all__ = ["History", "attach_history", "JOURNAL_NAME"]
 

@@ -129,7 +129,7 @@ from ignite.handlers.param_scheduler import (
 from torch.optim import lr_scheduler as torch_sched
 
 from ignitrain.config import ConfigError, suggest
-from ignitrain.handlers._modes import resolve_mode
+from ignitrain.handlers.modes import resolve_mode
 from ignitrain.handlers.stopping import optimizer_steps
 from ignitrain.registry import canonical_schedule_name
 

@@ -49,7 +49,7 @@ from ignite.handlers import EarlyStopping
 
 from ignitrain.config import suggest
 from ignitrain.distributed import agree_any
-from ignitrain.handlers._modes import is_reached, resolve_mode
+from ignitrain.handlers.modes import is_reached, resolve_mode
 
 __all__ = [
     "STOP_EARLY",
@@ -137,7 +137,7 @@ def _missing_metric(metric: str, metrics: Mapping[str, Any], purpose: str) -> Ke
 class TargetChecker:
     """Decides when every metric reached its target.
 
-    Metrics whose name is minimised by :func:`~ignitrain.handlers._modes.infer_mode`
+    Metrics whose name is minimised by :func:`~ignitrain.handlers.modes.infer_mode`
     (``"loss"``, ``"error"``, ``"mae"``...) reach their target at ``value <= target``,
     all others at ``value >= target``. ``modes`` overrides that per metric.
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ignitrain.handlers._modes import infer_mode, is_better, is_reached, resolve_mode
+from ignitrain.handlers.modes import infer_mode, is_better, is_reached, resolve_mode
 
 
 @pytest.mark.parametrize(

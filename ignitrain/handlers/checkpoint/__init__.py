@@ -64,7 +64,6 @@ reads it without widening torch's safe globals. RNG states are stored as tensors
 lists (:class:`RNGState`), never as numpy objects.
 """
 
-from ignitrain.handlers._modes import infer_mode
 from ignitrain.handlers.checkpoint.adapter import (
     CheckpointHandler,
     DurableSaver,
@@ -86,6 +85,7 @@ from ignitrain.handlers.checkpoint.payload import build_payload, payload_from_st
 from ignitrain.handlers.checkpoint.restore import latest_in, load_checkpoint, load_objects
 from ignitrain.handlers.checkpoint.rng import RNGState, capture_rng_state, restore_rng_state
 from ignitrain.handlers.checkpoint.store import CheckpointStore, best_tag
+from ignitrain.handlers.modes import infer_mode
 
 __all__ = [
     "CheckpointError",

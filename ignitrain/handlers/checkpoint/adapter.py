@@ -18,7 +18,6 @@ from ignite.engine import Engine, Events
 from ignite.handlers.checkpoint import BaseSaveHandler, Checkpoint
 from torch import nn
 
-from ignitrain.handlers._modes import resolve_mode
 from ignitrain.handlers.checkpoint.format import KINDS
 from ignitrain.handlers.checkpoint.payload import (
     _check_objects,
@@ -27,6 +26,7 @@ from ignitrain.handlers.checkpoint.payload import (
     safe_state,
 )
 from ignitrain.handlers.checkpoint.store import CheckpointStore, _safe_tag_part, best_tag
+from ignitrain.handlers.modes import resolve_mode
 
 __all__ = ["CheckpointHandler", "DurableSaver", "attach_checkpoints", "nan_safe_score"]
 

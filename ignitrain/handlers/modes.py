@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 
-from ignitrain.config import suggest
+from ignitrain.errors import suggest
 
 __all__ = ["MODES", "infer_mode", "resolve_mode", "is_better", "is_reached"]
 
