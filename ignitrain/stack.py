@@ -20,7 +20,7 @@ and add, before or after the script's own handlers (the order does not matter)::
 
 :func:`attach` gives the engine what a flavor factory attaches (checkpoints with exact
 resume, History, schedules, stopping rules, TensorBoard, preemption) through the same
-switchboard (:func:`ignitrain.flavors._recipe.attach_handlers`), and returns what it
+switchboard (:func:`ignitrain.flavors.build_trainer`), and returns what it
 attached (:class:`Attached`, a read-only mapping like ``trainer.handlers``).
 
 An evaluator the script runs on several data sets is told apart by the data of each
@@ -39,10 +39,11 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from ignitrain.config import TrainConfig
-from ignitrain.data import attach_epoch_sync, make_train_loader
+from ignitrain.data import attach_epoch_sync, is_dataset, make_train_loader
+from ignitrain.flavors import AttachOptions, attach_validation, build_trainer, check_config
 from ignitrain.handlers.attached import AttachedHandlers, recording
 from ignitrain.handlers.history import History
-from ignitrain.trainer import Trainer
+from ignitrain.trainer import Learning, RunData, RunParts, Trainer
 
 __all__ = ["Attached", "SplitView", "attach", "resumable_loader"]
 
@@ -110,9 +111,6 @@ def resumable_loader(data: Any, engine: Engine, config: TrainConfig | Mapping) -
         TypeError: ``data`` is not a ``Dataset`` (a ready loader cannot be resumed
             exactly) or ``engine`` is not an Ignite ``Engine``.
     """
-    from ignitrain.data import is_dataset
-    from ignitrain.flavors._recipe import check_config
-
     config = check_config(config)
     if not isinstance(engine, Engine):
         raise TypeError(f"Argument engine={engine!r} is not allowed: expected an Ignite Engine")
@@ -141,13 +139,6 @@ def _one(value: Any, kind: type, name: str) -> dict[str, Any]:
     if not items:
         raise ValueError(f"Argument {name} is empty: expected at least one")
     return items
-
-
-def _no_evaluator() -> Engine:
-    raise RuntimeError(
-        "trainer.evaluate() needs an evaluator factory, which ignitrain.attach does not "
-        "have: run your own evaluator (evaluator.run(data)) instead"
-    )
 
 
 def attach(
@@ -196,8 +187,6 @@ def attach(
     Raises:
         TypeError, ValueError: A bad argument, named with what is allowed.
     """
-    from ignitrain.flavors._recipe import attach_handlers, attach_validation, check_config
-
     config = check_config(config)
     if not isinstance(engine, Engine):
         raise TypeError(f"Argument engine={engine!r} is not allowed: expected an Ignite Engine")
@@ -222,31 +211,26 @@ def attach(
             if name == "val":
                 raise ValueError("splits={'val': ...} is not allowed: pass val_data instead")
             views[name] = SplitView(evaluator, data)
-    trainer = Trainer(
-        engine=engine,
-        config=config,
-        models=models,
-        optimizers=optimizers,
-        history=History(),
-        make_evaluator=_no_evaluator,
-        train_loader=train_data,
-        val_loader=val_data,
-        evaluators=views,
-    )
-    attached = Attached(trainer)
+    # the views' relays and ignitrain's own validation run come before the switchboard's
+    # handlers; they are recorded into the mapping the switchboard fills
+    first = AttachedHandlers()
     if views:
-        with recording(trainer.handlers, "splits", evaluator):
+        with recording(first, "splits", evaluator):
             for view in views.values():
                 evaluator.add_event_handler(Events.COMPLETED, view.relay)
     if validate:
-        with recording(trainer.handlers, "validation", engine):
+        with recording(first, "validation", engine):
             attach_validation(engine, evaluator, val_data, every=config.validate_every)
-    attach_handlers(
-        trainer,
-        opt_steps={},
-        default_best_metric=default_best_metric,
-        validate=False,
+    parts = RunParts(
+        engine,
+        config,
+        Learning(models, optimizers),
+        data=RunData(train_data, val_data),
+        evaluators=views,
+    )
+    trainer = build_trainer(
+        parts, AttachOptions(default_best_metric=default_best_metric, validate=False), first
     )
     if config.resume is not None:
         trainer.resume(config.resume)
-    return attached
+    return Attached(trainer)

@@ -1,15 +1,23 @@
 """``Trainer``: what every flavor factory returns — a thin holder of Ignite engines.
 
 All behaviour lives in ordinary Ignite handlers attached to ``trainer.engine`` and
-``trainer.evaluators``; this class only keeps references and offers the four verbs a
-script needs: ``train()``, ``evaluate(data)``, ``resume(...)``, ``save_checkpoint(...)``.
+``trainer.evaluators``; this class only keeps references and offers the verbs a
+script needs: ``train()``, ``evaluate(data)``, ``predict(data)``, ``resume(...)``,
+``save_checkpoint(...)``.
+
+The data flows one way: a factory checks the config and builds the parts
+(:class:`RunParts`, ``ignitrain/flavors/_parts.py``), the switchboard attaches the
+handlers and returns what it made (:class:`RunOutputs`, ``ignitrain/flavors/_attach.py``),
+and the ``Trainer`` is built last from both; nothing fills it in afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +28,162 @@ from torch import nn
 
 from ignitrain.config import TrainConfig
 from ignitrain.data import make_eval_loader
+from ignitrain.describe import describe_model
 from ignitrain.handlers.attached import AttachedHandlers
+from ignitrain.handlers.checkpoint import build_payload, save_atomic
 from ignitrain.handlers.history import History
+from ignitrain.handlers.sharded_run import save_trainer_sharded, uses_fsdp
+from ignitrain.lr_finder import find_lr
+from ignitrain.predict import SupervisedPredictor, predict
+from ignitrain.resume import finish_interrupted_run, resume_from
+from ignitrain.run_lock import hold_output_dir
 
-__all__ = ["Trainer"]
+__all__ = [
+    "Trainer",
+    "RunParts",
+    "Learning",
+    "Steps",
+    "RunData",
+    "RunOutputs",
+    "checkpoint_extra",
+    "checkpoint_name",
+]
 
 logger = logging.getLogger("ignitrain")
 
 
+def _no_evaluator() -> Engine:
+    raise RuntimeError(
+        "trainer.evaluate() needs an evaluator factory, which ignitrain.attach does not "
+        "have: run your own evaluator (evaluator.run(data)) instead"
+    )
+
+
+# -- the parts a Trainer is built from (small frozen groups, one concept each) -----------
+
+
+@dataclass(frozen=True)
+class Learning:
+    """What learns: the models, their optimizers and optimizer steps, and the device.
+
+    Attributes:
+        models: Models by name (``"model"``; GAN: ``"generator"``, ``"discriminator"``).
+        optimizers: Optimizers by name (``"optimizer"``; GAN: ``"generator"``,
+            ``"discriminator"``); their checkpoint names are :func:`checkpoint_name`'s.
+        opt_steps: The :class:`~ignitrain.steps.OptimizerStep` of each optimizer, by
+            the name its state is checkpointed under (``"<name>_step"``).
+        device: Where the models run (``None`` for :func:`ignitrain.attach`).
+    """
+
+    models: Mapping[str, nn.Module]
+    optimizers: Mapping[str, torch.optim.Optimizer]
+    opt_steps: Mapping[str, Any] = field(default_factory=dict)
+    device: torch.device | None = None
+
+
+@dataclass(frozen=True)
+class Steps:
+    """How a batch is processed: training, evaluation engines, prediction.
+
+    Attributes:
+        train_step: The training process function (for :meth:`Trainer.find_lr`).
+        make_evaluator: Builds a fresh evaluation ``Engine`` with fresh metrics.
+        predictor: ``batch -> (prediction, target)`` of :meth:`Trainer.predict`.
+    """
+
+    train_step: Callable[[Engine, Any], Any] | None = None
+    make_evaluator: Callable[[], Engine] = _no_evaluator
+    predictor: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The data of a run.
+
+    Attributes:
+        train_loader: The training data as the engine iterates it.
+        val_data: A validation loader, a mapping ``{"val": ..., "test": ...}`` of
+            them, or ``None``.
+    """
+
+    train_loader: Any
+    val_data: Any = None
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """Everything a run is built from, before any handler is attached.
+
+    Attributes:
+        engine: The training ``Engine``.
+        config: The checked :class:`~ignitrain.TrainConfig`.
+        learning: Models, optimizers, optimizer steps, device.
+        steps: Process functions and the evaluator factory.
+        data: Training and validation data.
+        evaluators: Evaluators made before the switchboard (``"val"``; with
+            :func:`ignitrain.attach` the views of the user's evaluator).
+        state: The flavor's own checkpointed objects (GAN: ``"fixed_noise"``).
+    """
+
+    engine: Engine
+    config: TrainConfig
+    learning: Learning
+    steps: Steps = field(default_factory=Steps)
+    data: RunData = field(default_factory=lambda: RunData(None))
+    evaluators: Mapping[str, Engine] = field(default_factory=dict)
+    state: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """What the switchboard attached and made (``ignitrain/flavors/_attach.py``).
+
+    Attributes:
+        history: The run's :class:`~ignitrain.History`.
+        evaluators: Every evaluation engine by name (``"val"``, ``"test"``, ``"ema/val"``).
+        val_loader: The data set whose evaluation decides (best checkpoint, stopping).
+        checkpointables: Everything a checkpoint saves and a resume restores, by name.
+        checkpoints: The checkpoint handler (``None`` without ``output_dir``).
+        handlers: Every attached handler by name.
+    """
+
+    history: History
+    evaluators: Mapping[str, Engine]
+    val_loader: Any
+    checkpointables: Mapping[str, Any]
+    checkpoints: Any
+    handlers: AttachedHandlers
+
+
+def checkpoint_name(name: str, models: Mapping[str, Any]) -> str:
+    """The checkpoint key of optimizer ``name``: ``name``, or ``"<name>_optimizer"``
+    when a model has that name (GAN: ``"generator_optimizer"``)."""
+    return f"{name}_optimizer" if name in models else name
+
+
+def checkpoint_extra(
+    config: TrainConfig, models: Mapping[str, nn.Module], engine: Engine
+) -> dict[str, Any]:
+    """Plain metadata stored beside the state: config, model description, progress."""
+    return {
+        "config": config.to_dict(),
+        "model_description": {name: describe_model(m) for name, m in models.items()},
+        "iteration": int(engine.state.iteration),
+        "epoch": int(engine.state.epoch),
+        "world_size": idist.get_world_size(),
+    }
+
+
+# -- the holder ---------------------------------------------------------------------------
+
+
 class Trainer:
-    """The engines, models and state of one training run.
+    """The engines, models and state of one training run, built from finished parts.
+
+    Args:
+        parts: What the run is built from (engine, config, models, data, steps).
+        outputs: What the switchboard attached and made (history, evaluators,
+            checkpoints, handlers).
 
     Attributes:
         engine: The training ``Engine``; attach your own handlers to it.
@@ -40,45 +194,44 @@ class Trainer:
         models: Models by name (``"model"``; GAN: ``"generator"``, ``"discriminator"``).
         optimizers: Optimizers by name, keyed like ``models``.
         train_loader: The training data as the engine iterates it.
-        val_loader: The validation data, or ``None``.
+        val_loader: The validation data whose runs decide, or ``None``.
         checkpointables: Everything a checkpoint saves and a resume restores, by name.
         checkpoints: The checkpoint handler (``None`` without ``output_dir``).
         handlers: Read-only mapping, by name, of every handler ignitrain attached
             (see :class:`~ignitrain.handlers.attached.AttachedHandlers`).
         predictor: ``batch -> (prediction, target)`` of :meth:`predict` (the flavor's).
+
+    Raises:
+        TypeError: ``parts`` is not a :class:`RunParts` or ``outputs`` not a
+            :class:`RunOutputs`.
     """
 
-    def __init__(
-        self,
-        *,
-        engine: Engine,
-        config: TrainConfig,
-        models: Mapping[str, nn.Module],
-        optimizers: Mapping[str, torch.optim.Optimizer],
-        history: History,
-        make_evaluator: Callable[[], Engine],
-        train_loader: Any,
-        val_loader: Any = None,
-        evaluators: Mapping[str, Engine] | None = None,
-        train_step: Callable[[Engine, Any], Any] | None = None,
-        device: torch.device | None = None,
-        predictor: Callable[[Any], Any] | None = None,
-    ) -> None:
-        self.engine = engine
-        self.config = config
-        self.models = dict(models)
-        self.optimizers = dict(optimizers)
-        self.history = history
-        self.evaluators = dict(evaluators or {})
-        self.train_loader = train_loader
-        self.val_loader = val_loader
-        self.train_step = train_step
-        self.device = device
-        self.make_evaluator = make_evaluator
-        self.predictor = predictor
-        self.checkpointables: dict[str, Any] = {}
-        self.checkpoints: Any = None
-        self._handlers = AttachedHandlers()  # filled by the factory's attach_handlers
+    def __init__(self, parts: RunParts, outputs: RunOutputs) -> None:
+        if not isinstance(parts, RunParts):
+            raise TypeError(
+                f"Argument parts={type(parts).__name__} is not allowed: expected "
+                "ignitrain.trainer.RunParts (use a create_*_trainer factory or ignitrain.attach)"
+            )
+        if not isinstance(outputs, RunOutputs):
+            raise TypeError(
+                f"Argument outputs={type(outputs).__name__} is not allowed: expected "
+                "ignitrain.trainer.RunOutputs (what the switchboard returns)"
+            )
+        self.engine = parts.engine
+        self.config = parts.config
+        self.models = dict(parts.learning.models)
+        self.optimizers = dict(parts.learning.optimizers)
+        self.device = parts.learning.device
+        self.train_loader = parts.data.train_loader
+        self.train_step = parts.steps.train_step
+        self.make_evaluator = parts.steps.make_evaluator
+        self.predictor = parts.steps.predictor
+        self.history = outputs.history
+        self.evaluators = dict(outputs.evaluators)
+        self.val_loader = outputs.val_loader
+        self.checkpointables = dict(outputs.checkpointables)
+        self.checkpoints = outputs.checkpoints
+        self._handlers = outputs.handlers
         self._resumed = False
 
     @property
@@ -110,8 +263,6 @@ class Trainer:
         run that is already complete is not restarted. The run holds ``output_dir``
         while it trains (see :mod:`ignitrain.run_lock`).
         """
-        from ignitrain.run_lock import hold_output_dir
-
         with hold_output_dir(self):
             return self._train_holding_output_dir()
 
@@ -130,8 +281,6 @@ class Trainer:
                 state.epoch,
                 self.config.num_epochs,
             )
-            from ignitrain.resume import finish_interrupted_run
-
             finish_interrupted_run(self)
             return self.history
         try:
@@ -172,11 +321,10 @@ class Trainer:
             return_targets: Return ``(predictions, targets)``.
             argmax: Class indices instead of logits.
             ema: Predict with the EMA weights (``TrainConfig.ema_decay``).
+
+        Raises:
+            ValueError: ``ema=True`` without EMA weights.
         """
-        import contextlib
-
-        from ignitrain.predict import SupervisedPredictor, predict
-
         predictor = self.predictor or SupervisedPredictor(self.model, self.device)
         weights: Any = contextlib.nullcontext()
         if ema:
@@ -201,8 +349,6 @@ class Trainer:
             FileNotFoundError: an explicit ``path`` does not exist.
             CheckpointError: the file is corrupt or does not match the models.
         """
-        from ignitrain.resume import resume_from
-
         resume_from(self, path)
         self._resumed = True
         return self
@@ -215,9 +361,6 @@ class Trainer:
         Under FSDP ``path`` becomes a sharded checkpoint folder, every rank writing its
         shard (``ignitrain.handlers.sharded_run``).
         """
-        from ignitrain.handlers.checkpoint import build_payload, save_atomic
-        from ignitrain.handlers.sharded_run import save_trainer_sharded, uses_fsdp
-
         path = Path(path)
         if uses_fsdp(self.models):  # issue 14: a folder of every rank's shard
             return save_trainer_sharded(self.checkpointables, self.checkpoint_extra(), path)
@@ -229,20 +372,10 @@ class Trainer:
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """Plain metadata stored beside the state: config, model description, progress."""
-        from ignitrain.describe import describe_model
-
-        return {
-            "config": self.config.to_dict(),
-            "model_description": {name: describe_model(m) for name, m in self.models.items()},
-            "iteration": int(self.engine.state.iteration),
-            "epoch": int(self.engine.state.epoch),
-            "world_size": idist.get_world_size(),
-        }
+        return checkpoint_extra(self.config, self.models, self.engine)
 
     def find_lr(self, **kwargs: Any) -> Any:
         """Run :func:`ignitrain.find_lr` on this trainer's model, optimizer and data."""
-        from ignitrain.lr_finder import find_lr
-
         return find_lr(self.model, self.optimizer, self.train_step, self.train_loader, **kwargs)
 
     def __repr__(self) -> str:

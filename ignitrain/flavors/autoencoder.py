@@ -22,12 +22,13 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ignitrain.config import suggest
 from ignitrain.data import is_dataset
-from ignitrain.flavors import _recipe as recipe
+from ignitrain.flavors import _parts
 from ignitrain.flavors._ae_common import OutputMean, batch_input, seeded_rng
+from ignitrain.flavors._attach import AttachOptions, build_trainer
 from ignitrain.predict import AutoencoderPredictor
 from ignitrain.registry import build_loss
 from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
-from ignitrain.trainer import Trainer
+from ignitrain.trainer import RunData, RunParts, Steps, Trainer
 
 __all__ = [
     "AE_KINDS",
@@ -339,28 +340,28 @@ def create_autoencoder_trainer(
         ...                                      splits.val, kind="vae", kl_warmup_epochs=5)
         >>> trainer.train()["val/recon"][-1]
     """
-    config = recipe.check_config(config)
-    model = recipe.check_model(model, seed=config.seed)
-    user_metrics = recipe.check_metrics(metrics)
+    config = _parts.check_config(config)
+    model = _parts.check_model(model, seed=config.seed)
+    user_metrics = _parts.check_metrics(metrics)
     _check_options(kind, noise_std, kl_weight, kl_warmup_epochs)
     recon_fn = build_loss(loss if loss is not None else config.loss, nn.MSELoss)
     if not callable(recon_fn):
         raise TypeError(f"loss must be callable (x_hat, x) -> loss, got {type(recon_fn).__name__}")
 
-    device = recipe.setup_run(config)
-    train_loader, val_loader = recipe.make_loaders(train_data, val_data, config)
-    net, model = recipe.place_model(model, config, device)
+    device = _parts.setup_run(config)
+    train_loader, val_loader = _parts.make_loaders(train_data, val_data, config)
+    net, model = _parts.place_model(model, config, device)
     kind = _resolve_kind(kind, model, train_data, device, noise_std)
     _check_kind_options(kind, noise_std, kl_weight, kl_warmup_epochs)
     objective = AutoencoderObjective(
         kind, recon_fn, noise_std=noise_std, kl_weight=kl_weight, kl_warmup_epochs=kl_warmup_epochs
     )
-    opt = recipe.make_optimizer(config, model, optimizer)
+    opt = _parts.make_optimizer(config, model, optimizer)
     opt_step = OptimizerStep(opt, net, StepOptions.from_config(config, device), device)
     update = autoencoder_update(
         net, opt_step, objective, device, channels_last=config.channels_last
     )
-    engine = recipe.make_engine(update, train_loader, config)
+    engine = _parts.make_engine(update, train_loader, config)
 
     def all_metrics() -> dict[str, Metric]:
         found: dict[str, Metric] = autoencoder_metrics(kind, device)
@@ -375,26 +376,15 @@ def create_autoencoder_trainer(
         seed=config.seed or 0,
         channels_last=config.channels_last,
     )
-    trainer = recipe.single_model_trainer(
-        engine=engine,
-        config=config,
-        model=model,
-        optimizer=opt,
-        eval_fn=eval_fn,
-        metrics_fn=all_metrics,
-        train_loader=train_loader,
-        val_loader=val_loader,
-        train_step=update,
-        device=device,
-        predictor=AutoencoderPredictor(model, device, opt_step.autocast),
+    predictor = AutoencoderPredictor(model, device, opt_step.autocast)
+    parts = RunParts(
+        engine,
+        config,
+        _parts.one_model(model, opt, opt_step, device),
+        Steps(update, _parts.make_evaluator_factory(eval_fn, all_metrics), predictor),
+        RunData(train_loader, val_loader),
     )
-    recipe.attach_handlers(
-        trainer,
-        opt_steps={"optimizer": opt_step},
-        default_best_metric="loss",
-        loss_names=objective.names(),
-    )
-    return trainer
+    return build_trainer(parts, AttachOptions("loss", objective.names()))
 
 
 # -- argument checks and the kind probe ---------------------------------------------------

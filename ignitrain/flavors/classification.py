@@ -8,12 +8,17 @@ from typing import Any
 from ignite.metrics import Fbeta, Metric, Precision, Recall, TopKCategoricalAccuracy
 from torch import nn
 
-from ignitrain.config import ConfigError, suggest
-from ignitrain.flavors.supervised import build_supervised_trainer
+from ignitrain.errors import ConfigError, suggest
+from ignitrain.flavors._parts import check_config
+from ignitrain.flavors.supervised import SupervisedFlavor, build_supervised_trainer
 from ignitrain.handlers.metrics import AccuracyLoss
 from ignitrain.trainer import Trainer
 
-__all__ = ["create_classification_trainer", "classification_metrics"]
+__all__ = [
+    "create_classification_trainer",
+    "classification_metrics",
+    "check_classification_metric_names",
+]
 
 _EXTRA = ("top2", "top3", "top5", "top10", "precision", "recall", "f1")
 
@@ -25,25 +30,37 @@ def classification_metrics(
 
     Precision, recall and F1 are macro averages over classes.
     """
+    check_classification_metric_names(extra)
     # one pass for both (Ignite's Accuracy + Loss, the same values): writes "accuracy", "loss"
     metrics: dict[str, Metric] = {"accuracy_loss": AccuracyLoss(loss_fn)}
     for name in extra:
-        if name.startswith("top") and name[3:].isdigit() and int(name[3:]) >= 1:
+        if name.startswith("top"):
             metrics[name] = TopKCategoricalAccuracy(k=int(name[3:]))
         elif name == "precision":
             metrics[name] = Precision(average=True)
         elif name == "recall":
             metrics[name] = Recall(average=True)
-        elif name == "f1":
+        else:  # "f1"
             precision, recall = Precision(average=False), Recall(average=False)
             metrics[name] = Fbeta(1.0, average=True, precision=precision, recall=recall)
-        else:
+    return metrics
+
+
+def check_classification_metric_names(extra: list[str] | tuple[str, ...]) -> None:
+    """Each name must be ``topK`` (K >= 1), ``precision``, ``recall`` or ``f1``.
+
+    Raises:
+        ConfigError: a name is none of those (with a close match).
+    """
+    for name in extra:
+        if name.startswith("top") and name[3:].isdigit() and int(name[3:]) >= 1:
+            continue
+        if name not in ("precision", "recall", "f1"):
             raise ConfigError(
                 f"TrainConfig.metrics contains {name!r}, not a classification metric."
                 f"{suggest(name, _EXTRA)} Allowed: topK with K >= 1 (e.g. 'top5'), "
                 "'precision', 'recall', 'f1'"
             )
-    return metrics
 
 
 def create_classification_trainer(
@@ -92,19 +109,19 @@ def create_classification_trainer(
         >>> history = trainer.train()
         >>> trainer.evaluate(test_ds)["accuracy"]
     """
-    from ignitrain.flavors._recipe import check_config
-
-    config = check_config(config)
+    config = check_config(config)  # the one check of the config
     extra = tuple(config.metrics)
-    classification_metrics(lambda a, b: a, extra)  # validate the names before building anything
+    check_classification_metric_names(extra)  # before building anything
     return build_supervised_trainer(
         model,
         config,
         train_data,
         val_data,
-        default_loss=nn.CrossEntropyLoss,
-        flavor_metrics=lambda loss_fn: classification_metrics(loss_fn, extra),
-        default_best_metric="accuracy",
+        SupervisedFlavor(
+            default_loss=nn.CrossEntropyLoss,
+            flavor_metrics=lambda loss_fn: classification_metrics(loss_fn, extra),
+            default_best_metric="accuracy",
+        ),
         optimizer=optimizer,
         loss=loss,
         metrics=metrics,

@@ -22,13 +22,13 @@ from ignite.metrics import Metric
 from torch import nn
 
 from ignitrain.config import suggest
-from ignitrain.flavors import _recipe as recipe
+from ignitrain.flavors import _parts
 from ignitrain.flavors._ae_common import OutputMean, batch_input, seeded_rng
+from ignitrain.flavors._attach import AttachOptions, build_trainer
 from ignitrain.flavors._gan_samples import attach_gan_samples
-from ignitrain.handlers.history import History
 from ignitrain.predict import GANPredictor
 from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
-from ignitrain.trainer import Trainer
+from ignitrain.trainer import Learning, RunData, RunParts, Steps, Trainer
 
 __all__ = [
     "GAN_LOSSES",
@@ -418,9 +418,9 @@ def create_gan_trainer(
         ... def after_d(engine): print(engine.state.output["d_loss"])
         >>> trainer.train()
     """
-    config = recipe.check_config(config)
-    generator = recipe.check_model(generator, "generator", seed=config.seed)
-    discriminator = recipe.check_model(discriminator, "discriminator")
+    config = _parts.check_config(config)
+    generator = _parts.check_model(generator, "generator", seed=config.seed)
+    discriminator = _parts.check_model(discriminator, "discriminator")
     latent_shape = _check_latent(latent_dim)
     objective = GANObjective(
         loss,
@@ -431,12 +431,12 @@ def create_gan_trainer(
     _check_options(config, n_critic, fixed_noise_size, sample_fn)
     _check_fsdp(config, objective.loss)
 
-    device = recipe.setup_run(config)
-    train_loader, _ = recipe.make_loaders(train_data, None, config)
-    g_net, generator = recipe.place_model(generator, config, device)
-    d_net, discriminator = recipe.place_model(discriminator, config, device)
-    g_opt = recipe.make_optimizer(config, generator, g_optimizer)
-    d_opt = recipe.make_optimizer(config, discriminator, d_optimizer)
+    device = _parts.setup_run(config)
+    train_loader, _ = _parts.make_loaders(train_data, None, config)
+    g_net, generator = _parts.place_model(generator, config, device)
+    d_net, discriminator = _parts.place_model(discriminator, config, device)
+    g_opt = _parts.make_optimizer(config, generator, g_optimizer)
+    d_opt = _parts.make_optimizer(config, discriminator, d_optimizer)
     options = StepOptions.from_config(config, device)
     g_step = OptimizerStep(g_opt, g_net, options, device)
     d_step = OptimizerStep(d_opt, d_net, options, device)
@@ -444,35 +444,33 @@ def create_gan_trainer(
         g_net, d_net, discriminator, g_step, d_step, objective, latent_shape, device,
         n_critic=n_critic, channels_last=config.channels_last,
     )  # fmt: skip
-    engine = recipe.make_engine(update, train_loader, config)
+    engine = _parts.make_engine(update, train_loader, config)
     engine.register_events(*GANEvents)
 
     eval_fn = gan_evaluate(
         generator, discriminator, objective, latent_shape, device, d_step.autocast,
         seed=config.seed or 0, channels_last=config.channels_last,
     )  # fmt: skip
-    trainer = Trainer(
-        engine=engine,
-        config=config,
-        models={"generator": generator, "discriminator": discriminator},
-        # checkpoint keys are the optimizers' names here; models own the plain names
-        optimizers={"generator_optimizer": g_opt, "discriminator_optimizer": d_opt},
-        history=History(),
-        make_evaluator=recipe.make_evaluator_factory(eval_fn, lambda: gan_metrics(device)),
-        train_loader=train_loader,
-        train_step=update,
-        device=device,
-        predictor=GANPredictor(generator, device, g_step.autocast, latent_shape=latent_shape),
-    )
     fixed = FixedNoise(fixed_noise_size, latent_shape, seed=config.seed or 0)
-    trainer.checkpointables["fixed_noise"] = fixed
-    recipe.attach_handlers(
-        trainer,
-        opt_steps={"generator": g_step, "discriminator": d_step},
-        default_best_metric="g_loss",
-        loss_names=objective.names(),
+    parts = RunParts(
+        engine,
+        config,
+        # checkpoint keys of the optimizers: "generator_optimizer"... (models own the names)
+        Learning(
+            {"generator": generator, "discriminator": discriminator},
+            {"generator": g_opt, "discriminator": d_opt},
+            {"generator": g_step, "discriminator": d_step},
+            device,
+        ),
+        Steps(
+            update,
+            _parts.make_evaluator_factory(eval_fn, lambda: gan_metrics(device)),
+            GANPredictor(generator, device, g_step.autocast, latent_shape=latent_shape),
+        ),
+        RunData(train_loader),
+        state={"fixed_noise": fixed},
     )
-    trainer.optimizers = {"generator": g_opt, "discriminator": d_opt}  # the public view
+    trainer = build_trainer(parts, AttachOptions("g_loss", objective.names()))
     if fixed_noise_size:
         out_dir = Path(config.output_dir) if config.output_dir else None
         attach_gan_samples(

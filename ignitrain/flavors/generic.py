@@ -31,10 +31,11 @@ from torch import nn
 
 from ignitrain.config import ConfigError, suggest
 from ignitrain.distributed import own_rank_state, with_rank_states
-from ignitrain.flavors import _recipe as recipe
+from ignitrain.flavors import _parts
+from ignitrain.flavors._attach import AttachOptions, build_trainer
 from ignitrain.predict import GenericPredictor
 from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
-from ignitrain.trainer import Trainer
+from ignitrain.trainer import RunData, RunParts, Steps, Trainer
 
 __all__ = [
     "create_trainer",
@@ -475,9 +476,9 @@ def create_trainer(
         >>> trainer.train()
         >>> trainer.evaluate(test_ds)["perplexity"]
     """
-    config = recipe.check_config(config)
-    model = recipe.check_model(model, seed=config.seed)
-    user_metrics = recipe.check_metrics(metrics)
+    config = _parts.check_config(config)
+    model = _parts.check_model(model, seed=config.seed)
+    user_metrics = _parts.check_metrics(metrics)
     _check_step_fn(train_step, "train_step")
     _check_step_fn(eval_step, "eval_step")
     if config.loss is not None:
@@ -488,14 +489,14 @@ def create_trainer(
         )
     want_perplexity = _check_metric_names(config.metrics)
 
-    device = recipe.setup_run(config)
-    train_loader, val_loader = recipe.make_loaders(train_data, val_data, config)
-    net, model = recipe.place_model(model, config, device)
-    opt = recipe.make_optimizer(config, model, optimizer)
+    device = _parts.setup_run(config)
+    train_loader, val_loader = _parts.make_loaders(train_data, val_data, config)
+    net, model = _parts.place_model(model, config, device)
+    opt = _parts.make_optimizer(config, model, optimizer)
     opt_step = OptimizerStep(opt, net, StepOptions.from_config(config, device), device)
     step = train_step or default_step
     update = generic_update(net, opt_step, step, device, channels_last=config.channels_last)
-    engine = recipe.make_engine(update, train_loader, config)
+    engine = _parts.make_engine(update, train_loader, config)
     # before attach_handlers, so History records these means at the same EPOCH_COMPLETED
     output_means = TrainOutputMeans().attach(engine)
 
@@ -507,19 +508,16 @@ def create_trainer(
     eval_fn = generic_evaluate(
         model, device, opt_step.autocast, eval_step or step, channels_last=config.channels_last
     )
-    trainer = recipe.single_model_trainer(
-        engine=engine,
-        config=config,
-        model=model,
-        optimizer=opt,
-        eval_fn=eval_fn,
-        metrics_fn=all_metrics,
-        train_loader=train_loader,
-        val_loader=val_loader,
-        train_step=update,
-        device=device,
-        predictor=GenericPredictor(model, device, opt_step.autocast),
+    parts = RunParts(
+        engine,
+        config,
+        _parts.one_model(model, opt, opt_step, device),
+        Steps(
+            update,
+            _parts.make_evaluator_factory(eval_fn, all_metrics),
+            GenericPredictor(model, device, opt_step.autocast),
+        ),
+        RunData(train_loader, val_loader),
+        state={"train_output_means": output_means},
     )
-    trainer.checkpointables["train_output_means"] = output_means
-    recipe.attach_handlers(trainer, opt_steps={"optimizer": opt_step}, default_best_metric="loss")
-    return trainer
+    return build_trainer(parts, AttachOptions(default_best_metric="loss"))

@@ -10,7 +10,8 @@ from ignite.metrics.regression import R2Score
 from torch import nn
 
 from ignitrain.config import ConfigError
-from ignitrain.flavors.supervised import build_supervised_trainer, loss_metric
+from ignitrain.flavors._parts import check_config
+from ignitrain.flavors.supervised import SupervisedFlavor, build_supervised_trainer, loss_metric
 from ignitrain.trainer import Trainer
 
 __all__ = ["create_regression_trainer", "regression_metrics"]
@@ -56,9 +57,7 @@ def create_regression_trainer(
     Returns:
         A :class:`~ignitrain.Trainer`.
     """
-    from ignitrain.flavors._recipe import check_config
-
-    config = check_config(config)
+    config = check_config(config)  # the one check of the config
     if config.metrics:
         raise ConfigError(
             f"TrainConfig.metrics={config.metrics!r} is not allowed for regression: its metrics "
@@ -69,9 +68,11 @@ def create_regression_trainer(
         config,
         train_data,
         val_data,
-        default_loss=nn.MSELoss,
-        flavor_metrics=regression_metrics,
-        default_best_metric="loss",
+        SupervisedFlavor(
+            default_loss=nn.MSELoss,
+            flavor_metrics=regression_metrics,
+            default_best_metric="loss",
+        ),
         optimizer=optimizer,
         loss=loss,
         metrics=metrics,

@@ -34,11 +34,12 @@ from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from torch import nn
 
 from ignitrain.config import ConfigError, suggest
-from ignitrain.flavors import _recipe as recipe
+from ignitrain.flavors import _parts
+from ignitrain.flavors._attach import AttachOptions, build_trainer
 from ignitrain.predict import Seq2SeqPredictor
 from ignitrain.registry import build_loss
 from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
-from ignitrain.trainer import Trainer
+from ignitrain.trainer import RunData, RunParts, Steps, Trainer
 
 __all__ = [
     "create_seq2seq_trainer",
@@ -645,9 +646,9 @@ def create_seq2seq_trainer(
         >>> trainer.train()
         >>> trainer.evaluate(test_ds)["sequence_accuracy"]
     """
-    config = recipe.check_config(config)
-    model = recipe.check_model(model, seed=config.seed)
-    user_metrics = recipe.check_metrics(metrics)
+    config = _parts.check_config(config)
+    model = _parts.check_model(model, seed=config.seed)
+    user_metrics = _parts.check_metrics(metrics)
     tokens = SpecialTokens(pad=pad_idx, bos=bos_idx, eos=eos_idx)
     ratio_fn = _teacher_forcing_fn(teacher_forcing)
     if max_decode_len is not None and (
@@ -665,10 +666,10 @@ def create_seq2seq_trainer(
             f"loss must be callable (logits, target) -> loss, got {type(loss_fn).__name__}"
         )
 
-    device = recipe.setup_run(config)
-    train_loader, val_loader = recipe.make_loaders(train_data, val_data, config)
-    net, model = recipe.place_model(model, config, device)
-    opt = recipe.make_optimizer(config, model, optimizer)
+    device = _parts.setup_run(config)
+    train_loader, val_loader = _parts.make_loaders(train_data, val_data, config)
+    net, model = _parts.place_model(model, config, device)
+    opt = _parts.make_optimizer(config, model, optimizer)
     opt_step = OptimizerStep(opt, net, StepOptions.from_config(config, device), device)
     report_ratio = callable(teacher_forcing) or teacher_forcing < 1.0
     update = seq2seq_update(
@@ -680,7 +681,7 @@ def create_seq2seq_trainer(
         teacher_forcing=ratio_fn,
         report_ratio=report_ratio,
     )
-    engine = recipe.make_engine(update, train_loader, config)
+    engine = _parts.make_engine(update, train_loader, config)
 
     def all_metrics() -> dict[str, Metric]:
         found = seq2seq_metrics(loss_fn, tokens)
@@ -690,25 +691,15 @@ def create_seq2seq_trainer(
     eval_fn = seq2seq_evaluate(
         model, device, opt_step.autocast, tokens=tokens, max_decode_len=max_decode_len
     )
-    trainer = recipe.single_model_trainer(
-        engine=engine,
-        config=config,
-        model=model,
-        optimizer=opt,
-        eval_fn=eval_fn,
-        metrics_fn=all_metrics,
-        train_loader=train_loader,
-        val_loader=val_loader,
-        train_step=update,
-        device=device,
-        predictor=Seq2SeqPredictor(
-            model, device, opt_step.autocast, tokens=tokens, max_decode_len=max_decode_len
-        ),
+    predictor = Seq2SeqPredictor(
+        model, device, opt_step.autocast, tokens=tokens, max_decode_len=max_decode_len
     )
-    recipe.attach_handlers(
-        trainer,
-        opt_steps={"optimizer": opt_step},
-        default_best_metric="sequence_accuracy",
-        loss_names=("loss", "teacher_forcing") if report_ratio else ("loss",),
+    parts = RunParts(
+        engine,
+        config,
+        _parts.one_model(model, opt, opt_step, device),
+        Steps(update, _parts.make_evaluator_factory(eval_fn, all_metrics), predictor),
+        RunData(train_loader, val_loader),
     )
-    return trainer
+    losses = ("loss", "teacher_forcing") if report_ratio else ("loss",)
+    return build_trainer(parts, AttachOptions("sequence_accuracy", losses))
