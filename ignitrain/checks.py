@@ -1,7 +1,7 @@
 """Checks a factory makes before it builds anything, so a run fails at construction and
 not after an epoch (issue 12 item 5).
 
-Two entry points, one line each in ``ignitrain/flavors/_recipe.py``:
+Two entry points, one line each in ``ignitrain/flavors/_parts.py``:
 
 * :func:`check_run_config` (from ``check_config``): ``seed`` within torch's range,
   ``resume`` naming ``"latest"`` or an existing file (with a suggestion for a typo), the

@@ -36,6 +36,8 @@ import ignite.distributed as idist
 import torch
 from torch import nn
 
+from ignitrain.amp import resolve_amp
+
 __all__ = [
     "FSDPOptions",
     "shard_model",
@@ -94,8 +96,6 @@ class FSDPOptions:
     def from_config(cls, config: Any, device: torch.device | None = None) -> FSDPOptions:
         """Options from a ``TrainConfig``: ``amp="bf16"`` (or ``"auto"`` off CUDA)
         becomes FSDP2's bf16 parameter dtype; fp16 keeps autocast + GradScaler."""
-        from ignitrain.steps import resolve_amp
-
         amp = resolve_amp(config.amp, device or torch.device("cpu"))
         return cls(
             wrap=config.fsdp_wrap,
@@ -176,6 +176,8 @@ def shard_model(
     Raises:
         RuntimeError: no process group is initialised.
     """
+    # lazy: torch.distributed (and FSDP2) is missing from some torch builds, and only
+    # a multi-process FSDP run needs it
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
@@ -218,7 +220,7 @@ def shard_model(
 
 def is_fsdp(module: nn.Module) -> bool:
     """Whether ``module`` (or the module ``torch.compile`` wraps) is an ``FSDPModule``."""
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # lazy: see shard_model
 
     return isinstance(getattr(module, "_orig_mod", module), FSDPModule)
 

@@ -33,6 +33,7 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
+from ignitrain.amp import resolve_amp
 from ignitrain.distributed import own_rank_state, with_rank_states
 from ignitrain.fsdp import is_fsdp, set_gradient_sync  # issue 14
 
@@ -62,15 +63,6 @@ def train_mode(*models: nn.Module) -> None:
     for model in models:
         if not model.training:
             model.train()
-
-
-def resolve_amp(amp: Any, device: torch.device) -> str | None:
-    """``False`` -> ``None``; ``True``/``"auto"`` -> fp16 on CUDA, bf16 elsewhere."""
-    if amp is False or amp is None:
-        return None
-    if amp is True or amp == "auto":
-        return "fp16" if device.type == "cuda" else "bf16"
-    return amp
 
 
 @dataclass(frozen=True)

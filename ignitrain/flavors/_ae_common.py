@@ -1,8 +1,8 @@
 """Small parts shared by the unsupervised flavors (autoencoder, GAN).
 
+Their evaluation metric is :class:`ignitrain.handlers.metrics.OutputMean` (``weight_key="n"``).
+
 * :func:`batch_input` takes the input of a batch that is ``x`` or ``(x, label)``.
-* :class:`OutputMean` is an Ignite metric: the sample-weighted mean of one number of
-  an evaluation output dict, reduced over processes.
 * :func:`seeded_rng` runs a block with the global torch RNG reseeded and restores it
   afterwards, so evaluation noise is the same every time and never shifts training.
 """
@@ -14,10 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from ignite.metrics import Metric
-from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
-__all__ = ["batch_input", "OutputMean", "seeded_rng"]
+__all__ = ["batch_input", "seeded_rng"]
 
 
 def batch_input(batch: Any) -> torch.Tensor:
@@ -34,40 +32,6 @@ def batch_input(batch: Any) -> torch.Tensor:
             + (f" whose first item is {type(x).__name__}" if x is not batch else "")
         )
     return x
-
-
-class OutputMean(Metric):
-    """Mean of ``output[key]`` weighted by ``output["n"]`` (the batch size).
-
-    The evaluation step returns per-batch means; weighting by batch size makes the
-    result the mean over samples even when the last batch is smaller.
-    """
-
-    def __init__(self, key: str, device: str | torch.device = "cpu") -> None:
-        self.key = key
-        super().__init__(output_transform=self._pick, device=device, skip_unrolling=True)
-
-    def _pick(self, output: Any) -> tuple[float, int]:
-        return float(output[self.key]), int(output["n"])
-
-    @reinit__is_reduced
-    def reset(self) -> None:
-        self._total = torch.tensor(0.0, dtype=torch.float64, device=self._device)
-        self._count = torch.tensor(0.0, dtype=torch.float64, device=self._device)
-
-    @reinit__is_reduced
-    def update(self, output: tuple[float, int]) -> None:
-        value, n = output
-        self._total += value * n
-        self._count += n
-
-    @sync_all_reduce("_total", "_count")
-    def compute(self) -> float:
-        if self._count.item() == 0:
-            raise RuntimeError(
-                f"OutputMean({self.key!r}) needs at least one batch before compute()"
-            )
-        return (self._total / self._count).item()
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ noise after every epoch and writes the picture (rank 0 only).
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from ignitrain._files import write_atomic
 from ignitrain.flavors._ae_common import seeded_rng
 
 __all__ = ["samples_to_image", "image_grid", "save_png", "attach_gan_samples", "GanSamples"]
@@ -110,17 +112,19 @@ def _as_hwc(image: Any) -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an ``HxWx3`` float image to ``path`` (atomically: temp file, then rename)."""
-    try:
+    """Write an ``HxWx3`` float image to ``path`` as PNG (never a partial file).
+
+    Raises:
+        ModuleNotFoundError: matplotlib (the PNG encoder) is not installed.
+    """
+    try:  # optional dependency: imported where used
         from matplotlib.image import imsave
     except ModuleNotFoundError as err:  # pragma: no cover - matplotlib is a test dependency
         raise ModuleNotFoundError("pip install matplotlib to save GAN sample images") from err
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    imsave(tmp, image, format="png")
-    os.replace(tmp, path)
-    return path
+    encoded = io.BytesIO()
+    imsave(encoded, image, format="png")
+    # not durable (no fsync): a picture per epoch, not needed to resume the run
+    return write_atomic(path, encoded.getvalue(), durable=False)
 
 
 class GanSamples:

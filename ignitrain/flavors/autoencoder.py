@@ -8,8 +8,8 @@ the update and evaluation functions only move data and call it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,11 +20,12 @@ from ignite.metrics import Metric
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from ignitrain.config import suggest
 from ignitrain.data import is_dataset
+from ignitrain.errors import is_number, suggest
 from ignitrain.flavors import _parts
-from ignitrain.flavors._ae_common import OutputMean, batch_input, seeded_rng
+from ignitrain.flavors._ae_common import batch_input, seeded_rng
 from ignitrain.flavors._attach import AttachOptions, build_trainer
+from ignitrain.handlers.metrics import OutputMean
 from ignitrain.predict import AutoencoderPredictor
 from ignitrain.registry import build_loss
 from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
@@ -256,7 +257,7 @@ def autoencoder_evaluate(
 def autoencoder_metrics(kind: str, device: str | torch.device = "cpu") -> dict[str, Metric]:
     """``loss`` and ``recon`` (and ``kl`` for a VAE): sample means over the data."""
     names = ("loss", "recon", "kl") if kind == "vae" else ("loss", "recon")
-    return {name: OutputMean(name, device=device) for name in names}
+    return {name: OutputMean(name, weight_key="n", device=device) for name in names}
 
 
 # -- the factory --------------------------------------------------------------------------
@@ -400,7 +401,7 @@ def _check_options(kind: Any, noise_std: Any, kl_weight: Any, kl_warmup_epochs: 
         ("kl_weight", kl_weight),
         ("kl_warmup_epochs", kl_warmup_epochs),
     ):
-        if not _is_number(value) or value < 0 or not math.isfinite(value):
+        if not is_number(value) or value < 0 or not math.isfinite(value):
             raise ValueError(f"{name}={value!r} is not allowed: expected a finite number >= 0")
 
 
@@ -422,10 +423,6 @@ def _check_kind_options(
             f"autoencoder is kind={kind!r} (model(x) returns one tensor); leave them at "
             "their defaults"
         )
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _resolve_kind(
@@ -478,6 +475,4 @@ def _peek_input(data: Any) -> torch.Tensor | None:
 
 def _fresh(metric: Metric) -> Metric:
     # a Metric object attaches to one evaluator; evaluate() builds new evaluators
-    import copy
-
     return copy.deepcopy(metric)

@@ -9,23 +9,28 @@ discriminator and the generator steps.
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from ignite.engine import Engine, EventEnum
 from ignite.metrics import Metric
 from torch import nn
 
-from ignitrain.config import suggest
+from ignitrain.errors import is_count
 from ignitrain.flavors import _parts
-from ignitrain.flavors._ae_common import OutputMean, batch_input, seeded_rng
+from ignitrain.flavors._ae_common import batch_input, seeded_rng
 from ignitrain.flavors._attach import AttachOptions, build_trainer
 from ignitrain.flavors._gan_samples import attach_gan_samples
+from ignitrain.flavors.gan_objective import (
+    GAN_LOSSES,
+    FixedNoise,
+    GANObjective,
+    discriminator_scores,
+)
+from ignitrain.handlers.metrics import OutputMean
 from ignitrain.predict import GANPredictor
 from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
 from ignitrain.trainer import Learning, RunData, RunParts, Steps, Trainer
@@ -35,20 +40,12 @@ __all__ = [
     "GANEvents",
     "GANObjective",
     "FixedNoise",
+    "GANPlayers",
     "gan_update",
     "gan_evaluate",
     "gan_metrics",
     "create_gan_trainer",
 ]
-
-#: Loss formulations: non-saturating BCE, hinge, Wasserstein with gradient penalty.
-GAN_LOSSES = ("bce", "hinge", "wgan-gp")
-_ALIASES = {
-    "wgangp": "wgan-gp",
-    "wgan_gp": "wgan-gp",
-    "nonsaturating": "bce",
-    "non-saturating": "bce",
-}
 
 
 class GANEvents(EventEnum):
@@ -62,20 +59,6 @@ class GANEvents(EventEnum):
     G_STEP_COMPLETED = "g_step_completed"
 
 
-def _scores(output: Any, n: int, where: str) -> torch.Tensor:
-    """The discriminator's ``(N,)`` float32 scores; ``(N, 1)`` is accepted too."""
-    if not isinstance(output, torch.Tensor):
-        raise ValueError(
-            f"discriminator must return a tensor of scores, got {type(output).__name__} ({where})"
-        )
-    if output.shape not in (torch.Size([n]), torch.Size([n, 1])):
-        raise ValueError(
-            f"discriminator output must hold one score per sample, shape ({n},) or ({n}, 1); "
-            f"got {tuple(output.shape)} ({where})"
-        )
-    return output.float().reshape(n)
-
-
 def _check_fake(fake: Any, real: torch.Tensor) -> None:
     if not isinstance(fake, torch.Tensor) or fake.shape != real.shape:
         got = tuple(fake.shape) if isinstance(fake, torch.Tensor) else type(fake).__name__
@@ -84,109 +67,6 @@ def _check_fake(fake: Any, real: torch.Tensor) -> None:
             "noise vector, "
             f"shaped like the real batch), got {got}"
         )
-
-
-class GANObjective:
-    """The two players' losses for one GAN formulation.
-
-    Args:
-        loss: ``"bce"`` (non-saturating: D minimises BCE on real/fake labels, G
-            minimises ``BCE(D(G(z)), 1)``), ``"hinge"`` (D: ``relu(1 - D(x)) + relu(1 +
-            D(G(z)))``, G: ``-D(G(z))``) or ``"wgan-gp"`` (critic: ``D(G(z)) - D(x) +
-            gp_weight * penalty``, G: ``-D(G(z))``).
-        real_label: BCE target of real samples (e.g. 0.9: one-sided label smoothing).
-        fake_label: BCE target of generated samples in the discriminator loss.
-        gp_weight: Weight of the gradient penalty (``"wgan-gp"``).
-    """
-
-    def __init__(
-        self,
-        loss: str = "bce",
-        *,
-        real_label: float = 1.0,
-        fake_label: float = 0.0,
-        gp_weight: float = 10.0,
-    ) -> None:
-        self.loss = _check_loss(loss)
-        for name, value in (("real_label", real_label), ("fake_label", fake_label)):
-            if not _is_number(value) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}={value!r} is not allowed: expected a number in [0, 1]")
-        if self.loss != "bce" and (real_label != 1.0 or fake_label != 0.0):
-            raise ValueError(
-                f"real_label={real_label!r}/fake_label={fake_label!r} only apply to loss='bce' "
-                f"(loss={self.loss!r} has no labels); leave them at 1.0/0.0"
-            )
-        if real_label == fake_label:
-            raise ValueError(f"real_label and fake_label must differ, both are {real_label!r}")
-        if not _is_number(gp_weight) or gp_weight < 0 or not math.isfinite(gp_weight):
-            raise ValueError(
-                f"gp_weight={gp_weight!r} is not allowed: expected a finite number >= 0"
-            )
-        self.real_label, self.fake_label, self.gp_weight = (
-            float(real_label),
-            float(fake_label),
-            float(gp_weight),
-        )
-
-    def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        """Discriminator loss from scores on real and generated samples (no penalty)."""
-        if self.loss == "bce":
-            return F.binary_cross_entropy_with_logits(
-                real, torch.full_like(real, self.real_label)
-            ) + F.binary_cross_entropy_with_logits(fake, torch.full_like(fake, self.fake_label))
-        if self.loss == "hinge":
-            return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
-        return fake.mean() - real.mean()
-
-    def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
-        """Generator loss from the discriminator's scores on generated samples."""
-        if self.loss == "bce":
-            return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
-        return -fake.mean()
-
-    def summary(self, scores: torch.Tensor) -> float:
-        """``D(x)`` as reported: mean probability for BCE, mean raw score otherwise."""
-        return (torch.sigmoid(scores) if self.loss == "bce" else scores).mean().item()
-
-    def gradient_penalty(
-        self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor
-    ) -> torch.Tensor:
-        """``mean((||grad D(x_mix)|| - 1)^2)`` at random mixes of real and fake (float32)."""
-        n = real.shape[0]
-        eps = torch.rand(n, *([1] * (real.dim() - 1)), device=real.device)
-        mixed = (eps * real.detach().float() + (1.0 - eps) * fake.detach().float()).requires_grad_(
-            True
-        )
-        scores = _scores(critic(mixed), n, "gradient penalty")
-        (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)
-        return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
-
-    def names(self) -> tuple[str, ...]:
-        """The per-iteration values the update function returns."""
-        return ("d_loss", "g_loss", "d_real", "d_fake") + (
-            ("gp",) if self.loss == "wgan-gp" else ()
-        )
-
-
-class FixedNoise:
-    """The latent vectors the sample grids are drawn from (checkpointed).
-
-    Drawn once from a ``torch.Generator`` seeded with ``seed`` (the global RNG is not
-    touched), so the grids of all epochs, and of a resumed run, show the same ``z``.
-    """
-
-    def __init__(self, size: int, latent_shape: tuple[int, ...], seed: int = 0) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        self.noise = torch.randn(size, *latent_shape, generator=gen)
-
-    def get(self) -> torch.Tensor:
-        return self.noise
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"noise": self.noise.clone()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.noise = state["noise"].clone()
 
 
 @contextlib.contextmanager
@@ -209,12 +89,27 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 # -- step functions ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class GANPlayers:
+    """The two players of the update: their trainable forwards and optimizer steps.
+
+    Attributes:
+        generator, discriminator: The modules that run the trainable forwards
+            (DDP-wrapped/compiled ``net``s).
+        d_model: The discriminator as the user built it; the generator step runs it
+            with frozen parameters (no DDP gradient sync is due for it there).
+        g_step, d_step: The optimizer steps of the generator and the discriminator.
+    """
+
+    generator: nn.Module
+    discriminator: nn.Module
+    d_model: nn.Module
+    g_step: OptimizerStep
+    d_step: OptimizerStep
+
+
 def gan_update(
-    generator: nn.Module,
-    discriminator: nn.Module,
-    d_model: nn.Module,
-    g_step: OptimizerStep,
-    d_step: OptimizerStep,
+    players: GANPlayers,
     objective: GANObjective,
     latent_shape: tuple[int, ...],
     device: torch.device,
@@ -224,15 +119,11 @@ def gan_update(
 ) -> Callable[[Engine, Any], dict[str, float]]:
     """The training process function of one iteration (see :func:`create_gan_trainer`).
 
-    Args:
-        generator, discriminator: The modules that run the trainable forwards
-            (DDP-wrapped/compiled ``net``s).
-        d_model: The discriminator as the user built it; the generator step runs it
-            with frozen parameters (no DDP gradient sync is due for it there).
-
     Returns ``{"d_loss", "d_real", "d_fake"[, "gp"][, "g_loss"]}`` floats; ``g_loss``
     only on iterations with a generator step.
     """
+    generator, discriminator, d_model = players.generator, players.discriminator, players.d_model
+    g_step, d_step = players.g_step, players.d_step
 
     def update(engine: Engine, batch: Any) -> dict[str, float]:
         train_mode(generator, discriminator)
@@ -248,8 +139,10 @@ def gan_update(
             with torch.set_grad_enabled(g_turn), g_forward:
                 fake = generator(z)
             _check_fake(fake, real)
-            real_scores = _scores(discriminator(real), n, "on real samples")
-            fake_scores = _scores(discriminator(fake.detach()), n, "on generated samples")
+            real_scores = discriminator_scores(discriminator(real), n, "on real samples")
+            fake_scores = discriminator_scores(
+                discriminator(fake.detach()), n, "on generated samples"
+            )
         d_loss = objective.d_loss(real_scores, fake_scores)
         out = {"d_real": objective.summary(real_scores), "d_fake": objective.summary(fake_scores)}
         if objective.loss == "wgan-gp":
@@ -266,7 +159,9 @@ def gan_update(
         # 2. generator step every n_critic-th iteration, against the updated discriminator
         if g_turn:
             with _frozen(d_model), g_step.autocast():
-                g_loss = objective.g_loss(_scores(d_model(fake), n, "in the generator step"))
+                g_loss = objective.g_loss(
+                    discriminator_scores(d_model(fake), n, "in the generator step")
+                )
             g_step.backward(engine, g_loss)
             out = {**out, "g_loss": g_loss.item()}
             if not engine.should_terminate:
@@ -304,8 +199,8 @@ def gan_evaluate(
         with seeded_rng(seed + engine.state.iteration, device), autocast():
             fake = generator(torch.randn(n, *latent_shape, device=device))
             _check_fake(fake, real)
-            real_scores = _scores(discriminator(real), n, "on real samples")
-            fake_scores = _scores(discriminator(fake), n, "on generated samples")
+            real_scores = discriminator_scores(discriminator(real), n, "on real samples")
+            fake_scores = discriminator_scores(discriminator(fake), n, "on generated samples")
         return {
             "d_loss": objective.d_loss(real_scores, fake_scores).item(),
             "g_loss": objective.g_loss(fake_scores).item(),
@@ -320,7 +215,8 @@ def gan_evaluate(
 def gan_metrics(device: str | torch.device = "cpu") -> dict[str, Metric]:
     """``d_loss``, ``g_loss``, ``d_real``, ``d_fake``: sample means over the data."""
     return {
-        name: OutputMean(name, device=device) for name in ("d_loss", "g_loss", "d_real", "d_fake")
+        name: OutputMean(name, weight_key="n", device=device)
+        for name in ("d_loss", "g_loss", "d_real", "d_fake")
     }
 
 
@@ -440,9 +336,10 @@ def create_gan_trainer(
     options = StepOptions.from_config(config, device)
     g_step = OptimizerStep(g_opt, g_net, options, device)
     d_step = OptimizerStep(d_opt, d_net, options, device)
+    players = GANPlayers(g_net, d_net, discriminator, g_step, d_step)
     update = gan_update(
-        g_net, d_net, discriminator, g_step, d_step, objective, latent_shape, device,
-        n_critic=n_critic, channels_last=config.channels_last,
+        players, objective, latent_shape, device, n_critic=n_critic,
+        channels_last=config.channels_last,
     )  # fmt: skip
     engine = _parts.make_engine(update, train_loader, config)
     engine.register_events(*GANEvents)
@@ -488,29 +385,6 @@ def create_gan_trainer(
 # -- argument checks ----------------------------------------------------------------------
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_loss(loss: Any) -> str:
-    if not isinstance(loss, str):
-        raise TypeError(
-            f"loss={loss!r} is not allowed: expected a GAN loss name, one of {GAN_LOSSES}"
-        )
-    key = loss.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in GAN_LOSSES:
-        raise ValueError(
-            f"loss={loss!r} is not a GAN loss.{suggest(key, GAN_LOSSES)} Allowed: "
-            f"{', '.join(GAN_LOSSES)}"
-        )
-    return key
-
-
 def _check_latent(latent_dim: Any) -> tuple[int, ...]:
     if latent_dim is None:
         raise TypeError(
@@ -518,11 +392,11 @@ def _check_latent(latent_dim: Any) -> tuple[int, ...]:
             "generator takes, "
             "e.g. latent_dim=64, or its shape, e.g. latent_dim=(100, 1, 1)"
         )
-    shape = (latent_dim,) if _is_count(latent_dim) else latent_dim
+    shape = (latent_dim,) if is_count(latent_dim) else latent_dim
     if (
         not isinstance(shape, (tuple, list))
         or not shape
-        or not all(_is_count(d) and d > 0 for d in shape)
+        or not all(is_count(d) and d > 0 for d in shape)
     ):
         raise ValueError(
             f"latent_dim={latent_dim!r} is not allowed: expected a positive int or a tuple of them"
@@ -546,9 +420,9 @@ def _check_fsdp(config: Any, loss: str) -> None:
 
 
 def _check_options(config: Any, n_critic: Any, fixed_noise_size: Any, sample_fn: Any) -> None:
-    if not _is_count(n_critic) or n_critic < 1:
+    if not is_count(n_critic) or n_critic < 1:
         raise ValueError(f"n_critic={n_critic!r} is not allowed: expected an integer >= 1")
-    if not _is_count(fixed_noise_size) or fixed_noise_size < 0:
+    if not is_count(fixed_noise_size) or fixed_noise_size < 0:
         raise ValueError(
             f"fixed_noise_size={fixed_noise_size!r} is not allowed: expected an integer >= 0"
         )

@@ -16,23 +16,18 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import ignite.distributed as idist
 import torch
-from ignite.engine import Engine, Events
-from ignite.exceptions import NotComputableError
+from ignite.engine import Engine
 from ignite.metrics import Metric
-from ignite.metrics.metric import reinit__is_reduced
 from torch import nn
 
-from ignitrain.config import ConfigError, suggest
-from ignitrain.distributed import own_rank_state, with_rank_states
+from ignitrain.errors import ConfigError, is_number, suggest
 from ignitrain.flavors import _parts
 from ignitrain.flavors._attach import AttachOptions, build_trainer
+from ignitrain.handlers.metrics import OutputMean, TrainOutputMeans, batch_size_of, scalar_value
 from ignitrain.predict import GenericPredictor
 from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
 from ignitrain.trainer import RunData, RunParts, Steps, Trainer
@@ -124,7 +119,7 @@ def _as_values(result: Any, name: str) -> dict[str, Any]:
     with a ``.loss`` attribute (returned as is by the step) is ``{"loss": result.loss}``."""
     if isinstance(result, Mapping):
         return dict(result)
-    if isinstance(result, torch.Tensor) or _is_number(result):
+    if isinstance(result, torch.Tensor) or is_number(result):
         return {"loss": result}
     if hasattr(result, "loss"):
         if result.loss is None:
@@ -154,18 +149,6 @@ def _train_loss(values: Mapping[str, Any]) -> torch.Tensor:
             "or from a model without trainable parameters"
         )
     return loss.reshape(())
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _scalar(value: Any) -> float | None:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return float(value.detach().item())
-    if _is_number(value):
-        return float(value)
-    return None
 
 
 def _check_step_fn(fn: Any, name: str) -> None:
@@ -203,7 +186,7 @@ def generic_update(
         opt_step.backward(engine, loss)
         out = {"loss": loss.item()}
         for key, value in values.items():
-            if key != "loss" and (value := _scalar(value)) is not None:
+            if key != "loss" and (value := scalar_value(value)) is not None:
                 out[key] = value
         return out
 
@@ -235,153 +218,6 @@ def _plain_mapping(batch: Any) -> Any:
     if isinstance(batch, Mapping) and not isinstance(batch, dict):
         return dict(batch)
     return batch
-
-
-# -- means of step outputs ----------------------------------------------------------------
-
-
-def batch_size_of(batch: Any) -> int:
-    """Leading size of the first tensor in ``batch`` (dict values, tuple items), else 1."""
-    if isinstance(batch, torch.Tensor):
-        return int(batch.size(0)) if batch.dim() > 0 else 1
-    items = batch.values() if isinstance(batch, Mapping) else batch
-    if isinstance(items, (tuple, list)) or isinstance(batch, Mapping):
-        for item in items:
-            if isinstance(item, torch.Tensor) and item.dim() > 0:
-                return int(item.size(0))
-    return 1
-
-
-def _reduce_sums(sums: Mapping[str, float], weights: Mapping[str, float]) -> dict[str, float]:
-    """``{key: sum / weight}`` over all processes (keys unioned across ranks)."""
-    keys = sorted(sums)
-    if idist.get_world_size() > 1:
-        # ranks may have seen different keys (or no batch at all): agree on the union
-        gathered = idist.all_gather(json.dumps(keys))
-        keys = sorted({k for text in gathered for k in json.loads(text)})
-        both = torch.tensor(
-            [[sums.get(k, 0.0), weights.get(k, 0.0)] for k in keys], dtype=torch.float64
-        ).reshape(-1, 2)
-        both = idist.all_reduce(both)
-        sums = {k: both[i, 0].item() for i, k in enumerate(keys)}
-        weights = {k: both[i, 1].item() for i, k in enumerate(keys)}
-    return {k: sums[k] / weights[k] for k in keys if weights[k] > 0}
-
-
-class OutputMean(Metric):
-    """Mean of every scalar value of a dict output, each batch weighted by its size.
-
-    Attached to an engine it reads the (dict) output and weighs it by the size of
-    ``engine.state.batch`` (see :func:`batch_size_of`); non-scalar values (logits...)
-    are skipped. ``update(values)`` (weight 1) or ``update((values, weight))`` feed it
-    by hand. ``compute()`` returns ``{key: mean}`` — attached, each key becomes a
-    metric of its own — reduced across processes. With ``perplexity=True`` it adds
-    ``"perplexity" = exp(mean loss)``.
-
-    Args:
-        output_transform: Maps the engine output to the dict of values.
-        perplexity: Also report ``exp`` of the mean of ``loss_key``.
-        loss_key: The value ``perplexity`` exponentiates.
-    """
-
-    required_output_keys = None
-
-    def __init__(
-        self,
-        output_transform: Callable = lambda x: x,
-        *,
-        perplexity: bool = False,
-        loss_key: str = "loss",
-        device: Any = "cpu",
-    ):
-        self.perplexity = perplexity
-        self.loss_key = loss_key
-        super().__init__(
-            output_transform, device=device, skip_unrolling=True, metrics_result_mode="flatten"
-        )
-
-    @reinit__is_reduced
-    def reset(self) -> None:
-        self._sums: dict[str, float] = {}
-        self._weights: dict[str, float] = {}
-
-    @reinit__is_reduced
-    def update(self, output: Any) -> None:
-        values, weight = (output, 1.0) if isinstance(output, Mapping) else output
-        if not isinstance(values, Mapping):
-            raise TypeError(f"OutputMean expects a dict of values, got {type(values).__name__}")
-        for key, value in values.items():
-            if (value := _scalar(value)) is not None:
-                self._sums[key] = self._sums.get(key, 0.0) + value * weight
-                self._weights[key] = self._weights.get(key, 0.0) + weight
-
-    @torch.no_grad()
-    def iteration_completed(self, engine: Engine) -> None:
-        self.update(
-            (self._output_transform(engine.state.output), batch_size_of(engine.state.batch))
-        )
-
-    def compute(self) -> dict[str, float]:
-        means = _reduce_sums(self._sums, self._weights)
-        if not means:
-            raise NotComputableError("OutputMean needs at least one batch with a scalar value")
-        if self.perplexity:
-            if self.loss_key not in means:
-                raise ValueError(
-                    f"perplexity needs a {self.loss_key!r} value from the evaluation step; "
-                    f"it returned {sorted(means)}"
-                )
-            loss = means[self.loss_key]
-            means["perplexity"] = math.exp(loss) if loss < 709.0 else math.inf
-        return means
-
-
-class TrainOutputMeans:
-    """Epoch means of the scalar values of the training output other than ``exclude``.
-
-    Keys are discovered as they appear, so a ``train_step`` returning
-    ``{"loss": ..., "accuracy": ...}`` gets ``engine.state.metrics["accuracy"]`` (logged
-    as ``train/accuracy``). Like :class:`~ignitrain.handlers.metrics.EpochMean` it
-    resets only at a true epoch start and is checkpointable, so a mid-epoch resume
-    keeps the means of the iterations before the interruption.
-    """
-
-    def __init__(self, exclude: tuple[str, ...] = ("loss",)):
-        self.exclude = tuple(exclude)
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, float] = {}
-
-    def attach(self, engine: Engine) -> TrainOutputMeans:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._started)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._completed)
-        return self
-
-    def _started(self, engine: Engine) -> None:
-        length = engine.state.epoch_length
-        if not length or engine.state.iteration == (engine.state.epoch - 1) * length:
-            self.sums, self.counts = {}, {}
-
-    def _update(self, engine: Engine) -> None:
-        output = engine.state.output
-        if not isinstance(output, Mapping):
-            return
-        for key, value in output.items():
-            if key not in self.exclude and (value := _scalar(value)) is not None:
-                self.sums[key] = self.sums.get(key, 0.0) + value
-                self.counts[key] = self.counts.get(key, 0.0) + 1.0
-
-    def _completed(self, engine: Engine) -> None:
-        engine.state.metrics.update(_reduce_sums(self.sums, self.counts))
-
-    def state_dict(self) -> dict[str, Any]:
-        # per-rank sums (reduced only at the epoch's end): every rank's is kept
-        return with_rank_states({"sums": dict(self.sums), "counts": dict(self.counts)})
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        state = own_rank_state(dict(state))
-        self.sums = {str(k): float(v) for k, v in state["sums"].items()}
-        self.counts = {str(k): float(v) for k, v in state["counts"].items()}
 
 
 def _check_metric_names(names: Any) -> bool:

@@ -1,10 +1,14 @@
-"""Metrics Ignite lacks: a training-side epoch mean that survives a mid-epoch resume,
-and accuracy and loss of a classifier in one pass.
+"""Every epoch, dict and key mean, once; and accuracy and loss of a classifier in one pass.
 
-Ignite metrics reset at every ``EPOCH_STARTED``, including the one fired when a run
-resumes mid-epoch, so the epoch mean of a resumed epoch would cover only the
-iterations after the resume. :class:`EpochMean` resets only at a true epoch start
-and is checkpointable.
+* Training side (plain handlers on the training engine): :class:`EpochMean` (the epoch
+  mean of one value, the loss) and :class:`TrainOutputMeans` (the epoch means of every
+  other scalar of the output dict). Ignite metrics reset at every ``EPOCH_STARTED``,
+  including the one fired when a run resumes mid-epoch, so the epoch mean of a resumed
+  epoch would cover only the iterations after the resume: these reset only at a true
+  epoch start (:func:`true_epoch_start`) and are checkpointable.
+* Evaluation side (an Ignite ``Metric``): :class:`OutputMean`, the sample-weighted mean
+  of one key or of every scalar value of an evaluation output dict, reduced over
+  processes (the autoencoder, GAN and generic flavors' metrics).
 
 :class:`AccuracyLoss` gives what Ignite's ``Accuracy`` and ``Loss`` give together
 (same values) from one update per batch: their shape and type checks, the two
@@ -14,6 +18,8 @@ output transforms and the two updates cost ~300 us per validation batch against
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,8 +31,61 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
 from ignitrain.distributed import own_rank_state, with_rank_states
+from ignitrain.errors import is_number
 
-__all__ = ["AccuracyLoss", "EpochMean", "attach_epoch_mean"]
+__all__ = [
+    "AccuracyLoss",
+    "EpochMean",
+    "OutputMean",
+    "TrainOutputMeans",
+    "attach_epoch_mean",
+    "batch_size_of",
+    "scalar_value",
+    "true_epoch_start",
+]
+
+
+def true_epoch_start(engine: Engine) -> bool:
+    """Whether this ``EPOCH_STARTED`` begins an epoch (not a resume in its middle)."""
+    length = engine.state.epoch_length
+    return not length or engine.state.iteration == (engine.state.epoch - 1) * length
+
+
+def scalar_value(value: Any) -> float | None:
+    """A one-element tensor or a real number as a float; anything else (logits...): ``None``."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value.detach().item())
+    if is_number(value):
+        return float(value)
+    return None
+
+
+def batch_size_of(batch: Any) -> int:
+    """Leading size of the first tensor in ``batch`` (dict values, tuple items), else 1."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.size(0)) if batch.dim() > 0 else 1
+    items = batch.values() if isinstance(batch, Mapping) else batch
+    if isinstance(items, (tuple, list)) or isinstance(batch, Mapping):
+        for item in items:
+            if isinstance(item, torch.Tensor) and item.dim() > 0:
+                return int(item.size(0))
+    return 1
+
+
+def _reduce_sums(sums: Mapping[str, float], weights: Mapping[str, float]) -> dict[str, float]:
+    """``{key: sum / weight}`` over all processes (keys unioned across ranks)."""
+    keys = sorted(sums)
+    if idist.get_world_size() > 1:
+        # ranks may have seen different keys (or no batch at all): agree on the union
+        gathered = idist.all_gather(json.dumps(keys))
+        keys = sorted({k for text in gathered for k in json.loads(text)})
+        both = torch.tensor(
+            [[sums.get(k, 0.0), weights.get(k, 0.0)] for k in keys], dtype=torch.float64
+        ).reshape(-1, 2)
+        both = idist.all_reduce(both)
+        sums = {k: both[i, 0].item() for i, k in enumerate(keys)}
+        weights = {k: both[i, 1].item() for i, k in enumerate(keys)}
+    return {k: sums[k] / weights[k] for k in keys if weights[k] > 0}
 
 
 class EpochMean:
@@ -50,9 +109,8 @@ class EpochMean:
         return self
 
     def _started(self, engine: Engine) -> None:
-        length = engine.state.epoch_length
         # a resumed engine starts mid-epoch: keep what the checkpoint restored
-        if not length or engine.state.iteration == (engine.state.epoch - 1) * length:
+        if true_epoch_start(engine):
             self.total, self.count = 0.0, 0
 
     def _update(self, engine: Engine) -> None:
@@ -98,6 +156,166 @@ def attach_epoch_mean(
 ) -> EpochMean:
     """Attach an :class:`EpochMean` of ``output["loss"]`` (or ``value_fn``) to ``engine``."""
     return EpochMean(name, value_fn).attach(engine)
+
+
+class TrainOutputMeans:
+    """Epoch means of the scalar values of the training output other than ``exclude``.
+
+    Keys are discovered as they appear, so a ``train_step`` returning
+    ``{"loss": ..., "accuracy": ...}`` gets ``engine.state.metrics["accuracy"]`` (logged
+    as ``train/accuracy``). Like :class:`EpochMean` it resets only at a true epoch start
+    and is checkpointable, so a mid-epoch resume keeps the means of the iterations
+    before the interruption.
+
+    Args:
+        exclude: Output keys left out (the loss has its own :class:`EpochMean`).
+    """
+
+    def __init__(self, exclude: tuple[str, ...] = ("loss",)):
+        if isinstance(exclude, str) or not all(isinstance(k, str) for k in exclude):
+            raise TypeError(
+                f"Argument exclude={exclude!r} is not allowed: expected a tuple of key names"
+            )
+        self.exclude = tuple(exclude)
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+
+    def attach(self, engine: Engine) -> TrainOutputMeans:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._completed)
+        return self
+
+    def _started(self, engine: Engine) -> None:
+        if true_epoch_start(engine):
+            self.sums, self.counts = {}, {}
+
+    def _update(self, engine: Engine) -> None:
+        output = engine.state.output
+        if not isinstance(output, Mapping):
+            return
+        for key, value in output.items():
+            if key not in self.exclude and (value := scalar_value(value)) is not None:
+                self.sums[key] = self.sums.get(key, 0.0) + value
+                self.counts[key] = self.counts.get(key, 0.0) + 1.0
+
+    def _completed(self, engine: Engine) -> None:
+        engine.state.metrics.update(_reduce_sums(self.sums, self.counts))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per-rank sums (reduced only at the epoch's end): every rank's is kept."""
+        return with_rank_states({"sums": dict(self.sums), "counts": dict(self.counts)})
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take this rank's sums back."""
+        state = own_rank_state(dict(state))
+        self.sums = {str(k): float(v) for k, v in state["sums"].items()}
+        self.counts = {str(k): float(v) for k, v in state["counts"].items()}
+
+
+class OutputMean(Metric):
+    """Sample-weighted mean of an evaluation output dict: one key, or every scalar value.
+
+    Each batch weighs its size: ``output[weight_key]`` when ``weight_key`` is given (the
+    autoencoder and GAN evaluation steps return ``"n"``), else the size of
+    ``engine.state.batch`` (:func:`batch_size_of`). The evaluation step returns per-batch
+    means; weighting by batch size makes the result the mean over samples even when the
+    last batch is smaller. Non-scalar values (logits...) are skipped. Reduced across
+    processes (keys unioned over ranks).
+
+    ``compute()`` returns the mean of ``key`` (a float), or with ``key=None`` a dict
+    ``{key: mean}`` (attached, each key becomes a metric of its own); with
+    ``perplexity=True`` the dict also holds ``"perplexity" = exp(mean loss)``.
+    ``update(values)`` (weight 1) or ``update((values, weight))`` feed it by hand.
+
+    Args:
+        key: The one value averaged, or ``None`` for every scalar value.
+        output_transform: Maps the engine output to the dict of values.
+        weight_key: The output key holding the batch size (never averaged itself).
+        perplexity: Also report ``exp`` of the mean of ``loss_key`` (``key=None`` only).
+        loss_key: The value ``perplexity`` exponentiates.
+        device: As for any Ignite metric.
+
+    Raises:
+        TypeError: ``key`` or ``weight_key`` is not a string (or ``None``).
+        ValueError: ``perplexity=True`` with a single ``key``.
+    """
+
+    required_output_keys = None
+
+    def __init__(
+        self,
+        key: str | None = None,
+        output_transform: Callable = lambda x: x,
+        *,
+        weight_key: str | None = None,
+        perplexity: bool = False,
+        loss_key: str = "loss",
+        device: Any = "cpu",
+    ):
+        for name, value in (("key", key), ("weight_key", weight_key)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(
+                    f"Argument {name}={value!r} is not allowed: expected an output key name "
+                    "(a string) or None"
+                    + (" (pass output_transform=...)" if callable(value) else "")
+                )
+        if perplexity and key is not None:
+            raise ValueError(
+                f"Argument perplexity=True is not allowed with key={key!r}: perplexity is "
+                "reported beside every mean (key=None)"
+            )
+        self.key = key
+        self.weight_key = weight_key
+        self.perplexity = perplexity
+        self.loss_key = loss_key
+        mode = "flatten" if key is None else "both"  # one key: a plain float metric
+        super().__init__(
+            output_transform, device=device, skip_unrolling=True, metrics_result_mode=mode
+        )
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._weights: dict[str, float] = {}
+
+    @reinit__is_reduced
+    def update(self, output: Any) -> None:
+        values, weight = (output, 1.0) if isinstance(output, Mapping) else output
+        if not isinstance(values, Mapping):
+            raise TypeError(f"OutputMean expects a dict of values, got {type(values).__name__}")
+        if self.key is not None:
+            values = {self.key: values[self.key]}  # KeyError names a missing key
+        for key, value in values.items():
+            if key != self.weight_key and (value := scalar_value(value)) is not None:
+                self._sums[key] = self._sums.get(key, 0.0) + value * weight
+                self._weights[key] = self._weights.get(key, 0.0) + weight
+
+    @torch.no_grad()
+    def iteration_completed(self, engine: Engine) -> None:
+        values = self._output_transform(engine.state.output)
+        if self.weight_key is not None:
+            weight = float(values[self.weight_key])
+        else:
+            weight = float(batch_size_of(engine.state.batch))
+        self.update((values, weight))
+
+    def compute(self) -> float | dict[str, float]:
+        means = _reduce_sums(self._sums, self._weights)
+        if not means:
+            what = f"{self.key!r}" if self.key is not None else "a scalar value"
+            raise NotComputableError(f"OutputMean needs at least one batch with {what}")
+        if self.key is not None:
+            return means[self.key]
+        if self.perplexity:
+            if self.loss_key not in means:
+                raise ValueError(
+                    f"perplexity needs a {self.loss_key!r} value from the evaluation step; "
+                    f"it returned {sorted(means)}"
+                )
+            loss = means[self.loss_key]
+            means["perplexity"] = math.exp(loss) if loss < 709.0 else math.inf
+        return means
 
 
 class AccuracyLoss(Metric):
