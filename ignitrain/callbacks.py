@@ -53,7 +53,7 @@ def check_callbacks(value: Any, *, field: str = "callbacks") -> list:
 def _resolve(item: Any) -> Callable:
     if callable(item):
         return item
-    from ignitrain.jobs import resolve_import
+    from ignitrain.import_paths import resolve_import
 
     fn = resolve_import(item, what="TrainConfig.callbacks")
     if not callable(fn):
