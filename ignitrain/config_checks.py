@@ -20,10 +20,16 @@ from typing import Any
 
 import torch
 
-from ignitrain import registry
 from ignitrain.callbacks import check_callbacks
 from ignitrain.errors import ConfigError, is_count, is_number, suggest
 from ignitrain.metric_names import canonical_metric
+from ignitrain.registry import (
+    check_loss_spec,
+    check_schedule_name,
+    has_momentum,
+    loss_class,
+    optimizer_class,
+)
 
 __all__ = ["END", "check_eval_every", "validate_config"]
 
@@ -319,7 +325,7 @@ def _validate_containers(cfg: Any) -> None:
 
 def _validate_objects(cfg: Any) -> None:
     if isinstance(cfg.optimizer, str):
-        registry.optimizer_class(cfg.optimizer, field="optimizer")
+        optimizer_class(cfg.optimizer, field="optimizer")
     elif not (isinstance(cfg.optimizer, torch.optim.Optimizer) or callable(cfg.optimizer)):
         _fail(
             "optimizer",
@@ -328,9 +334,9 @@ def _validate_objects(cfg: Any) -> None:
             TypeError,
         )
     if isinstance(cfg.loss, str):
-        registry.loss_class(cfg.loss, field="loss")
+        loss_class(cfg.loss, field="loss")
     elif isinstance(cfg.loss, Mapping):  # issue 13: {"name": ..., **arguments}
-        cfg.loss = registry.check_loss_spec(cfg.loss, field="loss")
+        cfg.loss = check_loss_spec(cfg.loss, field="loss")
     elif cfg.loss is not None and not callable(cfg.loss):
         _fail(
             "loss",
@@ -342,7 +348,7 @@ def _validate_objects(cfg: Any) -> None:
     for name in ("lr_scheduler", "momentum_scheduler"):
         spec = getattr(cfg, name)
         if isinstance(spec, str):
-            registry.check_schedule_name(spec, field=name)
+            check_schedule_name(spec, field=name)
         elif isinstance(spec, Mapping):
             if "name" not in spec:
                 _fail(
@@ -350,7 +356,7 @@ def _validate_objects(cfg: Any) -> None:
                     dict(spec),
                     "a spec mapping with a 'name' key, e.g. {'name': 'step', 'step_size': 10}",
                 )
-            registry.check_schedule_name(spec["name"], field=name)
+            check_schedule_name(spec["name"], field=name)
         elif spec is not None and not callable(spec) and not hasattr(spec, "state_dict"):
             _fail(
                 name,
@@ -359,7 +365,7 @@ def _validate_objects(cfg: Any) -> None:
                 TypeError,
             )
     if cfg.momentum_scheduler is not None and isinstance(cfg.optimizer, str):
-        if not registry.has_momentum(cfg.optimizer):
+        if not has_momentum(cfg.optimizer):
             _fail(
                 "momentum_scheduler",
                 cfg.momentum_scheduler,

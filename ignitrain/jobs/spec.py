@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ignitrain import datasets
 from ignitrain._files import load_yaml, read_mapping
 from ignitrain.config import TrainConfig
+from ignitrain.datasets import NAMES as DATASET_NAMES
 from ignitrain.errors import ConfigError, JobError, suggest
 
 __all__ = [
@@ -183,7 +183,7 @@ def expand_shorthand(section: str, value: str) -> dict[str, Any]:
     """``model: pkg.Class`` -> ``{class, args}``; ``data: digits`` -> ``{factory, args}``."""
     if section == "data":
         key = value.strip().lower().replace("-", "_")
-        factory = f"ignitrain.datasets.{key}" if key in datasets.NAMES else value
+        factory = f"ignitrain.datasets.{key}" if key in DATASET_NAMES else value
         return {"factory": factory, "args": {}}
     return {"class": value, "args": {}}
 
