@@ -23,6 +23,8 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
+from ignitrain.import_paths import resolve_import
+
 __all__ = ["EpochCallbacks", "attach_callbacks", "check_callbacks", "epoch_metrics"]
 
 
@@ -53,8 +55,6 @@ def check_callbacks(value: Any, *, field: str = "callbacks") -> list:
 def _resolve(item: Any) -> Callable:
     if callable(item):
         return item
-    from ignitrain.jobs import resolve_import
-
     fn = resolve_import(item, what="TrainConfig.callbacks")
     if not callable(fn):
         raise TypeError(f"TrainConfig.callbacks: {item!r} is not callable")

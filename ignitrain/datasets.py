@@ -23,15 +23,15 @@ Example:
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from ignitrain.config import suggest
+from ignitrain.errors import suggest
+from ignitrain.splits import Splits, check_flag, check_fractions, check_seed, split_indices
 
 __all__ = [
     "NAMES",
@@ -45,149 +45,6 @@ __all__ = [
     "split_indices",
     "wine",
 ]
-
-
-class Splits(NamedTuple):
-    """Train, validation and test sets of one dataset, with what a model needs to know.
-
-    Attributes:
-        train: Training ``TensorDataset`` of ``(features, target)`` pairs.
-        val: Validation ``TensorDataset`` (empty when ``val_fraction=0``).
-        test: Test ``TensorDataset`` (empty when ``test_fraction=0``).
-        num_features: Number of input values per sample (64 for digits, also as images).
-        num_classes: Number of classes, or ``None`` for regression.
-        info: How the splits were made: ``name``, ``task``, ``seed``, ``sizes``,
-            ``indices`` (rows of the original data in each split), ``input_shape``,
-            ``feature_names``, ``target_names`` and the normalisation statistics.
-    """
-
-    train: TensorDataset
-    val: TensorDataset
-    test: TensorDataset
-    num_features: int
-    num_classes: int | None
-    info: dict[str, Any]
-
-
-# ---------------------------------------------------------------------------------------
-# Argument validation
-
-
-def _check_fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Argument {name} must be a number in [0, 1), got {value!r}.")
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"Argument {name} must be in [0, 1), got {value!r}.")
-    return float(value)
-
-
-def _check_fractions(val_fraction: Any, test_fraction: Any) -> tuple[float, float]:
-    val = _check_fraction("val_fraction", val_fraction)
-    test = _check_fraction("test_fraction", test_fraction)
-    if val + test >= 1.0:
-        raise ValueError(
-            f"Arguments val_fraction + test_fraction must be < 1 to leave training data, "
-            f"got {val_fraction!r} + {test_fraction!r} = {val + test!r}."
-        )
-    return val, test
-
-
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise TypeError(f"Argument seed must be a non-negative int, got {seed!r}.")
-    return int(seed)
-
-
-def _check_flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"Argument {name} must be True or False, got {value!r}.")
-    return value
-
-
-# ---------------------------------------------------------------------------------------
-# Splitting
-
-
-def _apportion(sizes: list[int], total: int) -> list[int]:
-    """Split ``total`` over groups in proportion to ``sizes`` (largest remainder).
-
-    Integer arithmetic only, so the result is exact and the same on every machine.
-    """
-    whole = sum(sizes)
-    if whole == 0 or total == 0:
-        return [0] * len(sizes)
-    counts = [size * total // whole for size in sizes]
-    remainders = [size * total % whole for size in sizes]
-    # Hand the leftover units to the groups that lost most to rounding down; a stable
-    # sort breaks ties by group order so the result never depends on hashing.
-    order = sorted(range(len(sizes)), key=lambda i: -remainders[i])
-    for i in order[: total - sum(counts)]:
-        counts[i] += 1
-    return counts
-
-
-def split_indices(
-    num_samples: int,
-    *,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 0,
-    labels: Any = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reproducible, disjoint train/val/test row indices that together cover the data.
-
-    The test set gets ``round(num_samples * test_fraction)`` rows and the validation
-    set ``round(num_samples * val_fraction)``; training gets the rest. With ``labels``
-    the split is stratified: each class is shuffled on its own and shared out in
-    proportion to its size, so every split keeps the class balance of the whole.
-
-    Args:
-        num_samples: Number of rows.
-        val_fraction: Fraction of rows for validation, in ``[0, 1)``.
-        test_fraction: Fraction of rows for testing, in ``[0, 1)``; the two sum below 1.
-        seed: Seed of the shuffle; the same seed gives the same indices everywhere.
-        labels: Optional class label per row (array-like of length ``num_samples``).
-
-    Returns:
-        ``(train, val, test)`` sorted ``int64`` index arrays.
-
-    Raises:
-        TypeError: An argument has the wrong type.
-        ValueError: A fraction is out of range, or no row would be left for training.
-    """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
-        raise TypeError(f"Argument num_samples must be an int, got {num_samples!r}.")
-    val_fraction, test_fraction = _check_fractions(val_fraction, test_fraction)
-    seed = _check_seed(seed)
-    n_test = round(num_samples * test_fraction)
-    n_val = round(num_samples * val_fraction)
-    if num_samples - n_test - n_val < 1:
-        raise ValueError(
-            f"No training rows left: {num_samples} rows with val_fraction={val_fraction} "
-            f"and test_fraction={test_fraction}; lower the fractions."
-        )
-    if labels is None:
-        groups = [np.arange(num_samples)]
-    else:
-        labels = np.asarray(labels)
-        if labels.shape != (num_samples,):
-            raise ValueError(
-                f"Argument labels must have shape ({num_samples},), got {labels.shape}."
-            )
-        groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    rng = np.random.default_rng(seed)
-    groups = [rng.permutation(group) for group in groups]
-    test_counts = _apportion([len(g) for g in groups], n_test)
-    # Validation is shared out over what test left of each group, which keeps it
-    # proportional to the class sizes while never taking more rows than remain.
-    val_counts = _apportion([len(g) - t for g, t in zip(groups, test_counts)], n_val)
-    parts: tuple[list, list, list] = ([], [], [])
-    for group, t, v in zip(groups, test_counts, val_counts):
-        parts[2].append(group[:t])
-        parts[1].append(group[t : t + v])
-        parts[0].append(group[t + v :])
-    train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
-    return train, val, test
 
 
 # ---------------------------------------------------------------------------------------
@@ -253,9 +110,9 @@ def _base_info(name: str, task: str, seed: int, val: float, test: float, bunch: 
 def _tabular_classification(
     name: str, *, val_fraction: Any, test_fraction: Any, seed: Any, normalize: Any
 ) -> Splits:
-    val, test = _check_fractions(val_fraction, test_fraction)
-    seed = _check_seed(seed)
-    normalize = _check_flag("normalize", normalize)
+    val, test = check_fractions(val_fraction, test_fraction)
+    seed = check_seed(seed)
+    normalize = check_flag("normalize", normalize)
     bunch = getattr(_sklearn_datasets(), f"load_{name}")()
     indices = split_indices(
         len(bunch.target), val_fraction=val, test_fraction=test, seed=seed, labels=bunch.target
@@ -281,10 +138,10 @@ def _tabular_regression(
     normalize: Any,
     normalize_target: Any,
 ) -> Splits:
-    val, test = _check_fractions(val_fraction, test_fraction)
-    seed = _check_seed(seed)
-    normalize = _check_flag("normalize", normalize)
-    normalize_target = _check_flag("normalize_target", normalize_target)
+    val, test = check_fractions(val_fraction, test_fraction)
+    seed = check_seed(seed)
+    normalize = check_flag("normalize", normalize)
+    normalize_target = check_flag("normalize_target", normalize_target)
     n = bunch.data.shape[0]
     indices = split_indices(n, val_fraction=val, test_fraction=test, seed=seed)
     info = _base_info(name, "regression", seed, val, test, bunch)
@@ -331,10 +188,10 @@ def digits(
     Returns:
         ``Splits`` with ``float32`` inputs and ``int64`` labels of shape ``(N,)``.
     """
-    val, test = _check_fractions(val_fraction, test_fraction)
-    seed = _check_seed(seed)
-    image = _check_flag("image", image)
-    normalize = _check_flag("normalize", normalize)
+    val, test = check_fractions(val_fraction, test_fraction)
+    seed = check_seed(seed)
+    image = check_flag("image", image)
+    normalize = check_flag("normalize", normalize)
     bunch = _sklearn_datasets().load_digits()
     indices = split_indices(
         len(bunch.target), val_fraction=val, test_fraction=test, seed=seed, labels=bunch.target

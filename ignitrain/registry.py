@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ignitrain.config import ConfigError, suggest
+from ignitrain.errors import ConfigError, suggest
 
 __all__ = [
     "normalize",

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import random
 
-__all__ = ["seed_everything"]
+import numpy as np
+import torch
+
+from ignitrain.errors import is_count
+
+__all__ = ["SEED_MAX", "seed_everything"]
+
+SEED_MAX = 2**64 - 1
+"""The largest seed torch accepts (``torch.manual_seed`` takes an unsigned 64-bit int)."""
 
 
 def seed_everything(seed: int | None) -> None:
@@ -22,21 +30,22 @@ def seed_everything(seed: int | None) -> None:
     initial weights keep an N-process run comparable with a 1-process one.
 
     Args:
-        seed: An integer >= 0; ``None`` does nothing.
+        seed: An integer in ``0..SEED_MAX``; ``None`` does nothing.
 
     Raises:
         TypeError: ``seed`` is not an integer.
-        ValueError: ``seed`` is negative.
+        ValueError: ``seed`` is negative or larger than :data:`SEED_MAX` (torch would
+            fail with a bare ``Overflow when unpacking long``).
     """
     if seed is None:
         return
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_count(seed):
         raise TypeError(f"Argument seed={seed!r} is not allowed: expected an integer >= 0")
-    if seed < 0:
-        raise ValueError(f"Argument seed={seed!r} is not allowed: expected an integer >= 0")
-    import numpy as np
-    import torch
-
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(
+            f"Argument seed={seed!r} is not allowed: expected an integer in 0..2**64-1"
+        )
+    seed = int(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device

@@ -30,6 +30,9 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
+# the eval_every check is a config check (config must not import the handlers package)
+from ignitrain.config_checks import END, check_eval_every
+
 __all__ = [
     "EvalSet",
     "SplitRouter",
@@ -40,8 +43,6 @@ __all__ = [
     "split_metric",
     "split_of",
 ]
-
-END = "end"
 
 
 # -- metric names with a split prefix -----------------------------------------------
@@ -71,25 +72,6 @@ def split_metric(name: str, splits: Any, default: str = "val") -> tuple[str, str
 
 
 # -- evaluation sets and their schedules --------------------------------------------
-
-
-def check_eval_every(value: Any, field: str = "TrainConfig.eval_every") -> dict[str, Any]:
-    """``{split: N epochs or "end"}``, validated."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise TypeError(
-            f"{field}={value!r} is not allowed: expected a mapping split -> epochs or 'end', "
-            "e.g. {'test': 'end', 'val': 2}"
-        )
-    for split, every in value.items():
-        ok_int = isinstance(every, int) and not isinstance(every, bool) and every >= 1
-        if not isinstance(split, str) or not (ok_int or every == END):
-            raise ValueError(
-                f"{field}={dict(value)!r} is not allowed: expected split names mapped to an "
-                f"integer >= 1 (every N epochs) or 'end' (once, when training ends)"
-            )
-    return dict(value)
 
 
 @dataclass
