@@ -101,13 +101,21 @@ _RESUME_KEYS = ("resumes", "resumed", "sessions", "starts", "events")
 
 def resume_rows(record: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The resumes a run record lists (entries of its first list of mappings among
-    ``resumes``/``sessions``/...), each a flat dict of plain values, in order."""
+    ``resumes``/``starts``/...), each a flat dict of plain values, in order.
+
+    An entry of kind ``"start"`` (the run's first start, which ``run.json``'s
+    ``starts`` lists too) is not a resume: a run never resumed has none.
+    """
     if not record:
         return []
     for key in _RESUME_KEYS:
         entries = record.get(key)
         if isinstance(entries, list) and entries and all(isinstance(e, Mapping) for e in entries):
-            return [{str(k): _plain(v) for k, v in e.items()} for e in entries]
+            return [
+                {str(k): _plain(v) for k, v in e.items()}
+                for e in entries
+                if e.get("kind") != "start"
+            ]
     return []
 
 

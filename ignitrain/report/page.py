@@ -189,6 +189,13 @@ def _test_html(summary: RunSummary) -> str | None:
     )
 
 
+# What run.json's environment() repeats in every start: the Run record section shows it,
+# and eight more columns push the resumes table past the page width.
+_ENVIRONMENT_KEYS = frozenset(
+    {"ignitrain", "torch", "ignite", "python", "git_commit", "git_dirty", "cwd", "command"}
+)
+
+
 def _resumes_html(summary: RunSummary) -> str | None:
     """Every resume the run record lists, and the world size the checkpoints were saved
     with (a change means the run moved between process counts)."""
@@ -196,7 +203,7 @@ def _resumes_html(summary: RunSummary) -> str | None:
     if summary.resumes:
         keys: list[str] = []
         for row in summary.resumes:
-            keys += [k for k in row if k not in keys]
+            keys += [k for k in row if k not in keys and k not in _ENVIRONMENT_KEYS]
         head = "".join(f"<th>{_e(k)}</th>" for k in keys)
         body = "".join(
             "<tr>" + "".join(f"<td>{_e(row.get(k, ''))}</td>" for k in keys) + "</tr>"
