@@ -22,6 +22,9 @@ from typing import Any
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
+from ignitrain.metric_names import is_train_metric
+from ignitrain.run_story import best_of
+
 __all__ = ["ensure_console_output", "attach_console", "final_line"]
 
 logger = logging.getLogger("ignitrain")
@@ -58,19 +61,10 @@ def final_line(engine: Engine, trainer: Any, seconds: float, metric: str | None)
         f"in {seconds:.1f}s"
     ]
     if metric:
-        from ignitrain.metric_names import is_train_metric
-
         name = metric if is_train_metric(metric) else f"val/{metric}"
-        if name in history:
-            from ignitrain.handlers.modes import infer_mode
-
-            mode = trainer.config.best_mode or infer_mode(metric)
-            steps, values = history.steps(name), history[name]
-            pick = min if mode == "min" else max
-            finite = [(v, s) for v, s in zip(values, steps) if v == v]
-            if finite:
-                value, step = pick(finite, key=lambda vs: vs[0])
-                parts.append(f"best {name} {value:.4g} at epoch {step}")
+        best = best_of(history, name, mode=trainer.config.best_mode)
+        if best is not None:
+            parts.append(f"best {name} {best[0]:.4g} at epoch {best[1]}")
     reason = history.meta.get("stop_reason") or "completed"
     parts.append(f"stopped: {reason}")
     return " | ".join(parts)

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ignitrain._files import write_atomic
+
 __all__ = ["FILENAME", "write_evaluation", "read_evaluation"]
 
 FILENAME = "evaluation.json"
@@ -29,15 +31,7 @@ def write_evaluation(run_dir: str | os.PathLike, result: Mapping[str, Any]) -> P
         raise TypeError(
             f"Argument result={result!r} is not allowed: expected a mapping with 'metrics'"
         )
-    path = Path(run_dir) / FILENAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(dict(result), indent=2, default=float))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomic(Path(run_dir) / FILENAME, json.dumps(dict(result), indent=2, default=float))
 
 
 def read_evaluation(run_dir: str | os.PathLike) -> dict[str, Any] | None:

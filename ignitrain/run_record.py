@@ -27,8 +27,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import ignite
 import ignite.distributed as idist
+import torch
 from ignite.engine import Engine, Events
+
+import ignitrain  # the package object: __version__ is read at call time (set after imports)
+from ignitrain._files import write_atomic
 
 __all__ = ["environment", "git_commit", "attach_run_record", "read_run_record", "run_record_html"]
 
@@ -55,11 +60,6 @@ def git_commit(cwd: str | os.PathLike | None = None) -> tuple[str | None, bool |
 
 def environment(device: Any = None) -> dict[str, Any]:
     """Versions, git commit of the working directory, command line, host, world size."""
-    import ignite
-    import torch
-
-    import ignitrain
-
     commit, dirty = git_commit()
     return {
         "ignitrain": ignitrain.__version__,
@@ -81,7 +81,7 @@ def read_run_record(output_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(output_dir) / FILE
     try:
         data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, ValueError):  # missing, unreadable, or not JSON (a decode error)
         return None
     return data if isinstance(data, dict) else None
 
@@ -112,20 +112,10 @@ def attach_run_record(engine: Engine, output_dir: str | os.PathLike, *, device: 
         }
         previous = read_run_record(output_dir) or {}
         starts = list(previous.get("starts", [])) + [start]
-        _write_json({**env, "starts": starts}, path)
+        write_atomic(path, json.dumps({**env, "starts": starts}, indent=2))
 
     engine.add_event_handler(Events.STARTED, record)
     return record
-
-
-def _write_json(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 _FIELDS = ("ignitrain", "torch", "ignite", "python", "git_commit", "git_dirty", "command",

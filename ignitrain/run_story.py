@@ -16,24 +16,39 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ignitrain.errors import is_number
+from ignitrain.handlers.modes import infer_mode
+
+# the one reader of run.json lives with its writer; kept importable from here
+from ignitrain.run_record import read_run_record
+
 __all__ = [
-    "stop_detail",
-    "wall_time_text",
+    "best_of",
+    "checkpoint_world_sizes",
     "read_run_record",
     "resume_rows",
-    "checkpoint_world_sizes",
+    "stop_detail",
+    "wall_time_text",
 ]
 
 
-def _best_of(history: Any, name: str) -> tuple[float, int] | None:
-    from ignitrain.handlers.modes import infer_mode
+def best_of(history: Any, name: str, mode: str | None = None) -> tuple[float, int] | None:
+    """``(best value, its step)`` of the series ``name``, NaNs skipped; the first step
+    reaching the best wins. ``None`` when there is no history, no series or no number.
 
+    Args:
+        history: A :class:`~ignitrain.History` (or ``None``).
+        name: The series, e.g. ``"val/accuracy"``.
+        mode: ``"min"`` or ``"max"``; ``None`` infers it from ``name``.
+    """
     if history is None or name not in history:
         return None
     pairs = [(v, s) for v, s in zip(history[name], history.steps(name)) if not math.isnan(v)]
     if not pairs:
         return None
-    pick = min if infer_mode(name) == "min" else max
+    pick = min if (mode or infer_mode(name)) == "min" else max
     return pick(pairs, key=lambda vs: vs[0])
 
 
@@ -50,7 +65,7 @@ def stop_detail(reason: str | None, train: Mapping[str, Any], history: Any) -> s
     train = train or {}
     if reason == "early_stopping":
         name = _ranking_name(train, history)
-        best = _best_of(history, name) if name else None
+        best = best_of(history, name) if name else None
         patience = train.get("early_stopping_patience")
         if best is not None:
             return (
@@ -72,7 +87,7 @@ def stop_detail(reason: str | None, train: Mapping[str, Any], history: Any) -> s
 
 def wall_time_text(seconds: Any) -> str | None:
     """``"1 min 23 s"`` for a number of seconds, ``None`` when unknown."""
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+    if not is_number(seconds) or seconds < 0:
         return None
     minutes, secs = divmod(float(seconds), 60)
     hours, minutes = divmod(int(minutes), 60)
@@ -81,27 +96,26 @@ def wall_time_text(seconds: Any) -> str | None:
     return f"{minutes} min {secs:.0f} s" if minutes else f"{secs:.1f} s"
 
 
-def read_run_record(output_dir: Path) -> dict[str, Any] | None:
-    """``output_dir/run.json`` (the run record) as a dict, or ``None``."""
-    try:
-        data = json.loads((Path(output_dir) / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 _RESUME_KEYS = ("resumes", "resumed", "sessions", "starts", "events")
 
 
 def resume_rows(record: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The resumes a run record lists (entries of its first list of mappings among
-    ``resumes``/``sessions``/...), each a flat dict of plain values, in order."""
+    ``resumes``/``starts``/...), each a flat dict of plain values, in order.
+
+    An entry of kind ``"start"`` (the run's first start, which ``run.json``'s
+    ``starts`` lists too) is not a resume: a run never resumed has none.
+    """
     if not record:
         return []
     for key in _RESUME_KEYS:
         entries = record.get(key)
         if isinstance(entries, list) and entries and all(isinstance(e, Mapping) for e in entries):
-            return [{str(k): _plain(v) for k, v in e.items()} for e in entries]
+            return [
+                {str(k): _plain(v) for k, v in e.items()}
+                for e in entries
+                if e.get("kind") != "start"
+            ]
     return []
 
 
@@ -113,8 +127,6 @@ def _plain(value: Any) -> Any:
 
 def checkpoint_world_sizes(directory: Path) -> list[tuple[str, int, int | None]]:
     """``(file, iteration, world_size)`` of each readable checkpoint, by iteration."""
-    import torch
-
     found = []
     for path in sorted(Path(directory).glob("*.pt")) if Path(directory).is_dir() else []:
         if path.name.startswith("."):

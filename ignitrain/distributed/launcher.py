@@ -1,60 +1,37 @@
-"""Run one training function on one process, on spawned processes, or under ``torchrun``.
+"""Forming the job: :func:`launch` on one process, on spawned processes, or under torchrun.
 
-:func:`launch` is a thin layer over :class:`ignite.distributed.Parallel` so that the
-same script runs unchanged in the three usual ways::
-
-    python train.py                             # one process, no process group
-    python train.py --nproc 2                   # launch(..., nproc_per_node=2) spawns 2
-    torchrun --nproc_per_node=2 train.py        # launch(...) joins torchrun's group
-
-Multi-node jobs use ``torchrun`` on every node (``--nnodes=2 --node_rank=i
---master_addr=HOST --master_port=PORT``) with the ``nccl`` backend on GPUs; ``launch``
-joins the group torchrun set up.
-
-The rank helpers (:func:`is_rank_zero`, :func:`rank_zero_only`, :func:`agree_any`,
-:func:`agree_all`, :func:`broadcast_object`, :func:`world_size`, :func:`barrier`) are
-no-ops on a single process, so code written with them runs in all three modes.
+:func:`launch` is a thin layer over :class:`ignite.distributed.Parallel`'s worker set-up
+(see :mod:`ignitrain.distributed` for the three ways a script runs), plus
+:func:`free_port` for the rendezvous of spawned processes.
 """
 
 from __future__ import annotations
 
 import atexit
 import datetime
-import functools
 import logging
 import math
-import numbers
 import os
 import pickle
 import socket
 import threading
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import ignite.distributed as idist
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from ignitrain.config import suggest
+# Ignite's own per-process set-up of a spawned worker (rank environment, process group,
+# fn, finalize): idist.Parallel runs it too, and there is no public name for it.
+from ignite.distributed.comp_models.native import _NativeDistModel
 
-__all__ = [
-    "agree_all",
-    "agree_any",
-    "all_gather_object",
-    "barrier",
-    "broadcast_object",
-    "free_port",
-    "is_rank_zero",
-    "launch",
-    "own_rank_state",
-    "rank_zero_only",
-    "with_rank_states",
-    "world_size",
-]
+from ignitrain import spawn
+from ignitrain.config import TrainConfig
+from ignitrain.errors import is_count, is_number, suggest
 
-_T = TypeVar("_T")
+__all__ = ["free_port", "launch"]
 
 logger = logging.getLogger("ignitrain")
 
@@ -85,14 +62,10 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError(f"Could not find a free TCP port on {host}.")
 
 
-# ---------------------------------------------------------------------------------------
-# launch
-
-
 def _check_nproc(nproc_per_node: Any) -> int | None:
     if nproc_per_node is None:
         return None
-    if isinstance(nproc_per_node, bool) or not isinstance(nproc_per_node, numbers.Integral):
+    if not is_count(nproc_per_node):
         raise TypeError(
             f"Argument nproc_per_node must be an int >= 1 or None, got {nproc_per_node!r}."
         )
@@ -123,7 +96,7 @@ def _check_timeout(timeout: Any) -> datetime.timedelta | None:
         return None
     if isinstance(timeout, datetime.timedelta):
         seconds = timeout.total_seconds()
-    elif isinstance(timeout, numbers.Real) and not isinstance(timeout, bool):
+    elif is_number(timeout):
         seconds = float(timeout)
     else:
         raise TypeError(
@@ -138,7 +111,7 @@ def _check_timeout(timeout: Any) -> datetime.timedelta | None:
 def _check_port(master_port: Any) -> int | None:
     if master_port is None:
         return None
-    if isinstance(master_port, bool) or not isinstance(master_port, numbers.Integral):
+    if not is_count(master_port):
         raise TypeError(f"Argument master_port must be an int in 1..65535, got {master_port!r}.")
     if not 1 <= master_port <= 65535:
         raise ValueError(f"Argument master_port must be in 1..65535, got {master_port!r}.")
@@ -148,7 +121,7 @@ def _check_port(master_port: Any) -> int | None:
 def _check_threads(threads: Any) -> int | None:
     if threads is None:
         return None
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+    if not is_count(threads):
         raise TypeError(
             f"Argument threads_per_process must be an int >= 1 or None, got {threads!r}."
         )
@@ -171,9 +144,7 @@ def _group_exists() -> bool:
 
 def _finalize_at_exit() -> None:
     if _group_exists():
-        from ignitrain.spawn import teardown_process
-
-        teardown_process()
+        spawn.teardown_process()
 
 
 def _join_torchrun(backend: str, timeout: datetime.timedelta | None) -> None:
@@ -215,10 +186,6 @@ def _spawn(
     master_port: int | None,
     threads: int | None,
 ) -> None:
-    from ignite.distributed.comp_models.native import _NativeDistModel
-
-    from ignitrain import spawn
-
     try:
         pickle.dumps(fn)
     except Exception as err:
@@ -273,8 +240,6 @@ def _spawn(
 
 def _timeout_from_config(args: tuple, kwargs: dict) -> datetime.timedelta | None:
     """``dist_timeout`` of the first ``TrainConfig`` among ``fn``'s arguments, if any."""
-    from ignitrain.config import TrainConfig
-
     for value in (*args, *kwargs.values()):
         if isinstance(value, TrainConfig):
             return datetime.timedelta(seconds=float(value.dist_timeout))
@@ -384,149 +349,3 @@ def launch(
         )
     else:
         fn(0, *args, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------
-# Rank helpers
-
-
-def world_size() -> int:
-    """Number of processes in the job (1 without a process group)."""
-    return idist.get_world_size()
-
-
-def is_rank_zero() -> bool:
-    """``True`` on the process of global rank 0 (and on a single process)."""
-    return idist.get_rank() == 0
-
-
-def barrier() -> None:
-    """Wait until every process reaches this point (no-op on a single process)."""
-    if idist.get_world_size() > 1:
-        idist.barrier()
-
-
-def rank_zero_only(fn: Callable[..., _T]) -> Callable[..., _T | None]:
-    """Decorate ``fn`` so that it runs on global rank 0 only; other ranks get ``None``.
-
-    The rank is read at each call, not at decoration, so functions decorated at import
-    time (before the process group exists) still behave.
-
-    Example:
-        >>> @rank_zero_only
-        ... def log(msg):
-        ...     print(msg)
-        >>> log("written once")
-        written once
-    """
-    if not callable(fn):
-        raise TypeError(f"rank_zero_only needs a callable, got {fn!r}.")
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> _T | None:
-        return fn(*args, **kwargs) if is_rank_zero() else None
-
-    return wrapper
-
-
-def _as_bool(flag: Any) -> bool:
-    if isinstance(flag, torch.Tensor):
-        if flag.numel() != 1:
-            raise ValueError(
-                f"Argument flag must be one value, got a tensor of shape {flag.shape}."
-            )
-        return bool(flag.item())
-    if isinstance(flag, (bool, np.bool_)) or (
-        isinstance(flag, numbers.Integral) and flag in (0, 1)
-    ):
-        return bool(flag)
-    raise TypeError(f"Argument flag must be a bool (or 0/1), got {flag!r}.")
-
-
-def _all_reduce_flag(flag: Any, op: str) -> bool:
-    value = _as_bool(flag)
-    if idist.get_world_size() == 1:
-        return value
-    return bool(idist.all_reduce(float(value), op=op) > 0.5)
-
-
-def agree_any(flag: bool) -> bool:
-    """``True`` on every rank if ``flag`` is ``True`` on any rank (a MAX all-reduce).
-
-    Every rank must call it at the same point. Use it for decisions that must be the
-    same everywhere (a NaN seen on one rank stops all), or the others wait forever in
-    the next collective.
-    """
-    return _all_reduce_flag(flag, "MAX")
-
-
-def agree_all(flag: bool) -> bool:
-    """``True`` on every rank only if ``flag`` is ``True`` on all ranks (a MIN all-reduce)."""
-    return _all_reduce_flag(flag, "MIN")
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Return rank ``src``'s ``obj`` on every rank (any picklable object).
-
-    Other ranks may pass ``None``. The object is pickled to a byte tensor and sent with
-    ``idist.broadcast(..., safe_mode=True)``, which first shares the size
-    (``idist.broadcast`` itself takes only tensors, numbers, strings and paths). Only
-    the processes of this job unpickle what ``src`` sent.
-
-    Args:
-        obj: The object on rank ``src``; ignored elsewhere.
-        src: Global rank that holds the object.
-    """
-    size = idist.get_world_size()
-    if isinstance(src, bool) or not isinstance(src, numbers.Integral) or not 0 <= src < size:
-        raise ValueError(f"Argument src must be a rank in 0..{size - 1}, got {src!r}.")
-    if size == 1:
-        return obj
-    payload = None
-    if idist.get_rank() == src:
-        payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
-    received = idist.broadcast(payload, src=int(src), safe_mode=True)
-    return pickle.loads(received.cpu().numpy().tobytes())
-
-
-def all_gather_object(obj: Any) -> list[Any]:
-    """Every rank's ``obj``, in rank order, on every rank (any picklable object).
-
-    Every rank must call it at the same point. ``idist.all_gather`` (torch's
-    ``all_gather_object`` for objects that are not tensors, numbers or strings: the
-    object is wrapped in a tuple so that numbers and strings take that path too); only
-    the processes of this job unpickle what the others sent.
-
-    Args:
-        obj: This rank's object.
-
-    Returns:
-        ``[obj of rank 0, obj of rank 1, ...]``; ``[obj]`` on a single process.
-    """
-    if idist.get_world_size() == 1:
-        return [obj]
-    return [item[0] for item in idist.all_gather((obj,))]
-
-
-def with_rank_states(state: dict) -> dict:
-    """``state`` plus ``"ranks"``: every rank's ``state``, under a process group.
-
-    For checkpointable objects whose state differs by rank (RNG streams, per-rank
-    sums) while only rank 0 writes the checkpoint. A collective: every rank must call it
-    at the same point. On a single process ``state`` is returned unchanged.
-    """
-    if idist.get_world_size() > 1:
-        state = {**state, "ranks": all_gather_object(state)}
-    return state
-
-
-def own_rank_state(state: Any) -> Any:
-    """This rank's entry of :func:`with_rank_states`'s ``"ranks"`` when the world size is
-    the one saved; otherwise ``state`` itself (rank 0's, without ``"ranks"``)."""
-    ranks = state.get("ranks") if isinstance(state, dict) else None
-    size = idist.get_world_size()
-    if isinstance(ranks, (list, tuple)) and len(ranks) == size and size > 1:
-        return ranks[idist.get_rank()]
-    if isinstance(state, dict) and "ranks" in state:
-        state = {k: v for k, v in state.items() if k != "ranks"}
-    return state
