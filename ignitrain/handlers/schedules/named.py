@@ -118,8 +118,10 @@ def _linear(opt, ends: list[tuple[float, float]], steps: int) -> Any:
 def _make_linear(opt, p):
     # torch's LinearLR = Ignite's PiecewiseLinear from base*start_factor to
     # base*end_factor over total_iters, then held.
+    if not is_count(p["total_iters"]) or p["total_iters"] < 1:
+        raise ValueError(f"expected an integer total_iters >= 1, got {p['total_iters']!r}")
     ends = [(b * p["start_factor"], b * p["end_factor"]) for b in _lrs(opt)]
-    return _linear(opt, ends, int(p["total_iters"]))
+    return _linear(opt, ends, p["total_iters"])
 
 
 def _replan_linear(opt, p, base, remaining):
