@@ -195,3 +195,48 @@ def test_linear_holds_its_end_value_like_torch():
     )
     values = [schedule.iteration_started(1)[0] for _ in range(8)]
     assert values == pytest.approx([0.1, 0.0875, 0.075, 0.0625, 0.05, 0.05, 0.05, 0.05])
+
+
+@pytest.mark.parametrize("name", ["cosine", "step", "onecycle"])
+def test_a_schedule_state_of_ignitrain_0_1_still_loads(name):
+    # 0.1.0 stepped a torch scheduler on the shadow optimizer and saved its state.
+    makers = {
+        "cosine": lambda o: torch_sched.CosineAnnealingLR(o, T_max=24, eta_min=0.0),
+        "step": lambda o: torch_sched.StepLR(o, step_size=2, gamma=0.1),
+        "onecycle": lambda o: torch_sched.OneCycleLR(
+            o, max_lr=[0.1], total_steps=24, cycle_momentum=False
+        ),
+    }
+    unit = "epoch" if name == "step" else "iteration"
+    done = 3 if unit == "epoch" else 10  # epochs / iterations trained before the save
+
+    def fresh():
+        return build_schedule(name, _sgd(), num_epochs=6, steps_per_epoch=4)
+
+    shadow = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    torch_scheduler = makers[name](shadow)
+    for _ in range(done - 1):
+        shadow.step()
+        torch_scheduler.step()
+    value = shadow.param_groups[0]["lr"]
+    iterations = done * 4 if unit == "epoch" else done
+    old_state = {
+        "name": name,
+        "unit": unit,
+        "iterations": iterations,
+        "values": [value],
+        "written": [value],
+        "last_metric_step": None,
+        "epoch": done if unit == "epoch" else 3,
+        "driver": {
+            "scheduler": torch_scheduler.state_dict(),
+            "param_groups": shadow.state_dict()["param_groups"],
+        },
+    }
+    full = fresh()
+    epochs = [1 + i // 4 for i in range(24)]
+    expected = [full.iteration_started(e)[0] for e in epochs]
+    resumed = fresh()
+    resumed.load_state_dict(old_state)
+    rest = [resumed.iteration_started(e)[0] for e in epochs[iterations:]]
+    assert rest == pytest.approx(expected[iterations:], rel=1e-12, abs=1e-15)

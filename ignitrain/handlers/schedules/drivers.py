@@ -94,10 +94,29 @@ class IgniteDriver:
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict`."""
-        _load_ignite_state(self.scheduler, state["scheduler"])
+        """Restore a state from :meth:`state_dict` (or from ignitrain 0.1.0's format)."""
+        saved = state["scheduler"]
+        if "last_epoch" in saved and "event_index" not in saved:
+            self._load_torch_state(saved)
+        else:
+            _load_ignite_state(self.scheduler, saved)
         if self.owns_optimizer:
             self.target.load_state_dict({"state": {}, "param_groups": state["param_groups"]})
+
+    def _load_torch_state(self, saved: Mapping[str, Any]) -> None:
+        # ignitrain 0.1.0 saved the torch scheduler itself, stepped `last_epoch` times
+        # after its first value. A named schedule is replayed to that step (its values
+        # are a function of the step); a user's torch scheduler gets its own state back.
+        steps = int(saved["last_epoch"])
+        if self.owns_optimizer:
+            self.start()
+            for _ in range(steps):
+                self.advance()
+            return
+        inner = self.scheduler.lr_scheduler
+        getattr(inner, "_lr_scheduler", inner).load_state_dict(saved)
+        self.scheduler.event_index = steps + 1  # Ignite's count of calls made
+        inner.last_epoch = steps + 1
 
 
 def _initial_call(scheduler: LRScheduler) -> None:
