@@ -43,7 +43,7 @@ APPLY, REFUSE, WARN = "apply", "refuse", "warn"
 RULES: dict[str, tuple[str, str]] = {
     # how long and when to stop: the new plan applies from the resumed iteration
     "num_epochs": (APPLY, "trains to the new end; a cosine/linear schedule is re-planned"),
-    "max_steps": (APPLY, "stop rule; a cosine/linear schedule is re-planned"),
+    "max_steps": (APPLY, "stop rule, read each iteration"),
     "time_limit": (APPLY, "stop rule"),
     "early_stopping_patience": (APPLY, "stop rule; the saved counter carries on"),
     "early_stopping_min_delta": (APPLY, "stop rule"),

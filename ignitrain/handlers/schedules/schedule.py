@@ -218,27 +218,17 @@ class Schedule:
         # the new length, so the value never jumps back up (issue 12: a cosine run
         # extended from 15 to 20 epochs climbed ~90x when its old cycle restarted).
         new, unit = self.plan.length, "epoch" if self.unit == "epoch" else "step"
+        change = f"Resume: schedule {self.name!r} planned for {saved} {unit}s, now {new}"
         if self.plan.replan is None or self._values is None:
-            logger.info(
-                "Resume: schedule %r keeps its saved plan (%d %ss, now %d): it never rises "
-                "past its end",
-                self.name,
-                saved,
-                unit,
-                new,
-            )
+            logger.info("%s: keeps its saved plan (it never rises past its end)", change)
             return
         done = max(0, self._iterations - 1 - self.warmup_steps)  # main steps taken
         remaining = max(1, new - done)
         self._driver = self.plan.replan(remaining)
         self._values = self._driver.start()  # step 0 of the new plan: the current value
         logger.info(
-            "Resume: schedule %r re-planned from %d to %d %ss: %s continues from %.6g over "
-            "the remaining %d %ss to its end value",
-            self.name,
-            saved,
-            new,
-            unit,
+            "%s: re-planned, %s continues from %.6g to its end value over the remaining %d %ss",
+            change,
             self.param_name,
             self._values[0],
             remaining,
