@@ -82,10 +82,11 @@ batches. A factory is called with the optimizer only (pytorch-accelerated's
 ``create_scheduler_fn``: ``functools.partial(StepLR, step_size=7, gamma=0.1)``); the
 older ``(optimizer, num_epochs, steps_per_epoch)`` form still works.
 
-Resume with another training length (``num_epochs`` or ``max_steps`` changed): a
+Resume with another ``num_epochs`` (the length a schedule is planned over): a
 ``cosine`` or ``linear`` schedule is re-planned -- it continues from the current value to
 its end value over the steps left -- so the value never jumps back up; the other
-schedules keep their saved plan (none of them rises past its end). One log line says
+schedules keep their saved plan (epoch schedules, ``onecycle``, ``polynomial`` hold or
+keep decaying past their end; ``cosine_restarts`` keeps its cycles). One log line says
 which (:meth:`Schedule.load_state_dict`).
 
 Ignite underneath, and what is kept custom (each with the test showing why):

@@ -12,6 +12,11 @@ parameter group per real group, :func:`~.drivers.shadow_optimizer`):
   ``polynomial``, ``onecycle`` and ``cyclic_momentum`` (``OneCycleLR``'s momentum cycle).
 * ``plateau`` is torch's ``ReduceLROnPlateau`` stepped directly (see :mod:`.drivers`).
 
+Past its ``T_max`` a ``cosine`` restarts from its start value (Ignite's cycle), where
+torch's ``CosineAnnealingLR`` would climb back along the cosine; with the default
+``T_max`` (the training length) neither happens. Values equal torch's to the last bit or
+two (Ignite evaluates the closed form, torch a recursion).
+
 :data:`SCHEDULE_NAMES` (re-exported by :mod:`ignitrain.registry`) is ``tuple(SHAPES)``.
 """
 

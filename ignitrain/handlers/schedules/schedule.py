@@ -34,7 +34,7 @@ class Plan:
         length: Main-schedule steps planned (iterations after warm-up, or epochs).
         replan: ``(remaining steps) -> driver`` continuing from the current values to
             the schedule's end value, or ``None`` when the schedule keeps its saved plan
-            (it never rises past its end: step, exponential, onecycle...).
+            (step, exponential, onecycle... hold or decay past their end).
     """
 
     length: int
@@ -220,7 +220,7 @@ class Schedule:
         new, unit = self.plan.length, "epoch" if self.unit == "epoch" else "step"
         change = f"Resume: schedule {self.name!r} planned for {saved} {unit}s, now {new}"
         if self.plan.replan is None or self._values is None:
-            logger.info("%s: keeps its saved plan (it never rises past its end)", change)
+            logger.info("%s: keeps its saved plan", change)
             return
         done = max(0, self._iterations - 1 - self.warmup_steps)  # main steps taken
         remaining = max(1, new - done)
