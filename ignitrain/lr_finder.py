@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 import random
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,9 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import FastaiLRFinder
 
-__all__ = ["LRFinderResult", "find_lr", "suggest_lr"]
+from ignitrain.errors import is_count, is_number, suggest
+
+__all__ = ["LRFinderResult", "RangeTestOptions", "find_lr", "suggest_lr"]
 
 
 @dataclass
@@ -139,7 +140,7 @@ def _loss_of(output: Any) -> float:
         output = output["loss"]
     if isinstance(output, torch.Tensor):
         return float(output.detach().float().mean())
-    if isinstance(output, numbers.Real):
+    if is_number(output):
         return float(output)
     raise TypeError(
         f"find_lr: the train_step returned {type(output).__name__}; expected a float loss, "
@@ -201,27 +202,51 @@ class _Snapshot:
         random.setstate(self.python_rng)
 
 
-def _check_args(start_lr, end_lr, num_iter, smooth, diverge_threshold) -> None:
-    for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-            raise ValueError(f"Argument {name}={value!r} is not allowed: expected a number > 0")
-    if not end_lr > start_lr:
-        raise ValueError(
-            f"Argument end_lr={end_lr!r} is not allowed: expected a value > start_lr={start_lr!r}"
-        )
-    if isinstance(num_iter, bool) or not isinstance(num_iter, numbers.Integral) or num_iter < 2:
-        raise ValueError(f"Argument num_iter={num_iter!r} is not allowed: expected an integer >= 2")
-    if isinstance(smooth, bool) or not isinstance(smooth, numbers.Real) or not 0 < smooth <= 1:
-        raise ValueError(f"Argument smooth={smooth!r} is not allowed: expected a number in (0, 1]")
-    if (
-        isinstance(diverge_threshold, bool)
-        or not isinstance(diverge_threshold, numbers.Real)
-        or not diverge_threshold > 1
-    ):
-        raise ValueError(
-            f"Argument diverge_threshold={diverge_threshold!r} is not allowed: "
-            "expected a number > 1"
-        )
+@dataclass(frozen=True)
+class RangeTestOptions:
+    """The LR range test's ramp and stop rule (checked at construction).
+
+    Attributes:
+        start_lr: First learning rate.
+        end_lr: Last learning rate.
+        num_iter: Iterations (at most).
+        smooth: Weight of the newest loss in the moving average.
+        diverge_threshold: Stop when the smoothed loss exceeds this multiple of the
+            best smoothed loss, or when a loss is not finite.
+
+    Raises:
+        ValueError: A value out of range, naming it.
+    """
+
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+    num_iter: int = 100
+    smooth: float = 0.05
+    diverge_threshold: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("start_lr", "end_lr"):
+            value = getattr(self, name)
+            if not is_number(value) or not value > 0:
+                raise ValueError(f"Argument {name}={value!r} is not allowed: expected a number > 0")
+        if not self.end_lr > self.start_lr:
+            raise ValueError(
+                f"Argument end_lr={self.end_lr!r} is not allowed: expected a value > "
+                f"start_lr={self.start_lr!r}"
+            )
+        if not is_count(self.num_iter) or self.num_iter < 2:
+            raise ValueError(
+                f"Argument num_iter={self.num_iter!r} is not allowed: expected an integer >= 2"
+            )
+        if not is_number(self.smooth) or not 0 < self.smooth <= 1:
+            raise ValueError(
+                f"Argument smooth={self.smooth!r} is not allowed: expected a number in (0, 1]"
+            )
+        if not is_number(self.diverge_threshold) or not self.diverge_threshold > 1:
+            raise ValueError(
+                f"Argument diverge_threshold={self.diverge_threshold!r} is not allowed: "
+                "expected a number > 1"
+            )
 
 
 def find_lr(
@@ -229,12 +254,8 @@ def find_lr(
     optimizer: torch.optim.Optimizer,
     train_step: Callable[[Engine, Any], Any],
     data: Iterable,
-    *,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
-    num_iter: int = 100,
-    smooth: float = 0.05,
-    diverge_threshold: float = 5.0,
+    options: RangeTestOptions | None = None,
+    **overrides: Any,
 ) -> LRFinderResult:
     """Run an LR range test and restore the model and optimizer afterwards.
 
@@ -253,12 +274,11 @@ def find_lr(
         train_step: Ignite process function ``(engine, batch) -> loss`` returning a
             float, a scalar tensor or a dict with ``"loss"``.
         data: Any iterable of batches (a ``DataLoader``); re-iterated as needed.
-        start_lr: First learning rate.
-        end_lr: Last learning rate.
-        num_iter: Iterations (at most).
-        smooth: Weight of the newest loss in the moving average.
-        diverge_threshold: Stop when the smoothed loss exceeds this multiple of the
-            best smoothed loss, or when a loss is not finite.
+        options: The ramp and stop rule (:class:`RangeTestOptions`; default: its
+            defaults).
+        **overrides: Fields of :class:`RangeTestOptions` by keyword (``start_lr=``,
+            ``end_lr=``, ``num_iter=``, ``smooth=``, ``diverge_threshold=``), applied
+            over ``options``.
 
     Returns:
         An :class:`LRFinderResult` with the curve and ``suggestion``.
@@ -274,7 +294,9 @@ def find_lr(
         )
     if not callable(train_step):
         raise TypeError(f"Argument train_step={train_step!r} is not allowed: expected a callable")
-    _check_args(start_lr, end_lr, num_iter, smooth, diverge_threshold)
+    options = _options(options, overrides)
+    start_lr, end_lr, num_iter = options.start_lr, options.end_lr, options.num_iter
+    smooth, diverge_threshold = options.smooth, options.diverge_threshold
 
     result = LRFinderResult()
     engine = Engine(train_step)  # private: nothing of the training run is attached
@@ -329,3 +351,17 @@ def find_lr(
     result.stopped_early = len(result.raw_losses) < num_iter
     result.suggestion = suggest_lr(result.lrs, result.losses)
     return result
+
+
+def _options(options: RangeTestOptions | None, overrides: dict[str, Any]) -> RangeTestOptions:
+    options = RangeTestOptions() if options is None else options
+    if not isinstance(options, RangeTestOptions):
+        raise TypeError(f"Argument options={options!r} is not allowed: expected a RangeTestOptions")
+    unknown = sorted(set(overrides) - set(RangeTestOptions.__dataclass_fields__))
+    if unknown:
+        fields = list(RangeTestOptions.__dataclass_fields__)
+        raise TypeError(
+            f"find_lr() got an unknown option {unknown[0]!r}.{suggest(unknown[0], fields)} "
+            f"Options: {', '.join(fields)}"
+        )
+    return replace(options, **overrides)

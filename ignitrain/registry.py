@@ -18,17 +18,15 @@ from ignitrain.errors import ConfigError, suggest
 
 __all__ = [
     "normalize",
+    "lookup_name",
     "optimizer_class",
     "build_optimizer",
     "loss_class",
     "build_loss",
     "check_loss_spec",
     "describe_loss",
-    "SCHEDULE_NAMES",
-    "canonical_schedule_name",
-    "check_schedule_name",
     "has_momentum",
-]
+]  # and SCHEDULE_NAMES, canonical_schedule_name, check_schedule_name (see __getattr__)
 
 
 def normalize(name: str) -> str:
@@ -76,44 +74,14 @@ _LOSSES: dict[str, type[nn.Module]] = {
     "kldivloss": nn.KLDivLoss,
 }
 
-#: Canonical schedule names; ``handlers.schedules`` builds them.
-SCHEDULE_NAMES: tuple[str, ...] = (
-    "constant",
-    "step",
-    "multistep",
-    "exponential",
-    "cosine",
-    "cosine_restarts",
-    "linear",
-    "polynomial",
-    "onecycle",
-    "piecewise_linear",
-    "plateau",
-    "cyclic_momentum",
-)
 
-_SCHEDULE_ALIASES = {
-    "steplr": "step",
-    "multisteplr": "multistep",
-    "exp": "exponential",
-    "exponentiallr": "exponential",
-    "cosineannealing": "cosine",
-    "cosineannealinglr": "cosine",
-    "cosinewarmrestarts": "cosine_restarts",
-    "cosineannealingwarmrestarts": "cosine_restarts",
-    "sgdr": "cosine_restarts",
-    "linearlr": "linear",
-    "poly": "polynomial",
-    "polynomiallr": "polynomial",
-    "onecyclelr": "onecycle",
-    "piecewise": "piecewise_linear",
-    "reduceonplateau": "plateau",
-    "reducelronplateau": "plateau",
-    "none": "constant",
-}
+def lookup_name(name: Any, table: dict[str, Any], field: str, kind: str) -> Any:
+    """``table[normalize(name)]``, or a ``ConfigError`` naming the closest known name.
 
-
-def _lookup(name: Any, table: dict[str, Any], field: str, kind: str) -> Any:
+    Raises:
+        TypeError: ``name`` is not a string.
+        ConfigError: ``name`` is not in ``table``.
+    """
     if not isinstance(name, str):
         raise TypeError(f"{field}={name!r} is not allowed: expected a {kind} name")
     key = normalize(name)
@@ -128,7 +96,7 @@ def _lookup(name: Any, table: dict[str, Any], field: str, kind: str) -> Any:
 
 def optimizer_class(name: str, *, field: str = "optimizer") -> type[torch.optim.Optimizer]:
     """The ``torch.optim`` class for ``name`` (``"sgd"``, ``"AdamW"``...)."""
-    return _lookup(name, _OPTIMIZERS, field, "optimizer")
+    return lookup_name(name, _OPTIMIZERS, field, "optimizer")
 
 
 def has_momentum(name: str) -> bool:
@@ -179,7 +147,7 @@ def build_optimizer(
 
 def loss_class(name: str, *, field: str = "loss") -> type[nn.Module]:
     """The ``torch.nn`` loss class for ``name``."""
-    return _lookup(name, _LOSSES, field, "loss")
+    return lookup_name(name, _LOSSES, field, "loss")
 
 
 def build_loss(spec: Any, default: Callable[[], Callable] | None = None) -> Callable:
@@ -199,17 +167,18 @@ def build_loss(spec: Any, default: Callable[[], Callable] | None = None) -> Call
     return spec
 
 
-def canonical_schedule_name(name: str, *, field: str = "lr_scheduler") -> str:
-    """``"CosineAnnealingLR"`` -> ``"cosine"``; raises with suggestions when unknown."""
-    table = {normalize(n): n for n in SCHEDULE_NAMES}
-    table.update(_SCHEDULE_ALIASES)
-    kind = "schedule"
-    return _lookup(name, table, field, kind)
+_SCHEDULE_EXPORTS = ("SCHEDULE_NAMES", "canonical_schedule_name", "check_schedule_name")
 
 
-def check_schedule_name(name: str, *, field: str = "lr_scheduler") -> None:
-    """Raise when ``name`` is not a known schedule."""
-    canonical_schedule_name(name, field=field)
+def __getattr__(name: str) -> Any:
+    # The schedule names live with their table (handlers.schedules.named, the one
+    # source). Imported lazily because of a real cycle: that package imports
+    # handlers.stopping, which imports ignitrain.config, which imports this module.
+    if name in _SCHEDULE_EXPORTS:
+        from ignitrain.handlers.schedules import named
+
+        return getattr(named, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- loss specs with arguments (issue 13) ---------------------------------------------

@@ -42,7 +42,7 @@ APPLY, REFUSE, WARN = "apply", "refuse", "warn"
 #: option -> (action, why). The README's table is this one.
 RULES: dict[str, tuple[str, str]] = {
     # how long and when to stop: the new plan applies from the resumed iteration
-    "num_epochs": (APPLY, "trains to the new end (an LR schedule keeps its saved plan)"),
+    "num_epochs": (APPLY, "trains to the new end; a cosine/linear schedule is re-planned"),
     "max_steps": (APPLY, "stop rule, read each iteration"),
     "time_limit": (APPLY, "stop rule"),
     "early_stopping_patience": (APPLY, "stop rule; the saved counter carries on"),
@@ -231,12 +231,6 @@ def apply_resume_rules(trainer: Any, payload: Mapping[str, Any], path: Any) -> l
     applied = [c for c in changes if c.action == APPLY and c.option not in _QUIET]
     if applied:
         logger.info("Resume applies: %s", "; ".join(c.describe() for c in applied))
-    if any(c.option == "num_epochs" for c in applied) and trainer.config.lr_scheduler:
-        logger.warning(
-            "Resume: num_epochs changed with lr_scheduler=%r; the schedule's saved state "
-            "decides the LR from here",
-            trainer.config.lr_scheduler,
-        )
     warned = [c for c in changes if c.action == WARN]
     if warned:
         logger.warning(

@@ -247,3 +247,36 @@ def test_a_nan_loss_stops_the_sweep():
     result = find_lr(model, optimizer, nan_at_four, data, num_iter=20)
     assert result.stopped_early and len(result.raw_losses) == 4
     assert math.isnan(result.raw_losses[-1]) and len(result.lrs) == 4
+
+
+def test_range_test_options_group_the_ramp_and_keywords_still_work():
+    from ignitrain.lr_finder import RangeTestOptions
+
+    def run(**kwargs):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        data = [(torch.randn(8, 3), torch.randn(8, 1)) for _ in range(2)]
+
+        def train_step(engine, batch):
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(batch[0]), batch[1])
+            loss.backward()
+            optimizer.step()
+            return loss.item()
+
+        return find_lr(model, optimizer, train_step, data, **kwargs)
+
+    options = RangeTestOptions(start_lr=1e-4, end_lr=1e-1, num_iter=6)
+    by_options = run(options=options)
+    by_keywords = run(start_lr=1e-4, end_lr=1e-1, num_iter=6)
+    assert by_options.lrs == by_keywords.lrs and len(by_options.lrs) == 6
+    assert run(options=options, num_iter=4).lrs == pytest.approx(
+        [1e-4 * 1000 ** (i / 3) for i in range(4)]
+    )
+    with pytest.raises(TypeError, match=r"unknown option 'num_iters'.*Did you mean 'num_iter'"):
+        run(num_iters=5)
+    with pytest.raises(ValueError, match=r"smooth=0 is not allowed"):
+        RangeTestOptions(smooth=0)
+    with pytest.raises(TypeError, match="expected a RangeTestOptions"):
+        run(options={"num_iter": 5})
