@@ -23,9 +23,9 @@ import torch
 from ignitrain.callbacks import check_callbacks
 from ignitrain.errors import ConfigError, is_count, is_number, suggest
 from ignitrain.metric_names import canonical_metric
+from ignitrain import registry  # schedule names resolved at call time: see registry.__getattr__
 from ignitrain.registry import (
     check_loss_spec,
-    check_schedule_name,
     has_momentum,
     loss_class,
     optimizer_class,
@@ -348,7 +348,7 @@ def _validate_objects(cfg: Any) -> None:
     for name in ("lr_scheduler", "momentum_scheduler"):
         spec = getattr(cfg, name)
         if isinstance(spec, str):
-            check_schedule_name(spec, field=name)
+            registry.check_schedule_name(spec, field=name)
         elif isinstance(spec, Mapping):
             if "name" not in spec:
                 _fail(
@@ -356,7 +356,7 @@ def _validate_objects(cfg: Any) -> None:
                     dict(spec),
                     "a spec mapping with a 'name' key, e.g. {'name': 'step', 'step_size': 10}",
                 )
-            check_schedule_name(spec["name"], field=name)
+            registry.check_schedule_name(spec["name"], field=name)
         elif spec is not None and not callable(spec) and not hasattr(spec, "state_dict"):
             _fail(
                 name,

@@ -151,8 +151,7 @@ class Seq2SeqPredictor(Predictor):
 
     def step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         # imported here: a real cycle (ignitrain.flavors.seq2seq imports this module for
-        # Seq2SeqPredictor). LEAD: FLAVORS moves greedy_decode into a public module that
-        # does not import this one; import it from there at the top of this file.
+        # Seq2SeqPredictor).
         from ignitrain.flavors.seq2seq import greedy_decode
 
         src, tgt = _input_target(batch)

@@ -39,7 +39,6 @@ def test_every_old_name_is_still_importable_from_ignitrain_jobs():
     for module in (spec, build, run):
         for name in module.__all__:
             assert getattr(jobs, name) is getattr(module, name), name
-    assert jobs._resolve_spec is jobs.resolve_spec  # the CLI's old name
 
 
 def test_write_job_leaves_no_temp_file_and_reads_back(tmp_path):

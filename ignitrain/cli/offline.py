@@ -17,8 +17,7 @@ from ignitrain.errors import JobError
 from ignitrain.handlers.checkpoint import load_checkpoint, safe_load
 from ignitrain.handlers.sharded import is_sharded_checkpoint, read_sharded_meta
 
-# LEAD: FOUND makes jobs._resolve_spec public as jobs.resolve_spec: rename this import.
-from ignitrain.jobs import _resolve_spec, build_data, build_trainer, load_job
+from ignitrain.jobs import build_data, build_trainer, load_job, resolve_spec
 from ignitrain.resume import find_checkpoint_in_dir
 
 __all__ = [
@@ -121,7 +120,7 @@ def evaluation_data(job: dict[str, Any], data_arg: str | None) -> tuple[Any, Any
     data = job_data
     label_name = job["data"]["factory"]
     if name is not None:
-        spec = _resolve_spec(name, "data", "factory", "--data")
+        spec = resolve_spec(name, "data", "factory", "--data")
         if spec["factory"] != job["data"]["factory"]:
             other = copy.deepcopy(job)
             other["data"] = spec

@@ -57,8 +57,6 @@ from ignitrain.jobs.spec import (
     resolve_spec,
 )
 
-# the CLI's name before resolve_spec was public; kept for callers that still use it
-_resolve_spec = resolve_spec
 
 __all__ = [
     "FLAVORS",

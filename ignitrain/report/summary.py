@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ignitrain.config import read_mapping
+from ignitrain._files import dump_yaml, read_mapping
 from ignitrain.errors import CheckpointError
 from ignitrain.evaluation_record import read_evaluation
 from ignitrain.handlers.checkpoint import latest_in, safe_load
@@ -116,8 +116,6 @@ def _read_config(path: Path) -> tuple[str | None, dict[str, Any]]:
     if not path.is_file():
         return None, {}
     text = path.read_text()
-    # LEAD: FOUND adds the one YAML/JSON reader as ignitrain._files.read_mapping; switch
-    # this import to it at merge (config.read_mapping is today's copy of that reader).
     try:
         data = read_mapping(path)
     except (ValueError, ImportError):  # a damaged config (or no pyyaml): still render
@@ -142,10 +140,9 @@ def _config_from_checkpoint(path: Path) -> tuple[str | None, dict[str, Any]]:
             job["model"] = {"class": model["class"], "args": model.get("args") or {}}
     text = "# from the newest checkpoint (this run has no config.yaml)\n"
     try:
-        import yaml  # optional dependency (the "yaml" extra)
-    except ImportError:  # JSON is YAML too
+        return text + dump_yaml(job), job
+    except ImportError:  # no pyyaml (an optional extra): JSON is YAML too
         return text + json.dumps(job, indent=2, default=str), job
-    return text + yaml.safe_dump(job, sort_keys=False), job
 
 
 def _metric_rows(history: History) -> list[MetricRow]:
