@@ -28,8 +28,11 @@ import ignite.distributed as idist
 import torch
 from torch import nn
 
-from ignitrain.config import ConfigError, TrainConfig, suggest
+from ignitrain.config import TrainConfig
+from ignitrain.data import loader_length
+from ignitrain.errors import ConfigError, suggest
 from ignitrain.metric_names import is_train_metric
+from ignitrain.resume_rules import check_resume_allow
 
 __all__ = [
     "SEED_MAX",
@@ -95,6 +98,7 @@ def _check_save_every(config: TrainConfig) -> None:
 
 def check_run_config(config: TrainConfig) -> TrainConfig:
     """Factory-time checks of ``config`` alone (see the module doc); returns it."""
+    config.resume_allow = check_resume_allow(config.resume_allow)
     _check_seed(config)
     _check_save_every(config)
     _check_resume(config)
@@ -115,8 +119,6 @@ def check_data(train_data: Any, val_data: Any, val_loader: Any, config: TrainCon
     Raises:
         ValueError: one-pass training data for several epochs, or empty validation data.
     """
-    from ignitrain.data import loader_length
-
     if _one_pass(train_data) and config.num_epochs > 1 and config.max_steps is None:
         raise ValueError(
             f"train_data is a one-pass iterator ({type(train_data).__name__}): epoch 1 "

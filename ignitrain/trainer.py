@@ -46,7 +46,12 @@ class Trainer:
         handlers: Read-only mapping, by name, of every handler ignitrain attached
             (see :class:`~ignitrain.handlers.attached.AttachedHandlers`).
         predictor: ``batch -> (prediction, target)`` of :meth:`predict` (the flavor's).
+        flavor: The factory's name for the task (``"classification"``, ``"regression"``,
+            ``"seq2seq"``, ``"autoencoder"``, ``"gan"``, ``"generic"``), or ``None``;
+            recorded in checkpoints so that a resume into another flavor refuses.
     """
+
+    flavor: str | None = None  # set by the flavor factory
 
     def __init__(
         self,
@@ -237,6 +242,7 @@ class Trainer:
             "iteration": int(self.engine.state.iteration),
             "epoch": int(self.engine.state.epoch),
             "world_size": idist.get_world_size(),
+            "flavor": self.flavor,
         }
 
     def find_lr(self, **kwargs: Any) -> Any:

@@ -394,6 +394,7 @@ def create_autoencoder_trainer(
         default_best_metric="loss",
         loss_names=objective.names(),
     )
+    trainer.flavor = "autoencoder"  # recorded in checkpoints; a resume into another refuses
     return trainer
 
 

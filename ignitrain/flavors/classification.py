@@ -97,7 +97,7 @@ def create_classification_trainer(
     config = check_config(config)
     extra = tuple(config.metrics)
     classification_metrics(lambda a, b: a, extra)  # validate the names before building anything
-    return build_supervised_trainer(
+    trainer = build_supervised_trainer(
         model,
         config,
         train_data,
@@ -109,3 +109,5 @@ def create_classification_trainer(
         loss=loss,
         metrics=metrics,
     )
+    trainer.flavor = "classification"  # recorded in checkpoints; a resume into another refuses
+    return trainer

@@ -484,6 +484,7 @@ def create_gan_trainer(
             tensorboard_dir=out_dir / "tb" if out_dir and config.tensorboard else None,
             device=device,
         )
+    trainer.flavor = "gan"  # recorded in checkpoints; a resume into another refuses
     return trainer
 
 

@@ -522,4 +522,5 @@ def create_trainer(
     )
     trainer.checkpointables["train_output_means"] = output_means
     recipe.attach_handlers(trainer, opt_steps={"optimizer": opt_step}, default_best_metric="loss")
+    trainer.flavor = "generic"  # recorded in checkpoints; a resume into another refuses
     return trainer

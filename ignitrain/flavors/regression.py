@@ -64,7 +64,7 @@ def create_regression_trainer(
             f"TrainConfig.metrics={config.metrics!r} is not allowed for regression: its metrics "
             "(loss, mae, rmse, r2) are always on; pass other Ignite metrics with metrics={...}"
         )
-    return build_supervised_trainer(
+    trainer = build_supervised_trainer(
         model,
         config,
         train_data,
@@ -76,3 +76,5 @@ def create_regression_trainer(
         loss=loss,
         metrics=metrics,
     )
+    trainer.flavor = "regression"  # recorded in checkpoints; a resume into another refuses
+    return trainer

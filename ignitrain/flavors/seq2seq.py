@@ -711,4 +711,5 @@ def create_seq2seq_trainer(
         default_best_metric="sequence_accuracy",
         loss_names=("loss", "teacher_forcing") if report_ratio else ("loss",),
     )
+    trainer.flavor = "seq2seq"  # recorded in checkpoints; a resume into another refuses
     return trainer
