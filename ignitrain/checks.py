@@ -14,6 +14,10 @@ And one check that needs the model's output, done on the first training batch on
 :func:`first_batch_checked` wraps the loss of the ``model(x) -> y_pred`` flavors so its
 first call checks logits/targets (classification) or prediction/target shapes
 (regression) before torch sees them; every later call skips the check (one flag test).
+:func:`first_batch_checked_eval` does the same for the first batch of every evaluation
+run (validation and test data are other data). The seq2seq flavor checks its own
+batches (``flavors/seq2seq.py``: logits shape on every batch, token range, BOS/EOS and
+padding on the first batch of training and of evaluation).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ __all__ = [
     "check_regression_batch",
     "check_run_config",
     "first_batch_checked",
+    "first_batch_checked_eval",
 ]
 
 logger = logging.getLogger("ignitrain")
@@ -235,6 +240,20 @@ def check_regression_batch(prediction: Any, target: Any) -> None:
         )
 
 
+def _batch_check(loss_fn: Any) -> Any:
+    """The ``(y_pred, y)`` check for ``loss_fn``'s kind of loss, or ``None``."""
+    if isinstance(loss_fn, _CLASS_INDEX):
+        ignore = getattr(loss_fn, "ignore_index", -100)
+
+        def check(y_pred: Any, y: Any) -> None:
+            check_classification_batch(y_pred, y, ignore_index=ignore)
+
+        return check
+    if isinstance(loss_fn, _ELEMENTWISE):
+        return check_regression_batch
+    return None
+
+
 def first_batch_checked(loss_fn: Any) -> Any:
     """``loss_fn`` whose first call checks ``(y_pred, y)`` before torch sees them.
 
@@ -245,14 +264,8 @@ def first_batch_checked(loss_fn: Any) -> Any:
     kills the process) or absent (MSE broadcasts ``[N]`` against ``[N, 1]`` with a
     warning).
     """
-    if isinstance(loss_fn, _CLASS_INDEX):
-        ignore = getattr(loss_fn, "ignore_index", -100)
-
-        def check(y_pred: Any, y: Any) -> None:
-            check_classification_batch(y_pred, y, ignore_index=ignore)
-    elif isinstance(loss_fn, _ELEMENTWISE):
-        check = check_regression_batch
-    else:
+    check = _batch_check(loss_fn)
+    if check is None:
         return loss_fn
     pending = [check]
 
@@ -262,3 +275,31 @@ def first_batch_checked(loss_fn: Any) -> Any:
         return loss_fn(y_pred, y)
 
     return loss
+
+
+def first_batch_checked_eval(eval_fn: Any, loss_fn: Any) -> Any:
+    """The evaluation process function ``eval_fn`` (``(engine, batch) -> (y_pred, y)``)
+    checking its output on the first batch of every evaluation run.
+
+    Validation and test data are other data than the training batches the loss check
+    saw: their labels can be out of range or their targets shaped otherwise. Without the
+    check, Ignite's ``Loss`` raises torch's raw error and ``Accuracy`` may count a label
+    it has no class for as a plain miss. ``loss_fn`` picks the check as in
+    :func:`first_batch_checked`; any other loss returns ``eval_fn`` unchanged. Every
+    evaluator (``trainer.evaluate(test_data)`` included) starts at iteration 1, so each
+    run checks its first batch; later batches cost one integer test.
+    """
+    check = _batch_check(loss_fn)
+    if check is None:
+        return eval_fn
+
+    def evaluate(engine: Any, batch: Any) -> Any:
+        out = eval_fn(engine, batch)
+        if engine.state.iteration == 1 and isinstance(out, (tuple, list)) and len(out) == 2:
+            try:
+                check(*out)
+            except ValueError as err:
+                raise ValueError(f"evaluation data, first batch: {err}") from None
+        return out
+
+    return evaluate

@@ -11,7 +11,7 @@ from typing import Any
 from ignite.metrics import Loss, Metric
 from torch import nn
 
-from ignitrain.checks import first_batch_checked
+from ignitrain.checks import first_batch_checked, first_batch_checked_eval
 from ignitrain.flavors import _recipe as recipe
 from ignitrain.predict import SupervisedPredictor
 from ignitrain.registry import build_loss
@@ -61,8 +61,9 @@ def build_supervised_trainer(
         found.update({name: _fresh(m) for name, m in user_metrics.items()})
         return found
 
-    eval_fn = supervised_evaluate(
-        model, device, opt_step.autocast, channels_last=config.channels_last
+    eval_fn = first_batch_checked_eval(  # labels/shapes of each evaluation's first batch
+        supervised_evaluate(model, device, opt_step.autocast, channels_last=config.channels_last),
+        loss_fn,
     )
     trainer = recipe.single_model_trainer(
         engine=engine,
