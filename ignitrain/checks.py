@@ -46,6 +46,7 @@ __all__ = [
     "check_run_config",
     "first_batch_checked",
     "first_batch_checked_eval",
+    "top_k_of",
 ]
 
 logger = logging.getLogger("ignitrain")
@@ -167,14 +168,26 @@ def _shape(t: torch.Tensor) -> str:
     return f"[{', '.join(str(n) for n in t.shape)}]"
 
 
+def top_k_of(metrics: Any) -> int | None:
+    """The largest K among ``topK`` metric names (``["top5", "f1"]`` -> 5), or ``None``."""
+    ks = [
+        int(name[3:])
+        for name in metrics or ()
+        if isinstance(name, str) and name.startswith("top") and name[3:].isdigit()
+    ]
+    return max(ks) if ks else None
+
+
 def check_classification_batch(
-    logits: Any, target: Any, *, ignore_index: int | None = -100
+    logits: Any, target: Any, *, ignore_index: int | None = -100, top_k: int | None = None
 ) -> None:
     """Logits ``[N, C]`` and class-index targets ``[N]`` with values in ``[0, C)``.
 
     Also ``[N, C, d1, ...]`` against ``[N, d1, ...]`` (per-pixel classes), as
     cross-entropy takes them; float targets (class probabilities) must match the
-    logits' shape. ``ignore_index`` values are allowed anywhere.
+    logits' shape. ``ignore_index`` values are allowed anywhere. ``top_k``: the largest
+    K of the run's ``topK`` metrics, which must not exceed C (torch's ``topk`` fails
+    with a raw "selected index k out of range" at the first validation otherwise).
 
     Raises:
         ValueError: naming the shapes or the offending label values, and the fix.
@@ -186,6 +199,12 @@ def check_classification_batch(
         raise ValueError(
             f"{head} has shape {_shape(logits)}, expected [N, C] (one score per class); "
             "return logits of shape [N, C] from the model (e.g. no .squeeze() or argmax)"
+        )
+    if top_k is not None and top_k > logits.shape[1]:
+        raise ValueError(
+            f"TrainConfig.metrics asks for top{top_k} accuracy, but the model output "
+            f"{_shape(logits)} scores only {logits.shape[1]} classes: choose K <= "
+            f"{logits.shape[1]}"
         )
     if target.is_floating_point():
         if target.shape != logits.shape:
@@ -240,13 +259,14 @@ def check_regression_batch(prediction: Any, target: Any) -> None:
         )
 
 
-def _batch_check(loss_fn: Any) -> Any:
+def _batch_check(loss_fn: Any, metrics: Any = ()) -> Any:
     """The ``(y_pred, y)`` check for ``loss_fn``'s kind of loss, or ``None``."""
     if isinstance(loss_fn, _CLASS_INDEX):
         ignore = getattr(loss_fn, "ignore_index", -100)
+        top_k = top_k_of(metrics)
 
         def check(y_pred: Any, y: Any) -> None:
-            check_classification_batch(y_pred, y, ignore_index=ignore)
+            check_classification_batch(y_pred, y, ignore_index=ignore, top_k=top_k)
 
         return check
     if isinstance(loss_fn, _ELEMENTWISE):
@@ -254,7 +274,7 @@ def _batch_check(loss_fn: Any) -> Any:
     return None
 
 
-def first_batch_checked(loss_fn: Any) -> Any:
+def first_batch_checked(loss_fn: Any, metrics: Any = ()) -> Any:
     """``loss_fn`` whose first call checks ``(y_pred, y)`` before torch sees them.
 
     Cross-entropy/NLL losses get :func:`check_classification_batch`, the element-wise
@@ -262,9 +282,10 @@ def first_batch_checked(loss_fn: Any) -> Any:
     unchanged, since its shapes may legitimately differ. Torch's own errors here are
     raw (``IndexError: Target 7 is out of bounds``; on CUDA a device-side assert that
     kills the process) or absent (MSE broadcasts ``[N]`` against ``[N, 1]`` with a
-    warning).
+    warning). ``metrics``: the run's metric names; a ``topK`` with K above the number
+    of classes is named here, on the first batch, instead of at the first validation.
     """
-    check = _batch_check(loss_fn)
+    check = _batch_check(loss_fn, metrics)
     if check is None:
         return loss_fn
     pending = [check]

@@ -10,14 +10,15 @@ from typing import Any
 import ignite.distributed as idist
 
 from ignitrain.handlers.checkpoint import load_objects, safe_load
-from ignitrain.handlers.sharded import is_sharded_checkpoint
+from ignitrain.handlers.sharded import is_sharded_checkpoint, read_extra, read_sharded_meta
 from ignitrain.handlers.sharded_run import (
+    META,
     latest_checkpoint,
     load_file_into_sharded,
     load_trainer_sharded,
     uses_fsdp,
 )
-from ignitrain.resume_rules import apply_resume_rules
+from ignitrain.resume_rules import apply_resume_rules, write_into_live_optimizers
 
 __all__ = ["resume_from", "find_checkpoint", "find_checkpoint_in_dir", "finish_interrupted_run"]
 
@@ -97,7 +98,20 @@ def _resume_sharded(trainer: Any, folder: Path) -> Path:
     Another world size reshards the models and optimizers; ``load_sharded_objects``
     warns (``UserWarning``), and the log says what changes.
     """
+    # the resume rules first, on the folder's metadata and plain states (extra.pt), so
+    # that a refused change loads nothing; optimizer values go into the loaded optimizers
+    extra = read_extra(folder) if read_sharded_meta(folder)["extra"] else {}
+    described = {**extra.pop(META, {}), "state": extra}  # the layout the rules read
+    changes = apply_resume_rules(trainer, described, folder)
     payload = load_trainer_sharded(folder, trainer.checkpointables)
+    write_into_live_optimizers(trainer, changes)
+    engine = extra.get("trainer")
+    state = trainer.engine.state
+    if isinstance(engine, dict) and (engine.get("iteration"), engine.get("epoch_length")) != (
+        state.iteration,
+        state.epoch_length,
+    ):  # the epoch re-planned by resume_allow=["batch_size"] (written into ``extra``)
+        trainer.engine.load_state_dict(engine)
     saved_world = payload["sharded"].get("world_size")
     if saved_world is not None and saved_world != idist.get_world_size():
         logger.warning(

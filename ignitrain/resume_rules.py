@@ -45,7 +45,7 @@ from typing import Any
 
 from ignitrain.data import loader_length
 from ignitrain.describe import describe_model
-from ignitrain.errors import CheckpointError, ConfigError
+from ignitrain.errors import CheckpointError, ConfigError, is_number
 from ignitrain.handlers.checkpoint import OBJECTS_KEY, saved_states
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "check_resume_allow",
     "decide",
     "replan_epoch",
+    "write_into_live_optimizers",
 ]
 
 logger = logging.getLogger("ignitrain")
@@ -167,7 +168,7 @@ def _same(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    both_numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    both_numbers = all(is_number(v) for v in (a, b))
     if both_numbers:
         return a == b or (math.isnan(a) and math.isnan(b))
     if isinstance(a, str) and isinstance(b, str):
@@ -245,8 +246,8 @@ def _overridden(change: Change, allowed: set[str]) -> Change:
     return change
 
 
-def _write_into_optimizers(trainer: Any, payload: Mapping[str, Any], changes: list[Change]):
-    """Put the applied optimizer values into the optimizer states about to be loaded."""
+def _group_values(changes: list[Change]) -> dict[str, Any]:
+    """The param-group keys and values the applied optimizer options set."""
     values: dict[str, Any] = {}
     for change in changes:
         if change.action != APPLY:
@@ -255,6 +256,26 @@ def _write_into_optimizers(trainer: Any, payload: Mapping[str, Any], changes: li
             values[_GROUP_KEYS[change.option]] = change.now
         elif change.option == "optimizer_kwargs" and isinstance(change.now, Mapping):
             values.update(change.now)
+    return values
+
+
+def write_into_live_optimizers(trainer: Any, changes: list[Change]) -> None:
+    """Put the applied optimizer values into ``trainer``'s loaded optimizers.
+
+    For a sharded (FSDP) folder, whose optimizer states DCP loads straight into the
+    optimizers: there is no payload to write them into before (``apply_resume_rules``).
+    """
+    values = _group_values(changes)
+    for optimizer in trainer.optimizers.values():
+        for group in optimizer.param_groups:
+            for key, value in values.items():
+                if key in group:
+                    group[key] = value
+
+
+def _write_into_optimizers(trainer: Any, payload: Mapping[str, Any], changes: list[Change]):
+    """Put the applied optimizer values into the optimizer states about to be loaded."""
+    values = _group_values(changes)
     state = _states(payload)
     if not values or not isinstance(state, Mapping):
         return

@@ -45,6 +45,7 @@ import torch.distributed as dist
 from torch.distributed import default_pg_timeout
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
+from ignitrain.errors import is_count
 from ignitrain.handlers.preemption import DEFAULT_SIGNALS, PREEMPTED_EXIT_STATUS
 
 __all__ = [
@@ -166,9 +167,7 @@ class SpawnedWorker:
     ):
         if not callable(fn):
             raise TypeError(f"Argument fn must be callable, got {fn!r}.")
-        if num_threads is not None and (
-            isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
-        ):
+        if num_threads is not None and not (is_count(num_threads) and num_threads >= 1):
             raise ValueError(
                 f"Argument num_threads must be an int >= 1 or None, got {num_threads!r}."
             )

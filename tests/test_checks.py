@@ -18,6 +18,7 @@ from ignitrain.checks import (
     check_run_config,
     first_batch_checked,
     first_batch_checked_eval,
+    top_k_of,
 )
 from ignitrain.config import ConfigError
 from tests.conftest import make_mlp
@@ -233,3 +234,14 @@ def test_evaluation_check_keeps_other_losses_and_runs_on_each_first_batch():
     engine.run([good, bad], max_epochs=1)  # the second batch is not checked
     with pytest.raises(ValueError, match=r"target labels \[5\] are out of range"):
         engine.run([bad, good], max_epochs=1)  # a new run checks its first batch
+
+
+def test_top_k_above_the_number_of_classes_is_named_on_the_first_batch(digits_flat):
+    # before: metrics=["top50"] on 10 classes trained a whole epoch, then torch's topk
+    # raised a raw "selected index k out of range" at the first validation
+    trainer = _create(digits_flat, metrics=["top50", "f1"])
+    with pytest.raises(ValueError, match=r"top50 accuracy, but the model output \[128, 10\] "
+                       r"scores only 10 classes: choose K <= 10"):  # fmt: skip
+        trainer.train()
+    assert trainer.engine.state.iteration == 1  # the first step, before any update
+    assert top_k_of(["top5", "f1", "top10"]) == 10 and top_k_of([]) is None

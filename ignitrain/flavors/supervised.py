@@ -52,7 +52,7 @@ def build_supervised_trainer(
     net, model = recipe.place_model(model, config, device)
     opt = recipe.make_optimizer(config, model, optimizer)
     opt_step = OptimizerStep(opt, net, StepOptions.from_config(config, device), device)
-    checked = first_batch_checked(loss_fn)  # labels/shapes on the first batch (checks.py)
+    checked = first_batch_checked(loss_fn, config.metrics)  # labels/shapes/topK, 1st batch
     update = supervised_update(net, opt_step, checked, device, channels_last=config.channels_last)
     engine = recipe.make_engine(update, train_loader, config)
 

@@ -56,6 +56,8 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
+from ignitrain.errors import is_count
+
 __all__ = ["DEFAULT_SIGNALS", "PREEMPTED_EXIT_STATUS", "PreemptionHandler", "attach_preemption"]
 
 #: The exit status of a preempted run (and of its launcher), whichever signal it was.
@@ -326,7 +328,7 @@ def attach_preemption(
     allowed = {int(s) for s in signal.valid_signals()} - {
         int(getattr(signal, n)) for n in ("SIGKILL", "SIGSTOP") if hasattr(signal, n)
     }
-    bad = [s for s in chosen if isinstance(s, bool) or not isinstance(s, int) or s not in allowed]
+    bad = [s for s in chosen if not is_count(s) or s not in allowed]
     if not chosen or bad:
         raise ValueError(
             f"Argument signals={signals!r} is not allowed: expected catchable signal numbers "
