@@ -134,3 +134,12 @@ def test_another_optimizer_class_from_adam_is_refused_before_any_step(tmp_path, 
     with pytest.raises(CheckpointError, match=f"optimizer: 'adam' in the checkpoint, '{now}' now"):
         trainer.train()
     assert trainer.engine.state.iteration == 0
+
+
+def test_a_checkpoint_with_a_schedule_is_refused_into_a_run_without_one(tmp_path, digits_flat):
+    # before: the saved LR schedule state was dropped without a word
+    out = tmp_path / "run"
+    _trainer(out, digits_flat, lr_scheduler="cosine").train()
+    trainer = _trainer(out, digits_flat, resume="latest", num_epochs=2)
+    with pytest.raises(CheckpointError, match="lr_scheduler: 'cosine' in the checkpoint, None now"):
+        trainer.train()
