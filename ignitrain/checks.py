@@ -14,6 +14,10 @@ And one check that needs the model's output, done on the first training batch on
 :func:`first_batch_checked` wraps the loss of the ``model(x) -> y_pred`` flavors so its
 first call checks logits/targets (classification) or prediction/target shapes
 (regression) before torch sees them; every later call skips the check (one flag test).
+:func:`first_batch_checked_eval` does the same for the first batch of every evaluation
+run (validation and test data are other data). The seq2seq flavor checks its own
+batches (``flavors/seq2seq.py``: logits shape on every batch, token range, BOS/EOS and
+padding on the first batch of training and of evaluation).
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ import ignite.distributed as idist
 import torch
 from torch import nn
 
-from ignitrain.config import ConfigError, TrainConfig, suggest
+from ignitrain.config import TrainConfig
+from ignitrain.data import loader_length
+from ignitrain.errors import ConfigError, suggest
 from ignitrain.metric_names import is_train_metric
+from ignitrain.resume_rules import check_resume_allow
 
 __all__ = [
     "SEED_MAX",
@@ -38,6 +45,8 @@ __all__ = [
     "check_regression_batch",
     "check_run_config",
     "first_batch_checked",
+    "first_batch_checked_eval",
+    "top_k_of",
 ]
 
 logger = logging.getLogger("ignitrain")
@@ -95,6 +104,7 @@ def _check_save_every(config: TrainConfig) -> None:
 
 def check_run_config(config: TrainConfig) -> TrainConfig:
     """Factory-time checks of ``config`` alone (see the module doc); returns it."""
+    config.resume_allow = check_resume_allow(config.resume_allow)
     _check_seed(config)
     _check_save_every(config)
     _check_resume(config)
@@ -115,8 +125,6 @@ def check_data(train_data: Any, val_data: Any, val_loader: Any, config: TrainCon
     Raises:
         ValueError: one-pass training data for several epochs, or empty validation data.
     """
-    from ignitrain.data import loader_length
-
     if _one_pass(train_data) and config.num_epochs > 1 and config.max_steps is None:
         raise ValueError(
             f"train_data is a one-pass iterator ({type(train_data).__name__}): epoch 1 "
@@ -160,14 +168,26 @@ def _shape(t: torch.Tensor) -> str:
     return f"[{', '.join(str(n) for n in t.shape)}]"
 
 
+def top_k_of(metrics: Any) -> int | None:
+    """The largest K among ``topK`` metric names (``["top5", "f1"]`` -> 5), or ``None``."""
+    ks = [
+        int(name[3:])
+        for name in metrics or ()
+        if isinstance(name, str) and name.startswith("top") and name[3:].isdigit()
+    ]
+    return max(ks) if ks else None
+
+
 def check_classification_batch(
-    logits: Any, target: Any, *, ignore_index: int | None = -100
+    logits: Any, target: Any, *, ignore_index: int | None = -100, top_k: int | None = None
 ) -> None:
     """Logits ``[N, C]`` and class-index targets ``[N]`` with values in ``[0, C)``.
 
     Also ``[N, C, d1, ...]`` against ``[N, d1, ...]`` (per-pixel classes), as
     cross-entropy takes them; float targets (class probabilities) must match the
-    logits' shape. ``ignore_index`` values are allowed anywhere.
+    logits' shape. ``ignore_index`` values are allowed anywhere. ``top_k``: the largest
+    K of the run's ``topK`` metrics, which must not exceed C (torch's ``topk`` fails
+    with a raw "selected index k out of range" at the first validation otherwise).
 
     Raises:
         ValueError: naming the shapes or the offending label values, and the fix.
@@ -179,6 +199,12 @@ def check_classification_batch(
         raise ValueError(
             f"{head} has shape {_shape(logits)}, expected [N, C] (one score per class); "
             "return logits of shape [N, C] from the model (e.g. no .squeeze() or argmax)"
+        )
+    if top_k is not None and top_k > logits.shape[1]:
+        raise ValueError(
+            f"TrainConfig.metrics asks for top{top_k} accuracy, but the model output "
+            f"{_shape(logits)} scores only {logits.shape[1]} classes: choose K <= "
+            f"{logits.shape[1]}"
         )
     if target.is_floating_point():
         if target.shape != logits.shape:
@@ -233,7 +259,22 @@ def check_regression_batch(prediction: Any, target: Any) -> None:
         )
 
 
-def first_batch_checked(loss_fn: Any) -> Any:
+def _batch_check(loss_fn: Any, metrics: Any = ()) -> Any:
+    """The ``(y_pred, y)`` check for ``loss_fn``'s kind of loss, or ``None``."""
+    if isinstance(loss_fn, _CLASS_INDEX):
+        ignore = getattr(loss_fn, "ignore_index", -100)
+        top_k = top_k_of(metrics)
+
+        def check(y_pred: Any, y: Any) -> None:
+            check_classification_batch(y_pred, y, ignore_index=ignore, top_k=top_k)
+
+        return check
+    if isinstance(loss_fn, _ELEMENTWISE):
+        return check_regression_batch
+    return None
+
+
+def first_batch_checked(loss_fn: Any, metrics: Any = ()) -> Any:
     """``loss_fn`` whose first call checks ``(y_pred, y)`` before torch sees them.
 
     Cross-entropy/NLL losses get :func:`check_classification_batch`, the element-wise
@@ -241,16 +282,11 @@ def first_batch_checked(loss_fn: Any) -> Any:
     unchanged, since its shapes may legitimately differ. Torch's own errors here are
     raw (``IndexError: Target 7 is out of bounds``; on CUDA a device-side assert that
     kills the process) or absent (MSE broadcasts ``[N]`` against ``[N, 1]`` with a
-    warning).
+    warning). ``metrics``: the run's metric names; a ``topK`` with K above the number
+    of classes is named here, on the first batch, instead of at the first validation.
     """
-    if isinstance(loss_fn, _CLASS_INDEX):
-        ignore = getattr(loss_fn, "ignore_index", -100)
-
-        def check(y_pred: Any, y: Any) -> None:
-            check_classification_batch(y_pred, y, ignore_index=ignore)
-    elif isinstance(loss_fn, _ELEMENTWISE):
-        check = check_regression_batch
-    else:
+    check = _batch_check(loss_fn, metrics)
+    if check is None:
         return loss_fn
     pending = [check]
 
@@ -260,3 +296,31 @@ def first_batch_checked(loss_fn: Any) -> Any:
         return loss_fn(y_pred, y)
 
     return loss
+
+
+def first_batch_checked_eval(eval_fn: Any, loss_fn: Any) -> Any:
+    """The evaluation process function ``eval_fn`` (``(engine, batch) -> (y_pred, y)``)
+    checking its output on the first batch of every evaluation run.
+
+    Validation and test data are other data than the training batches the loss check
+    saw: their labels can be out of range or their targets shaped otherwise. Without the
+    check, Ignite's ``Loss`` raises torch's raw error and ``Accuracy`` may count a label
+    it has no class for as a plain miss. ``loss_fn`` picks the check as in
+    :func:`first_batch_checked`; any other loss returns ``eval_fn`` unchanged. Every
+    evaluator (``trainer.evaluate(test_data)`` included) starts at iteration 1, so each
+    run checks its first batch; later batches cost one integer test.
+    """
+    check = _batch_check(loss_fn)
+    if check is None:
+        return eval_fn
+
+    def evaluate(engine: Any, batch: Any) -> Any:
+        out = eval_fn(engine, batch)
+        if engine.state.iteration == 1 and isinstance(out, (tuple, list)) and len(out) == 2:
+            try:
+                check(*out)
+            except ValueError as err:
+                raise ValueError(f"evaluation data, first batch: {err}") from None
+        return out
+
+    return evaluate

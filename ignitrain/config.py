@@ -92,6 +92,9 @@ class TrainConfig:
         resume: ``None``, ``"latest"`` or a checkpoint path.
         overwrite: With ``resume=None``, replace a run already in ``output_dir`` (its
             checkpoints, history and logs) instead of refusing to mix into it.
+        resume_allow: Options a resume would refuse that this run accepts on purpose:
+            ``["batch_size"]`` resumes with a new batch size (or data length) and
+            re-plans the epoch (``ignitrain.resume_rules``).
         dist_timeout: Seconds before a collective across processes gives up.
         parallel: How a model is spread over processes: ``"auto"`` (DDP under a process
             group, today's behaviour), ``"ddp"``, or ``"fsdp"`` (FSDP2 ``fully_shard``:
@@ -173,6 +176,7 @@ class TrainConfig:
     output_dir: str | None = None
     resume: str | None = None
     overwrite: bool = False
+    resume_allow: list = field(default_factory=list)  # issue 12: see resume_rules.OVERRIDABLE
     dist_timeout: float = 1800.0
     # issue 14: sharding over processes (FSDP2), validated in _validate_parallel
     parallel: str = "auto"

@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
+from ignitrain import registry  # schedule names resolved at call time: see registry.__getattr__
 from ignitrain.callbacks import check_callbacks
 from ignitrain.errors import ConfigError, is_count, is_number, suggest
 from ignitrain.metric_names import canonical_metric
-from ignitrain import registry  # schedule names resolved at call time: see registry.__getattr__
 from ignitrain.registry import (
     check_loss_spec,
     has_momentum,

@@ -9,6 +9,17 @@ from typing import Any
 
 import ignite.distributed as idist
 
+from ignitrain.handlers.checkpoint import load_objects, safe_load
+from ignitrain.handlers.sharded import is_sharded_checkpoint, read_extra, read_sharded_meta
+from ignitrain.handlers.sharded_run import (
+    META,
+    latest_checkpoint,
+    load_file_into_sharded,
+    load_trainer_sharded,
+    uses_fsdp,
+)
+from ignitrain.resume_rules import apply_resume_rules, write_into_live_optimizers
+
 __all__ = ["resume_from", "find_checkpoint", "find_checkpoint_in_dir", "finish_interrupted_run"]
 
 logger = logging.getLogger("ignitrain")
@@ -23,9 +34,6 @@ def find_checkpoint(trainer: Any, path: str | os.PathLike) -> Path | None:
     Raises:
         FileNotFoundError: an explicit path does not exist.
     """
-    from ignitrain.handlers.sharded import is_sharded_checkpoint
-    from ignitrain.handlers.sharded_run import latest_checkpoint
-
     if str(path) == "latest":
         if trainer.config.output_dir is None:
             raise ValueError("resume('latest') needs TrainConfig.output_dir to look in")
@@ -49,9 +57,6 @@ def resume_from(trainer: Any, path: str | os.PathLike) -> Path | None:
     "optimizer": ..., "trainer": ...}``) restores what it holds; a warning names the
     objects it did not hold, which keep their current state.
     """
-    from ignitrain.handlers.checkpoint import load_objects, safe_load
-    from ignitrain.resume_rules import apply_resume_rules
-
     found = find_checkpoint(trainer, path)
     if found is None:
         logger.warning(
@@ -59,8 +64,6 @@ def resume_from(trainer: Any, path: str | os.PathLike) -> Path | None:
             trainer.config.output_dir,
         )
         return None
-    from ignitrain.handlers.sharded import is_sharded_checkpoint
-
     if is_sharded_checkpoint(found):  # issue 14: FSDP's folders, on every rank
         return _resume_sharded(trainer, found)
     payload = safe_load(found, foreign=True)
@@ -74,8 +77,6 @@ def resume_from(trainer: Any, path: str | os.PathLike) -> Path | None:
             idist.get_world_size(),
         )
     foreign = bool(payload.get("foreign"))
-    from ignitrain.handlers.sharded_run import load_file_into_sharded, uses_fsdp
-
     # issue 14: a file of full tensors (one process, DDP) into FSDP-sharded models
     load = load_file_into_sharded if uses_fsdp(trainer.models) else load_objects
     absent = load(trainer.checkpointables, payload, source=str(found), allow_missing=foreign)
@@ -97,9 +98,20 @@ def _resume_sharded(trainer: Any, folder: Path) -> Path:
     Another world size reshards the models and optimizers; ``load_sharded_objects``
     warns (``UserWarning``), and the log says what changes.
     """
-    from ignitrain.handlers.sharded_run import load_trainer_sharded
-
+    # the resume rules first, on the folder's metadata and plain states (extra.pt), so
+    # that a refused change loads nothing; optimizer values go into the loaded optimizers
+    extra = read_extra(folder) if read_sharded_meta(folder)["extra"] else {}
+    described = {**extra.pop(META, {}), "state": extra}  # the layout the rules read
+    changes = apply_resume_rules(trainer, described, folder)
     payload = load_trainer_sharded(folder, trainer.checkpointables)
+    write_into_live_optimizers(trainer, changes)
+    engine = extra.get("trainer")
+    state = trainer.engine.state
+    if isinstance(engine, dict) and (engine.get("iteration"), engine.get("epoch_length")) != (
+        state.iteration,
+        state.epoch_length,
+    ):  # the epoch re-planned by resume_allow=["batch_size"] (written into ``extra``)
+        trainer.engine.load_state_dict(engine)
     saved_world = payload["sharded"].get("world_size")
     if saved_world is not None and saved_world != idist.get_world_size():
         logger.warning(
@@ -120,9 +132,6 @@ def find_checkpoint_in_dir(directory: str | os.PathLike) -> Path:
     Raises:
         FileNotFoundError: The directory holds no valid checkpoint.
     """
-    from ignitrain.handlers.sharded import is_sharded_checkpoint
-    from ignitrain.handlers.sharded_run import latest_checkpoint
-
     if is_sharded_checkpoint(directory):  # a sharded checkpoint is a folder itself
         return Path(directory)
     found = latest_checkpoint(directory)
@@ -147,8 +156,6 @@ def finish_interrupted_run(trainer: Any) -> None:
     last = store.path_for("last", tag)
     if handler.sharded:  # issue 14: a folder (the name without .pt), or a file of a
         # run on one process; every rank looks (they all write the folder, or none)
-        from ignitrain.handlers.sharded import is_sharded_checkpoint
-
         if is_sharded_checkpoint(last.with_suffix("")) or last.is_file():
             return
     elif store.writes and last.exists():

@@ -32,7 +32,8 @@ from typing import Any
 
 import ignite.distributed as idist
 
-from ignitrain.config import ConfigError
+from ignitrain.distributed import broadcast_object
+from ignitrain.errors import ConfigError
 
 __all__ = [
     "LOCK_NAME",
@@ -202,8 +203,6 @@ def hold_output_dir(trainer: Any) -> Iterator[None]:
     if trainer.config.output_dir is None:
         yield
         return
-    from ignitrain.distributed import broadcast_object
-
     lock = RunLock(trainer.config.output_dir)
     verdict = _verdict(trainer, lock) if idist.get_rank() == 0 else None
     verdict = broadcast_object(verdict)

@@ -14,9 +14,10 @@
    rank, where the preemption handler checkpoints; without it the launcher dies and torch's
    ``PR_SET_PDEATHSIG`` kills the ranks with SIGINT, checkpoint-less.
 3. :func:`join_workers` waits for the ranks. A rank that exits with a preemption status
-   (``128 + signum`` or killed by that signal) leaves the others time to finish their own
-   preemption exit (torch's ``ProcessContext.join`` SIGTERMs them at once), and the
-   launcher then exits with that status (143 for SIGTERM). A rank that fails otherwise
+   (143, ``128 + signum``, or killed by a preemption signal) leaves the others time to
+   finish their own preemption exit (torch's ``ProcessContext.join`` SIGTERMs them at
+   once), and the launcher then exits 143 (``PREEMPTED_EXIT_STATUS``, for SIGUSR1 too: one
+   status a scheduler requeues on). A rank that fails otherwise
    stops the others and raises torch's ``ProcessRaisedException`` with its traceback, as
    before.
 """
@@ -38,10 +39,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import ignite.distributed as idist
 import torch
+import torch.distributed as dist
+from torch.distributed import default_pg_timeout
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
+from ignitrain.errors import is_count
+from ignitrain.handlers.preemption import DEFAULT_SIGNALS, PREEMPTED_EXIT_STATUS
+
 __all__ = [
+    "PREEMPTED_EXIT_STATUS",
     "PREEMPTION_SIGNALS",
     "LoggingSetup",
     "SpawnedWorker",
@@ -52,9 +60,7 @@ __all__ = [
     "threads_per_process",
 ]
 
-PREEMPTION_SIGNALS: tuple[int, ...] = (signal.SIGTERM,) + (
-    (signal.SIGUSR1,) if hasattr(signal, "SIGUSR1") else ()
-)
+PREEMPTION_SIGNALS: tuple[int, ...] = DEFAULT_SIGNALS
 
 # What a rank that is still shutting down after a failed peer gets before SIGKILL.
 _STOP_GRACE_S = 30.0
@@ -161,9 +167,7 @@ class SpawnedWorker:
     ):
         if not callable(fn):
             raise TypeError(f"Argument fn must be callable, got {fn!r}.")
-        if num_threads is not None and (
-            isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
-        ):
+        if num_threads is not None and not (is_count(num_threads) and num_threads >= 1):
             raise ValueError(
                 f"Argument num_threads must be an int >= 1 or None, got {num_threads!r}."
             )
@@ -199,9 +203,6 @@ def teardown_process() -> None:
     Runs in ``finally``, so a rank leaving by ``SystemExit`` (preemption) or an
     exception tears down too (Ignite's worker finalizes only after a normal return).
     """
-    import ignite.distributed as idist
-    import torch.distributed as dist
-
     if threading.current_thread() is threading.main_thread():
         for signum in PREEMPTION_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
@@ -216,11 +217,12 @@ def teardown_process() -> None:
 
 def is_preemption_exit(code: int | None, signals: Iterable[int] = PREEMPTION_SIGNALS) -> bool:
     """Whether a process exit code says the process stopped for a preemption signal:
-    ``128 + signum`` (the preemption handler's exit) or ``-signum`` (killed by it)."""
+    143 (the preemption handler's exit), ``128 + signum`` (a shell's, or an older
+    handler's) or ``-signum`` (killed by it)."""
     if code is None:
         return False
     chosen = {int(s) for s in signals}
-    return code in {128 + s for s in chosen} or -code in chosen
+    return code == PREEMPTED_EXIT_STATUS or code in {128 + s for s in chosen} or -code in chosen
 
 
 def exit_status(code: int) -> int:
@@ -264,7 +266,7 @@ def join_workers(context: Any, *, preempt_grace_s: float) -> None:
 
     Returns when all exited 0. When one exits with a preemption status, the others get
     ``preempt_grace_s`` seconds to exit by themselves (they stop at the same iteration
-    and rank 0 writes the checkpoint), then ``SystemExit(128 + signum)`` is raised. When
+    and rank 0 writes the checkpoint), then ``SystemExit(143)`` is raised. When
     one fails otherwise, the others are stopped (SIGTERM, then SIGKILL after 30 s) and
     its error is raised as torch's ``spawn`` raises it.
     """
@@ -297,9 +299,8 @@ def join_workers(context: Any, *, preempt_grace_s: float) -> None:
             multiprocessing.connection.wait([p.sentinel for p in alive], timeout=wait_s)
     finally:
         _stop(processes)  # an interrupt (Ctrl-C) in this loop leaves no orphans
-    preempted = [c for c in (p.exitcode for p in processes) if is_preemption_exit(c)]
-    if preempted:
-        raise SystemExit(exit_status(preempted[0]))
+    if any(is_preemption_exit(p.exitcode) for p in processes):
+        raise SystemExit(PREEMPTED_EXIT_STATUS)
 
 
 def _stop(processes: list[Any]) -> None:
@@ -344,6 +345,4 @@ def _raise_failure(context: Any, index: int) -> None:
 
 def default_timeout() -> datetime.timedelta:
     """torch's process-group timeout when none is given (30 minutes for gloo)."""
-    from torch.distributed import default_pg_timeout
-
     return default_pg_timeout

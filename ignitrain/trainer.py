@@ -123,6 +123,9 @@ class RunParts:
         evaluators: Evaluators made before the switchboard (``"val"``; with
             :func:`ignitrain.attach` the views of the user's evaluator).
         state: The flavor's own checkpointed objects (GAN: ``"fixed_noise"``).
+        flavor: The factory's name for the task (``"classification"``, ``"regression"``,
+            ``"seq2seq"``, ``"autoencoder"``, ``"gan"``, ``"generic"``), or ``None``;
+            recorded in checkpoints so that a resume into another flavor refuses.
     """
 
     engine: Engine
@@ -132,6 +135,7 @@ class RunParts:
     data: RunData = field(default_factory=lambda: RunData(None))
     evaluators: Mapping[str, Engine] = field(default_factory=dict)
     state: Mapping[str, Any] = field(default_factory=dict)
+    flavor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,16 +165,16 @@ def checkpoint_name(name: str, models: Mapping[str, Any]) -> str:
     return f"{name}_optimizer" if name in models else name
 
 
-def checkpoint_extra(
-    config: TrainConfig, models: Mapping[str, nn.Module], engine: Engine
-) -> dict[str, Any]:
-    """Plain metadata stored beside the state: config, model description, progress."""
+def checkpoint_extra(parts: RunParts) -> dict[str, Any]:
+    """Plain metadata stored beside the state: config, model description, progress, flavor."""
+    engine = parts.engine
     return {
-        "config": config.to_dict(),
-        "model_description": {name: describe_model(m) for name, m in models.items()},
+        "config": parts.config.to_dict(),
+        "model_description": {name: describe_model(m) for name, m in parts.learning.models.items()},
         "iteration": int(engine.state.iteration),
         "epoch": int(engine.state.epoch),
         "world_size": idist.get_world_size(),
+        "flavor": parts.flavor,
     }
 
 
@@ -200,6 +204,7 @@ class Trainer:
         handlers: Read-only mapping, by name, of every handler ignitrain attached
             (see :class:`~ignitrain.handlers.attached.AttachedHandlers`).
         predictor: ``batch -> (prediction, target)`` of :meth:`predict` (the flavor's).
+        flavor: The factory's name for the task (recorded in checkpoints), or ``None``.
 
     Raises:
         TypeError: ``parts`` is not a :class:`RunParts` or ``outputs`` not a
@@ -217,6 +222,8 @@ class Trainer:
                 f"Argument outputs={type(outputs).__name__} is not allowed: expected "
                 "ignitrain.trainer.RunOutputs (what the switchboard returns)"
             )
+        self._parts = parts
+        self.flavor = parts.flavor
         self.engine = parts.engine
         self.config = parts.config
         self.models = dict(parts.learning.models)
@@ -372,7 +379,7 @@ class Trainer:
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """Plain metadata stored beside the state: config, model description, progress."""
-        return checkpoint_extra(self.config, self.models, self.engine)
+        return checkpoint_extra(self._parts)
 
     def find_lr(self, **kwargs: Any) -> Any:
         """Run :func:`ignitrain.find_lr` on this trainer's model, optimizer and data."""

@@ -6,13 +6,20 @@ from __future__ import annotations
 import logging
 import os
 
+import ignite.engine
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 import ignitrain
 from ignitrain import TrainConfig
-from ignitrain.checks import SEED_MAX, check_run_config, first_batch_checked
+from ignitrain.checks import (
+    SEED_MAX,
+    check_run_config,
+    first_batch_checked,
+    first_batch_checked_eval,
+    top_k_of,
+)
 from ignitrain.config import ConfigError
 from tests.conftest import make_mlp
 
@@ -179,3 +186,62 @@ def test_invalid_top_k_fails_at_the_factory(digits_flat, name):
     # before: 'top0' passed the factory (TopKCategoricalAccuracy(k=0)) and failed later
     with pytest.raises(ConfigError, match=rf"contains '{name}'.*topK with K >= 1"):
         _create(digits_flat, metrics=[name])
+
+
+def test_validation_labels_out_of_range_are_named_before_any_metric_sees_them(digits_flat):
+    # before: the first validation raised torch's raw "Target 12 is out of bounds" from
+    # Ignite's Loss (after a whole epoch), and Accuracy counted label 12 as a plain miss
+    x, y = digits_flat.val.tensors
+    bad_val = TensorDataset(x, y.masked_fill(y == 3, 12))
+    trainer = _create(digits_flat, val=bad_val, num_epochs=1)
+    message = (
+        r"evaluation data, first batch: classification: target labels \[12\] are out of "
+        r"range for logits \[128, 10\]"
+    )
+    with pytest.raises(ValueError, match=message):
+        trainer.train()
+    # and trainer.evaluate checks the first batch of its own data too
+    with pytest.raises(ValueError, match=message):
+        trainer.evaluate(bad_val)
+    assert set(trainer.evaluate(digits_flat.val)) >= {"accuracy", "loss"}
+
+
+def test_validation_target_shape_is_named_for_regression(diabetes_splits):
+    train, val = diabetes_splits.train, diabetes_splits.val
+    x, y = val.tensors
+    flat_val = TensorDataset(x, y.reshape(len(y), -1)[:, :1].repeat(1, 2))
+    config = TrainConfig(**{**_BASE, "num_epochs": 1, "batch_size": 32})
+    model = torch.nn.Linear(x.shape[1], y.reshape(len(y), -1).shape[1])
+    trainer = ignitrain.create_regression_trainer(model, config, train, flat_val)
+    with pytest.raises(ValueError, match=r"evaluation data, first batch: regression: model "
+                       r"output \[32, 1\] and target \[32, 2\] have different shapes"):  # fmt: skip
+        trainer.train()
+
+
+def test_evaluation_check_keeps_other_losses_and_runs_on_each_first_batch():
+    calls = []
+
+    def eval_fn(engine, batch):
+        calls.append(engine.state.iteration)
+        return batch
+
+    custom = torch.nn.BCEWithLogitsLoss()
+    assert first_batch_checked_eval(eval_fn, custom) is eval_fn
+    checked = first_batch_checked_eval(eval_fn, torch.nn.CrossEntropyLoss())
+    engine = ignite.engine.Engine(checked)
+    good = (torch.zeros(2, 3), torch.tensor([0, 2]))
+    bad = (torch.zeros(2, 3), torch.tensor([0, 5]))
+    engine.run([good, bad], max_epochs=1)  # the second batch is not checked
+    with pytest.raises(ValueError, match=r"target labels \[5\] are out of range"):
+        engine.run([bad, good], max_epochs=1)  # a new run checks its first batch
+
+
+def test_top_k_above_the_number_of_classes_is_named_on_the_first_batch(digits_flat):
+    # before: metrics=["top50"] on 10 classes trained a whole epoch, then torch's topk
+    # raised a raw "selected index k out of range" at the first validation
+    trainer = _create(digits_flat, metrics=["top50", "f1"])
+    with pytest.raises(ValueError, match=r"top50 accuracy, but the model output \[128, 10\] "
+                       r"scores only 10 classes: choose K <= 10"):  # fmt: skip
+        trainer.train()
+    assert trainer.engine.state.iteration == 1  # the first step, before any update
+    assert top_k_of(["top5", "f1", "top10"]) == 10 and top_k_of([]) is None

@@ -120,3 +120,26 @@ def test_warned_changes_are_named_in_one_warning(saved_run, digits_flat, caplog)
     (record,) = [r for r in caplog.records if "no longer equals" in r.getMessage()]
     assert "seed: 0 in the checkpoint, 7 now" in record.getMessage()
     assert trainer.engine.state.epoch == 2
+
+
+@pytest.mark.parametrize("now", ["adamw", "sgd"])
+def test_another_optimizer_class_from_adam_is_refused_before_any_step(tmp_path, digits_flat, now):
+    # before: adam -> adamw resumed silently; adam -> sgd loaded, then the first step
+    # crashed with KeyError: 'momentum'
+    out = tmp_path / "run"
+    _trainer(out, digits_flat, optimizer="adam", momentum=None).train()
+    trainer = _trainer(
+        out, digits_flat, optimizer=now, momentum=None, resume="latest", num_epochs=2
+    )
+    with pytest.raises(CheckpointError, match=f"optimizer: 'adam' in the checkpoint, '{now}' now"):
+        trainer.train()
+    assert trainer.engine.state.iteration == 0
+
+
+def test_a_checkpoint_with_a_schedule_is_refused_into_a_run_without_one(tmp_path, digits_flat):
+    # before: the saved LR schedule state was dropped without a word
+    out = tmp_path / "run"
+    _trainer(out, digits_flat, lr_scheduler="cosine").train()
+    trainer = _trainer(out, digits_flat, resume="latest", num_epochs=2)
+    with pytest.raises(CheckpointError, match="lr_scheduler: 'cosine' in the checkpoint, None now"):
+        trainer.train()

@@ -43,6 +43,9 @@ def test_preemption_exit_codes():
     assert not spawn.is_preemption_exit(1) and not spawn.is_preemption_exit(None)
     assert not spawn.is_preemption_exit(0) and not spawn.is_preemption_exit(-9)
     assert spawn.exit_status(-15) == 143 and spawn.exit_status(138) == 138
+    # a SIGUSR1 kill of a rank is a preemption too; the launcher's status is 143 for all
+    assert spawn.is_preemption_exit(-signal.SIGUSR1)
+    assert spawn.PREEMPTED_EXIT_STATUS == 143
 
 
 def test_spawned_worker_validates_and_pickles():

@@ -16,7 +16,6 @@ from typing import Any
 from ignitrain.errors import JobError
 from ignitrain.handlers.checkpoint import load_checkpoint, safe_load
 from ignitrain.handlers.sharded import is_sharded_checkpoint, read_sharded_meta
-
 from ignitrain.jobs import build_data, build_trainer, load_job, resolve_spec
 from ignitrain.resume import find_checkpoint_in_dir
 

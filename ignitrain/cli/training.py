@@ -56,7 +56,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
         )
     check_job(job)
     if args.set and is_rank_zero():
-        write_job(job, config_path, command=args.command_line)  # record the changed options
+        # record the changed options; resume_allow is for this resume only (resume_rules)
+        recorded = {**job, "train": {**job["train"], "resume_allow": []}}
+        write_job(recorded, config_path, command=args.command_line)
     _launch(job, args.nproc, {"resume": "latest"})
     _test_after_training(job, output_dir)
     _finish(output_dir)

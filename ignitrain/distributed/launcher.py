@@ -282,9 +282,9 @@ def launch(
 
     Preemption with spawned processes: a SIGTERM or SIGUSR1 that reaches the launcher
     (alone, or with its whole process group, as Slurm and Kubernetes send it) is passed
-    on to every rank; the ranks checkpoint at the same iteration and exit with
-    ``128 + signum``, and ``launch`` raises ``SystemExit`` with that status (143 for
-    SIGTERM, 138 for SIGUSR1). The same when the signal reaches one rank only. The other
+    on to every rank; the ranks checkpoint at the same iteration and exit with status
+    143, and ``launch`` raises ``SystemExit(143)`` (for SIGUSR1 too: one status a
+    scheduler requeues on). The same when the signal reaches one rank only. The other
     ranks get the process-group timeout to finish before they are stopped.
 
     Spawned processes start a fresh interpreter (the ``spawn`` method), so ``fn`` must
@@ -312,7 +312,7 @@ def launch(
         TypeError: An argument has the wrong type, or ``fn`` cannot be spawned.
         ValueError: An argument has a wrong value (unknown backend, ``nproc_per_node``
             below 1, ``timeout`` not positive...).
-        SystemExit: Spawned ranks were preempted (status ``128 + signum``).
+        SystemExit: Spawned ranks were preempted (status 143).
 
     Example:
         >>> def training(local_rank, config):

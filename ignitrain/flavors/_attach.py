@@ -484,7 +484,7 @@ def _flushed_extra(parts: RunParts, tensorboard: Any) -> dict:
     # covers is on disk when the checkpoint is.
     if tensorboard is not None:
         tensorboard.flush()
-    return checkpoint_extra(parts.config, parts.learning.models, parts.engine)
+    return checkpoint_extra(parts)
 
 
 def _report_stop(engine: Engine, history: Any) -> None:

@@ -384,6 +384,7 @@ def create_autoencoder_trainer(
         _parts.one_model(model, opt, opt_step, device),
         Steps(update, _parts.make_evaluator_factory(eval_fn, all_metrics), predictor),
         RunData(train_loader, val_loader),
+        flavor="autoencoder",
     )
     return build_trainer(parts, AttachOptions("loss", objective.names()))
 

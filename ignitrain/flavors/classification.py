@@ -121,6 +121,7 @@ def create_classification_trainer(
             default_loss=nn.CrossEntropyLoss,
             flavor_metrics=lambda loss_fn: classification_metrics(loss_fn, extra),
             default_best_metric="accuracy",
+            name="classification",
         ),
         optimizer=optimizer,
         loss=loss,

@@ -366,6 +366,7 @@ def create_gan_trainer(
         ),
         RunData(train_loader),
         state={"fixed_noise": fixed},
+        flavor="gan",
     )
     trainer = build_trainer(parts, AttachOptions("g_loss", objective.names()))
     if fixed_noise_size:

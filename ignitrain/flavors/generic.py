@@ -355,5 +355,6 @@ def create_trainer(
         ),
         RunData(train_loader, val_loader),
         state={"train_output_means": output_means},
+        flavor="generic",
     )
     return build_trainer(parts, AttachOptions(default_best_metric="loss"))

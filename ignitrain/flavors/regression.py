@@ -72,6 +72,7 @@ def create_regression_trainer(
             default_loss=nn.MSELoss,
             flavor_metrics=regression_metrics,
             default_best_metric="loss",
+            name="regression",
         ),
         optimizer=optimizer,
         loss=loss,

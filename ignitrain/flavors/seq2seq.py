@@ -464,6 +464,7 @@ def create_seq2seq_trainer(
         _parts.one_model(model, opt, opt_step, device),
         Steps(update, _parts.make_evaluator_factory(eval_fn, all_metrics), predictor),
         RunData(train_loader, val_loader),
+        flavor="seq2seq",
     )
     losses = ("loss", "teacher_forcing") if report_ratio else ("loss",)
     return build_trainer(parts, AttachOptions("sequence_accuracy", losses))

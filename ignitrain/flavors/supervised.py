@@ -14,7 +14,7 @@ from typing import Any
 from ignite.metrics import Loss, Metric
 from torch import nn
 
-from ignitrain.checks import first_batch_checked
+from ignitrain.checks import first_batch_checked, first_batch_checked_eval
 from ignitrain.config import TrainConfig
 from ignitrain.flavors import _parts
 from ignitrain.flavors._attach import AttachOptions, build_trainer
@@ -34,11 +34,13 @@ class SupervisedFlavor:
         default_loss: Builds the loss when neither ``loss=`` nor ``config.loss`` is set.
         flavor_metrics: ``loss_fn -> {name: Metric}``, called for each new evaluator.
         default_best_metric: Ranks checkpoints when ``config.best_metric`` is unset.
+        name: The flavor's name, recorded in checkpoints (a resume into another refuses).
     """
 
     default_loss: Callable[[], Callable]
     flavor_metrics: Callable[[Callable], Mapping[str, Metric]]
     default_best_metric: str
+    name: str
 
 
 def build_supervised_trainer(
@@ -72,7 +74,7 @@ def build_supervised_trainer(
     net, model = _parts.place_model(model, config, device)
     opt = _parts.make_optimizer(config, model, optimizer)
     opt_step = OptimizerStep(opt, net, StepOptions.from_config(config, device), device)
-    checked = first_batch_checked(loss_fn)  # labels/shapes on the first batch (checks.py)
+    checked = first_batch_checked(loss_fn, config.metrics)  # labels/shapes/topK, 1st batch
     update = supervised_update(net, opt_step, checked, device, channels_last=config.channels_last)
     engine = _parts.make_engine(update, train_loader, config)
 
@@ -81,8 +83,9 @@ def build_supervised_trainer(
         found.update({name: _fresh(m) for name, m in user_metrics.items()})
         return found
 
-    eval_fn = supervised_evaluate(
-        model, device, opt_step.autocast, channels_last=config.channels_last
+    eval_fn = first_batch_checked_eval(  # labels/shapes of each evaluation's first batch
+        supervised_evaluate(model, device, opt_step.autocast, channels_last=config.channels_last),
+        loss_fn,
     )
     predictor = SupervisedPredictor(
         model, device, opt_step.autocast, channels_last=config.channels_last
@@ -93,6 +96,7 @@ def build_supervised_trainer(
         _parts.one_model(model, opt, opt_step, device),
         Steps(update, _parts.make_evaluator_factory(eval_fn, all_metrics), predictor),
         RunData(train_loader, val_loader),
+        flavor=flavor.name,
     )
     return build_trainer(parts, AttachOptions(default_best_metric=flavor.default_best_metric))
 

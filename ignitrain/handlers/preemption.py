@@ -1,4 +1,4 @@
-"""Graceful preemption: on SIGTERM (or SIGUSR1) checkpoint, then exit with 128 + signal.
+"""Graceful preemption: on SIGTERM (or SIGUSR1) checkpoint, then exit with status 143.
 
 Clusters (Slurm, Kubernetes, spot instances) announce a kill with SIGTERM and follow
 with SIGKILL after a grace period. :func:`attach_preemption` turns that first signal
@@ -9,7 +9,14 @@ into a clean stop of any Ignite ``Engine``::
                             handlers come back, a warning is logged, engine.terminate()
                             -- at the epoch's last iteration this waits for EPOCH_COMPLETED,
                             so validation and history of that epoch are in the checkpoint
-    TERMINATE               raise SystemExit(128 + signum): exit status 143 for SIGTERM
+    TERMINATE               raise SystemExit(143), whichever signal it was
+
+One exit status for every preemption, :data:`PREEMPTED_EXIT_STATUS` (143, the shell's
+status of a process ended by SIGTERM): a job script or scheduler tests one number to
+requeue (``[ $? -eq 143 ] && scontrol requeue ...``), whether the notice came as SIGTERM
+(Kubernetes, Slurm's kill) or as Slurm's early ``--signal=USR1@60``. 128 + signum would
+give 138 for SIGUSR1, which such a script reads as a failure and does not requeue (issue
+12 asks 143 for both). The log line names the signal received.
 
 The signal handlers are installed when the engine's run starts (``STARTED``) and the
 previous ones restored when it ends (``COMPLETED``/``TERMINATE``), never at attach
@@ -49,7 +56,12 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-__all__ = ["DEFAULT_SIGNALS", "PreemptionHandler", "attach_preemption"]
+from ignitrain.errors import is_count
+
+__all__ = ["DEFAULT_SIGNALS", "PREEMPTED_EXIT_STATUS", "PreemptionHandler", "attach_preemption"]
+
+#: The exit status of a preempted run (and of its launcher), whichever signal it was.
+PREEMPTED_EXIT_STATUS = 128 + int(signal.SIGTERM)  # 143
 
 DEFAULT_SIGNALS: tuple[int, ...] = (signal.SIGTERM,) + (
     (signal.SIGUSR1,) if hasattr(signal, "SIGUSR1") else ()
@@ -76,7 +88,7 @@ class PreemptionHandler:
         engine: The engine it stops.
         save_fn: Called once, outside the signal handler, to write the checkpoint.
         signals: The signal numbers it handles.
-        exit_code: ``128 + signum`` once it acted, else ``None``.
+        exit_code: :data:`PREEMPTED_EXIT_STATUS` (143) once it acted, else ``None``.
         saved: What ``save_fn`` returned (e.g. the checkpoint path), once it acted.
     """
 
@@ -239,7 +251,7 @@ class PreemptionHandler:
         finally:
             self.restore()
         signum = self._signum if self._signum is not None else signal.SIGTERM
-        self.exit_code = 128 + int(signum)
+        self.exit_code = PREEMPTED_EXIT_STATUS  # one status for every signal (module doc)
         where = f"iteration {engine.state.iteration} (epoch {engine.state.epoch})"
         saved = f": {self.saved}" if self.saved is not None else ""
         reason = (
@@ -263,7 +275,7 @@ class PreemptionHandler:
         raise SystemExit(self.exit_code)
 
     def exit_if_requested(self) -> None:
-        """Raise ``SystemExit(128 + signum)`` if the handler stopped the run.
+        """Raise ``SystemExit(143)`` if the handler stopped the run.
 
         Needed after ``engine.run`` only when the engine has ``EXCEPTION_RAISED``
         handlers, which make Ignite swallow the ``SystemExit`` raised at TERMINATE.
@@ -280,7 +292,7 @@ def attach_preemption(
     agree: Callable[[bool], bool] | None = None,
     boundary: Callable[[Engine], bool] | None = None,
 ) -> PreemptionHandler:
-    """Checkpoint and exit with ``128 + signum`` when a preemption signal arrives.
+    """Checkpoint and exit with status 143 when a preemption signal arrives.
 
     Attach it after the validation and history handlers (see the module docstring).
 
@@ -304,7 +316,7 @@ def attach_preemption(
 
     Example:
         >>> handler = attach_preemption(trainer, lambda: ckpt.save_now("preempt"))  # doctest: +SKIP
-        >>> trainer.run(loader, max_epochs=10)  # exits with 143 on SIGTERM  # doctest: +SKIP
+        >>> trainer.run(loader, max_epochs=10)  # exits 143 on SIGTERM/SIGUSR1  # doctest: +SKIP
     """
     if not isinstance(engine, Engine):
         raise TypeError(f"Argument engine={engine!r} is not allowed: expected an Ignite Engine")
@@ -316,7 +328,7 @@ def attach_preemption(
     allowed = {int(s) for s in signal.valid_signals()} - {
         int(getattr(signal, n)) for n in ("SIGKILL", "SIGSTOP") if hasattr(signal, n)
     }
-    bad = [s for s in chosen if isinstance(s, bool) or not isinstance(s, int) or s not in allowed]
+    bad = [s for s in chosen if not is_count(s) or s not in allowed]
     if not chosen or bad:
         raise ValueError(
             f"Argument signals={signals!r} is not allowed: expected catchable signal numbers "

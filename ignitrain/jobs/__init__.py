@@ -57,7 +57,6 @@ from ignitrain.jobs.spec import (
     resolve_spec,
 )
 
-
 __all__ = [
     "FLAVORS",
     "JOB_KEYS",

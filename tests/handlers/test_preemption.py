@@ -66,7 +66,7 @@ def test_signal_saves_after_the_iteration_restores_handler_and_exits(previous_ha
     )
     with pytest.raises(SystemExit) as info:
         engine.run(range(10), max_epochs=2)
-    assert info.value.code == 128 + SIGUSR1
+    assert info.value.code == 143  # one preemption status, whichever signal (issue 12)
     assert saved == [3]  # the iteration during which the signal arrived was finished
     assert handler.requested and handler.signum == SIGUSR1 and handler.saved == "ckpt.pt"
     assert signal.getsignal(SIGUSR1) is previous_handler
@@ -96,7 +96,7 @@ def test_exception_raised_handlers_swallow_the_exit_so_exit_if_requested_does_it
     assert engine.state.iteration == 2
     with pytest.raises(SystemExit) as info:
         handler.exit_if_requested()
-    assert info.value.code == 128 + SIGUSR1
+    assert info.value.code == 143  # one preemption status, whichever signal (issue 12)
 
 
 @needs_sigusr1
@@ -126,7 +126,7 @@ def test_agree_stops_a_process_that_received_no_signal(previous_handler):
     handler = attach_preemption(engine, lambda: "saved", agree=agree)
     with pytest.raises(SystemExit) as info:
         engine.run(range(10), max_epochs=1)
-    assert info.value.code == 128 + signal.SIGTERM
+    assert info.value.code == 143
     assert seen == [False] * 4 and not handler.requested and engine.state.iteration == 4
 
 
