@@ -53,27 +53,34 @@ def attach_tensorboard(engine: Engine, history: History, log_dir: str | os.PathL
 
 
 class _TensorBoard:
+    """The handle :func:`attach_tensorboard` returns: the writer of rank 0 and its events."""
+
     def __init__(self, engine: Engine, log_dir: str | os.PathLike) -> None:
         self.engine = engine
         self.log_dir = str(log_dir)
         self.writer: ScalarEventWriter | None = None
 
     def open(self, engine: Engine) -> None:
+        """Open the writer (rank 0, once), purging what a killed run wrote after its
+        checkpoint."""
         if idist.get_rank() != 0 or self.writer is not None:
             return
         purge = engine.state.iteration + 1 if engine.state.iteration > 0 else None
         self.writer = ScalarEventWriter(self.log_dir, purge_step=purge)
 
     def write(self, name: str, value: float, step: int) -> None:
+        """History listener: queue ``name = value`` at the training iteration."""
         if self.writer is not None:
             # one x axis for all scalars: the training iteration
             self.writer.add_scalar(name, value, self.engine.state.iteration)
 
     def flush(self, _: Engine | None = None) -> None:
+        """Write what is queued (the event file then holds every scalar so far)."""
         if self.writer is not None:
             self.writer.flush()
 
     def close(self, _: Engine | None = None) -> None:
+        """Flush and close the writer (a later ``STARTED`` opens a new one)."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -110,6 +117,8 @@ class ScalarEventWriter:
     ) -> None:
         if not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"max_queue={max_queue!r} is not allowed: expected an integer >= 1")
+        # imported here, not at the top: tensorboardX (protobuf) adds ~0.2 s to every
+        # ``import ignitrain``, and only a run with TensorBoard on needs it
         from tensorboardX.proto.event_pb2 import Event, SessionLog
         from tensorboardX.record_writer import masked_crc32c
         from tensorboardX.summary import scalar
