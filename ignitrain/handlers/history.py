@@ -379,12 +379,14 @@ def attach_history(
     if not isinstance(log_every, int) or log_every < 1:
         raise ValueError(f"log_every={log_every!r} is not allowed: expected an integer >= 1")
 
+    batch_loss = f"train/batch_{loss_key}"
+
     def record_iteration(engine: Engine) -> None:
         output = engine.state.output
         loss = output.get(loss_key) if isinstance(output, Mapping) else output
         loss = _as_float(loss)
         if loss is not None:
-            history.log(f"train/batch_{loss_key}", loss, engine.state.iteration)
+            history.log(batch_loss, loss, engine.state.iteration)
         if optimizer is not None:
             history.log("lr", optimizer.param_groups[0]["lr"], engine.state.iteration)
 

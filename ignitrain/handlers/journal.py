@@ -38,6 +38,10 @@ JOURNAL_NAME = "history.jsonl"
 #: ``(name, step, value)``: one logged value, as a journal line holds it.
 Record = tuple[str, int, float]
 
+# json.dumps(meta, sort_keys=True, allow_nan=True) builds a new encoder at each call
+# (only the default options share one): this one, built once, writes the same text
+_META_ENCODER = json.JSONEncoder(sort_keys=True, allow_nan=True)
+
 
 @dataclass(frozen=True)
 class JournalPosition:
@@ -114,7 +118,7 @@ class Journal:
         self._seed = None if source.resolve() == self.path else data
         self._size, self._records = position.bytes, position.records
         self._queue = []
-        self._meta_written = json.dumps(meta, sort_keys=True, allow_nan=True)
+        self._meta_written = _META_ENCODER.encode(meta)
 
     def position(self) -> dict[str, Any]:
         """``{"path", "bytes", "records"}`` of what is written so far."""
@@ -123,7 +127,7 @@ class Journal:
     def write(self, meta: Mapping[str, Any]) -> None:
         """Append the queued records and ``meta`` when it changed (no fsync)."""
         lines = [json.dumps(record, allow_nan=True) for record in self._queue]
-        meta_text = json.dumps(meta, sort_keys=True, allow_nan=True)
+        meta_text = _META_ENCODER.encode(meta)
         if meta_text != self._meta_written:
             lines.append(f'{{"meta": {meta_text}}}')
         if not lines:
