@@ -30,6 +30,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 from torch import nn
 
+from ignitrain.errors import is_count, is_number
+
 __all__ = ["EMAState", "attach_ema"]
 
 
@@ -53,6 +55,7 @@ class EMAState:
         return (self.ema_model,)
 
     def state_dict(self) -> dict[str, Any]:
+        """The EMA weights and the warm-up's event counter (tensors and ints only)."""
         scheduler = getattr(self.handler, "momentum_scheduler", None)
         return {
             "ema_model": self.ema_model.state_dict(),
@@ -60,6 +63,7 @@ class EMAState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the EMA weights and the warm-up position from :meth:`state_dict`."""
         self.ema_model.load_state_dict(state["ema_model"])
         scheduler = getattr(self.handler, "momentum_scheduler", None)
         if scheduler is not None:
@@ -113,9 +117,9 @@ def attach_ema(
     Returns:
         The :class:`EMAState` to checkpoint (``ema_model`` and the warm-up position).
     """
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
+    if not is_number(decay) or not 0 < decay < 1:
         raise ValueError(f"decay={decay!r} is not allowed: expected a number in (0, 1)")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+    if not is_count(warmup) or warmup < 0:
         raise ValueError(f"warmup={warmup!r} is not allowed: expected an integer >= 0")
     momentum = 1.0 - float(decay)
     kwargs: dict[str, Any] = {}

@@ -93,6 +93,7 @@ class EvalSet:
     around: Callable[[], Any] | None = None
 
     def run(self) -> None:
+        """Run the evaluator on the loader (inside ``around()`` when given)."""
         if self.around is None:
             self.evaluator.run(self.loader)
             return

@@ -53,27 +53,34 @@ def attach_tensorboard(engine: Engine, history: History, log_dir: str | os.PathL
 
 
 class _TensorBoard:
+    """The handle :func:`attach_tensorboard` returns: the writer of rank 0 and its events."""
+
     def __init__(self, engine: Engine, log_dir: str | os.PathLike) -> None:
         self.engine = engine
         self.log_dir = str(log_dir)
         self.writer: ScalarEventWriter | None = None
 
     def open(self, engine: Engine) -> None:
+        """Open the writer (rank 0, once), purging what a killed run wrote after its
+        checkpoint."""
         if idist.get_rank() != 0 or self.writer is not None:
             return
         purge = engine.state.iteration + 1 if engine.state.iteration > 0 else None
         self.writer = ScalarEventWriter(self.log_dir, purge_step=purge)
 
     def write(self, name: str, value: float, step: int) -> None:
+        """History listener: queue ``name = value`` at the training iteration."""
         if self.writer is not None:
             # one x axis for all scalars: the training iteration
             self.writer.add_scalar(name, value, self.engine.state.iteration)
 
     def flush(self, _: Engine | None = None) -> None:
+        """Write what is queued (the event file then holds every scalar so far)."""
         if self.writer is not None:
             self.writer.flush()
 
     def close(self, _: Engine | None = None) -> None:
+        """Flush and close the writer (a later ``STARTED`` opens a new one)."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -110,11 +117,17 @@ class ScalarEventWriter:
     ) -> None:
         if not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"max_queue={max_queue!r} is not allowed: expected an integer >= 1")
+        # imported here, not at the top: tensorboardX (protobuf) adds ~0.2 s to every
+        # ``import ignitrain``, and only a run with TensorBoard on needs it
         from tensorboardX.proto.event_pb2 import Event, SessionLog
+        from tensorboardX.proto.summary_pb2 import Summary
         from tensorboardX.record_writer import masked_crc32c
-        from tensorboardX.summary import scalar
+        from tensorboardX.summary import _clean_tag
 
-        self._event, self._scalar, self._crc = Event, scalar, masked_crc32c
+        self._event, self._summary, self._crc = Event, Summary, masked_crc32c
+        self._clean_tag = _clean_tag
+        self._tags: dict[str, str] = {}  # tag as given -> tag as written (cleaned once)
+        self._unsynced = False  # bytes written since the last fsync was queued
         os.makedirs(log_dir, exist_ok=True)
         # tensorboardX's name (seconds, host), plus nanoseconds: a run resumed within the
         # same second gets its own file, sorted after the killed run's (TensorBoard reads
@@ -143,16 +156,24 @@ class ScalarEventWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Encode and write the queued scalars; fsync on a worker thread."""
+        """Encode and write the queued scalars; fsync on a worker thread.
+
+        Returns at once when nothing was written since the last call (a flush before
+        each of several checkpoints in one epoch).
+        """
         queue, self._queue = self._queue, []
-        event, scalar = self._event, self._scalar
-        self._write_events(
-            event(wall_time=wall, step=step, summary=scalar(tag, value))
-            for tag, value, step, wall in queue
-        )
-        self._fh.flush()
-        self._worker.submit_coalesced(os.fsync, self._fh.fileno())
         self._flushed_at = time.monotonic()
+        if queue:
+            event, scalar = self._event, self._scalar
+            self._write_events(
+                event(wall_time=wall, step=step, summary=scalar(tag, value))
+                for tag, value, step, wall in queue
+            )
+        if not self._unsynced:
+            return
+        self._fh.flush()
+        self._unsynced = False
+        self._worker.submit_coalesced(os.fsync, self._fh.fileno())
 
     def close(self) -> None:
         """Flush, wait for the fsync and close the file."""
@@ -160,13 +181,24 @@ class ScalarEventWriter:
         self._worker.wait()
         self._fh.close()
 
+    def _scalar(self, tag: str, value: float) -> Any:
+        # The Summary tensorboardX's ``summary.scalar(tag, value)`` builds (the same
+        # bytes) without its per-call numpy conversion and tag regex: ~1.5 us instead
+        # of ~7 per scalar. The tag is cleaned by tensorboardX's own rule, once per tag.
+        clean = self._tags.get(tag)
+        if clean is None:
+            clean = self._tags[tag] = self._clean_tag(tag)
+        return self._summary(value=[self._summary.Value(tag=clean, simple_value=value)])
+
     def _write_events(self, events: Any) -> None:
         crc, chunks = self._crc, []
         for ev in events:
             data = ev.SerializeToString()
             header = struct.pack("Q", len(data))
             chunks += (header, struct.pack("I", crc(header)), data, struct.pack("I", crc(data)))
-        self._fh.write(b"".join(chunks))
+        if chunks:
+            self._fh.write(b"".join(chunks))
+            self._unsynced = True
 
 
 def attach_progress_bar(engine: Engine, *, enabled: bool = True) -> Any:

@@ -34,6 +34,10 @@ from typing import Any
 
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
+from ignite.handlers.mlflow_logger import MLflowLogger  # imports mlflow only when built
+
+from ignitrain.handlers.history import History
+from ignitrain.report import write_report
 
 __all__ = ["MLflowTracker", "attach_mlflow", "flat_params", "require_mlflow"]
 
@@ -43,7 +47,7 @@ _META_KEY = "mlflow_run_id"
 
 def require_mlflow() -> Any:
     """Import ``mlflow`` or say how to install it."""
-    try:
+    try:  # an optional dependency: imported only when a run is tracked
         import mlflow
     except ModuleNotFoundError as exc:
         raise ModuleNotFoundError(
@@ -82,7 +86,7 @@ class MLflowTracker:
 
     def __init__(
         self,
-        history: Any,
+        history: History,
         engine: Engine,
         *,
         params: Mapping[str, str],
@@ -107,6 +111,7 @@ class MLflowTracker:
 
     @property
     def run_id(self) -> str | None:
+        """The MLflow run's id (``None`` before :meth:`open`)."""
         return self.logger.active_run.info.run_id if self.logger is not None else None
 
     def open(self, _: Engine | None = None) -> None:
@@ -114,8 +119,6 @@ class MLflowTracker:
         if idist.get_rank() != 0 or self.logger is not None:
             return
         mlflow = require_mlflow()
-        from ignite.handlers.mlflow_logger import MLflowLogger
-
         mlflow.set_tracking_uri(self.tracking_uri)
         run_id = self.history.meta.get(_META_KEY)
         active = mlflow.active_run()
@@ -141,7 +144,7 @@ class MLflowTracker:
         mlflow.set_experiment(self.experiment)
 
     def _log_params(self, *, resumed: bool) -> None:
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # optional dependency (require_mlflow)
 
         logged = MlflowClient().get_run(self.run_id).data.params if resumed else {}
         new = {k: v for k, v in self.params.items() if k not in logged}
@@ -155,7 +158,7 @@ class MLflowTracker:
     def _log(self, name: str, value: float, step: int) -> None:
         if self.logger is None or not math.isfinite(value):
             return  # MLflow stores NaN, but History.best ignores it: keep them alike
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # optional dependency (require_mlflow)
 
         stamp = int(time.time() * 1000)
         self._pending.append(Metric(name, float(value), stamp, int(self.engine.state.iteration)))
@@ -170,7 +173,7 @@ class MLflowTracker:
         self._flushed_at = time.monotonic()
         if self.logger is None or not self._pending:
             return
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # optional dependency (require_mlflow)
 
         client = MlflowClient()
         pending, self._pending = self._pending, []
@@ -196,8 +199,6 @@ class MLflowTracker:
         out = self.output_dir
         if out is None:
             return
-        from ignitrain.report import write_report
-
         if (out / "history.json").is_file():
             try:
                 write_report(out)
@@ -210,6 +211,7 @@ class MLflowTracker:
                 self.logger.log_artifact(str(out / name))
 
     def close(self, _: Engine | None = None) -> None:
+        """Send what is buffered and close Ignite's logger (the run stays in the store)."""
         if self.logger is not None:
             self.flush()
             self.logger.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import logging
 import os
 from pathlib import Path
@@ -23,7 +24,9 @@ import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from ignite.handlers import HandlersTimeProfiler
 
-__all__ = ["attach_profiler", "profile_rows", "profile_summary", "profile_html"]
+from ignitrain._files import write_atomic
+
+__all__ = ["attach_profiler", "profile_rows", "profile_summary", "profile_html", "write_csv"]
 
 logger = logging.getLogger("ignitrain")
 FILE = "profile.csv"
@@ -93,16 +96,12 @@ def attach_profiler(engine: Engine, output_dir: str | os.PathLike | None) -> Han
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``rows`` (:func:`profile_rows`) as ``path`` atomically (never a partial file)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())
 
 
 def profile_html(output_dir: str | os.PathLike, top: int = 12) -> str | None:

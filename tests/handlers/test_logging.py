@@ -119,3 +119,46 @@ def test_native_crc32c_is_installed():
     from tensorboardX import crc32c
 
     assert crc32c.crc32c is not crc32c._crc32c
+
+
+def _records(path):
+    # the raw records of a TensorBoard event file: (length, crc, data, crc) each
+    import struct
+
+    data, out = Path(path).read_bytes(), []
+    while data:
+        (length,) = struct.unpack("Q", data[:8])
+        out.append(data[12 : 12 + length])
+        data = data[16 + length :]
+    return out
+
+
+def test_scalar_events_are_the_bytes_tensorboardx_writes(tmp_path):
+    # the Summary is built without tensorboardX's summary.scalar() (its numpy
+    # conversion costs most of a scalar's encoding): the event bytes must not change
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.summary import scalar
+
+    writer = ScalarEventWriter(tmp_path)
+    added = [("val/accuracy", 0.91, 3), ("/lead slash", -2.5, 4), ("bad name!", 1e30, 5)]
+    for tag, value, step in added:
+        writer.add_scalar(tag, value, step)
+    writer.close()
+    events = [Event.FromString(data) for data in _records(writer.path)[1:]]
+    assert len(events) == len(added)
+    for event, (tag, value, step) in zip(events, added):
+        assert event.step == step
+        assert event.summary.SerializeToString() == scalar(tag, value).SerializeToString()
+
+
+def test_flush_with_nothing_new_writes_nothing(tmp_path):
+    writer = ScalarEventWriter(tmp_path)
+    writer.add_scalar("loss", 1.0, 1)
+    writer.flush()
+    size = Path(writer.path).stat().st_size
+    writer.flush()  # a second checkpoint in the same epoch: nothing queued
+    writer.flush()
+    assert Path(writer.path).stat().st_size == size
+    writer.add_scalar("loss", 0.5, 2)
+    writer.close()
+    assert _read(tmp_path)["loss"] == [(1, 1.0), (2, 0.5)]
