@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ignitrain.handlers.checkpoint import CheckpointError
+from ignitrain.errors import CheckpointError
 
 __all__ = ["read_metadata", "safe_dcp_load", "SafeFileSystemReader", "SafeLoadPlanner"]
 

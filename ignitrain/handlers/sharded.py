@@ -36,23 +36,35 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 from ignite.handlers.checkpoint import BaseSaveHandler
-from torch import nn
 
-from ignitrain.handlers.checkpoint import CheckpointError
+from ignitrain._files import commit_temp, fsync_dir, remove_quietly, temp_path, write_atomic
+from ignitrain.distributed import agree_all
+from ignitrain.errors import CheckpointError
 from ignitrain.handlers.safe_dcp import (
     SafeFileSystemReader,
     SafeLoadPlanner,
     read_metadata,
     safe_dcp_load,
 )
+from ignitrain.handlers.sharded_state import (
+    ModelState,
+    OptimizerState,
+    checkpointables,
+    owner_of,
+    plain_state,
+    sharded_names,
+)
 
 __all__ = [
     "SHARDED_MARKER",
     "LATEST",
     "sharded_names",
+    "owner_of",
+    "read_latest",
     "ModelState",
     "OptimizerState",
     "checkpointables",
@@ -84,131 +96,12 @@ _VERSION = 1
 # -- the process group, or none ---------------------------------------------------
 
 
+# torch.distributed.checkpoint (DCP) is imported where it is used: about a second of
+# imports (measured, loaded machine) that only FSDP runs and sharded folders need.
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
-
-
-def _rank() -> int:
-    return dist.get_rank() if _distributed() else 0
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if _distributed() else 1
-
-
-def _barrier() -> None:
-    if _distributed():
-        dist.barrier()
-
-
-# -- what goes where ----------------------------------------------------------------
-
-
-class ModelState:
-    """A model as Ignite's ``Checkpoint`` sees it: ``state_dict`` keyed by parameter
-    name whatever the sharding (``get_model_state_dict``: ``DTensor`` shards under FSDP),
-    ``load_state_dict`` through ``set_model_state_dict``. A collective under FSDP.
-
-    Args:
-        model: The model (FSDP-sharded or not; not the ``torch.compile`` wrapper).
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = getattr(model, "_orig_mod", model)
-
-    def state_dict(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        return get_model_state_dict(self.model)
-
-    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-        )
-
-        set_model_state_dict(self.model, state, options=StateDictOptions(strict=strict))
-
-
-class OptimizerState:
-    """An optimizer as Ignite's ``Checkpoint`` sees it: state keyed by parameter *name*
-    (``get_optimizer_state_dict``), so it reloads under another sharding or world size.
-
-    Args:
-        model: The model whose parameters ``optimizer`` steps.
-        optimizer: The optimizer.
-    """
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
-            )
-        self.model = ModelState(model).model
-        self.optimizer = optimizer
-
-    def state_dict(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-        return get_optimizer_state_dict(self.model, self.optimizer)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-        set_optimizer_state_dict(self.model, self.optimizer, state)
-
-
-def checkpointables(state: Mapping[str, Any]) -> dict[str, Any]:
-    """``state`` with every model wrapped in :class:`ModelState` and every optimizer in
-    :class:`OptimizerState` (paired with the model in ``state`` holding its parameters).
-
-    The result is what to give Ignite's ``Checkpoint(to_save=...)`` with a
-    :class:`ShardedSaver`, and what :func:`load_sharded_objects` loads into.
-    """
-    if not isinstance(state, Mapping) or not state:
-        raise TypeError(
-            "state must be a non-empty mapping name -> model/optimizer/object with "
-            f"state_dict, got {type(state).__name__}"
-        )
-    models = {k: v for k, v in state.items() if isinstance(v, nn.Module)}
-    out: dict[str, Any] = {}
-    for name, obj in state.items():
-        if not isinstance(name, str) or not name or "." in name:
-            raise ValueError(f"state key {name!r} is not allowed: expected a name without '.'")
-        if isinstance(obj, nn.Module):
-            out[name] = ModelState(obj)
-        elif isinstance(obj, torch.optim.Optimizer):
-            out[name] = OptimizerState(models[_owner(name, obj, models)], obj)
-        else:
-            out[name] = obj
-    return out
-
-
-def _owner(name: str, optimizer: torch.optim.Optimizer, models: Mapping[str, nn.Module]) -> str:
-    params = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    for model_name, model in models.items():
-        if params <= {id(p) for p in model.parameters()}:
-            return model_name
-    raise ValueError(
-        f"state[{name!r}] is an optimizer whose parameters belong to none of the models "
-        f"in state ({', '.join(models) or 'none given'}): pass the model it optimizes too"
-    )
-
-
-def _is_sharded_entry(obj: Any) -> bool:
-    return isinstance(obj, (ModelState, OptimizerState))
-
-
-def sharded_names(to_save: Mapping[str, Any]) -> list[str]:
-    """The names of ``to_save`` (from :func:`checkpointables`) that DCP writes: its
-    :class:`ModelState` and :class:`OptimizerState` entries."""
-    return [name for name, obj in to_save.items() if _is_sharded_entry(obj)]
-
-
-def _plain_state(obj: Any) -> Any:
-    return obj.state_dict() if hasattr(obj, "state_dict") else obj
 
 
 # -- saving ---------------------------------------------------------------------------
@@ -234,7 +127,7 @@ def save_sharded(
     objects = checkpointables(state)
     sharded = sharded_names(objects)
     # state_dict() may be a collective (FSDP, per-rank RNG): every rank calls each
-    checkpoint = {name: _plain_state(obj) for name, obj in objects.items()}
+    checkpoint = {name: plain_state(obj) for name, obj in objects.items()}
     return write_sharded(checkpoint, folder, sharded=sharded, meta=meta)
 
 
@@ -272,7 +165,7 @@ def write_sharded(
     doc = {
         "format": _FORMAT,
         "version": _VERSION,
-        "world_size": _world_size(),
+        "world_size": idist.get_world_size(),
         "torch": torch.__version__,
         "sharded": sharded,
         "extra": [n for n in checkpoint if n not in sharded],
@@ -295,8 +188,8 @@ def write_sharded(
 
     # 2. the rest and the marker, then 3. the final name, once every shard is on disk
     def finish() -> None:
-        _write_file(tmp / _EXTRA, lambda f: f.write(buffer.getbuffer()))
-        _write_file(tmp / SHARDED_MARKER, lambda f: f.write(text.encode()))
+        write_atomic(tmp / _EXTRA, buffer.getbuffer())
+        write_atomic(tmp / SHARDED_MARKER, text)
         _publish(tmp, folder)
 
     _on_rank_zero(folder, finish)
@@ -311,10 +204,8 @@ def _fresh_dir(path: Path) -> None:
 def _on_rank_zero(folder: Path, work: Any) -> None:
     """Run ``work`` on rank 0; every rank learns whether it failed (no rank is left
     waiting in a barrier for a rank 0 that hit a full disk)."""
-    from ignitrain.distributed import agree_all
-
     error: BaseException | None = None
-    if _rank() == 0:
+    if idist.get_rank() == 0:
         try:
             work()
         except OSError as exc:
@@ -332,34 +223,16 @@ def _writer(path: Path) -> Any:
     return FileSystemWriter(path, sync_files=True)
 
 
-def _write_file(path: Path, write: Any) -> None:
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(tmp: Path, folder: Path) -> None:
     """Rename the finished ``tmp`` to ``folder``; an older ``folder`` goes only after."""
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     old = None
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old")
         _remove_path(old)
         os.replace(folder, old)
     os.replace(tmp, folder)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
     if old is not None:
         _remove_path(old)
 
@@ -430,21 +303,21 @@ class ShardedSaver(BaseSaveHandler):
             meta.update(self.meta_fn())
         resumable = self.resumable_fn() if self.resumable_fn is not None else True
         meta["resumable"] = bool(resumable)
-        if _rank() == 0:
+        if idist.get_rank() == 0:
             self.dirname.mkdir(parents=True, exist_ok=True)
         folder = write_sharded(
             checkpoint, self.folder_of(filename), sharded=self.sharded, meta=meta
         )
         self.last_path = folder
-        if _rank() == 0:
-            if resumable:
-                _write_latest(self.dirname, folder)
+        if idist.get_rank() == 0:
+            if resumable:  # the pointer names only a complete folder
+                write_atomic(self.dirname / LATEST, json.dumps({"folder": folder.name}))
             # evict only now that the new folder is complete (see remove)
             for name in self._evict:
                 if self.folder_of(name) != folder:
                     shutil.rmtree(self.folder_of(name), ignore_errors=True)
         self._evict.clear()
-        _barrier()
+        idist.barrier()
 
     def remove(self, filename: str) -> None:
         """Evict ``filename`` after the next successful save, not now.
@@ -453,15 +326,6 @@ class ShardedSaver(BaseSaveHandler):
         with ``n_saved=1`` a failed write (disk full, a kill) would leave none at all.
         """
         self._evict.append(filename)
-
-
-def _write_latest(dirname: Path, folder: Path) -> None:
-    """Point ``dirname/sharded_latest.json`` at ``folder`` (complete), atomically."""
-    path = dirname / LATEST
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    text = json.dumps({"folder": folder.name}).encode()
-    _write_file(tmp, lambda f: f.write(text))
-    os.replace(tmp, path)
 
 
 # -- loading -------------------------------------------------------------------------
@@ -541,10 +405,10 @@ def load_sharded_objects(
         raise CheckpointError(
             f"Sharded checkpoint {folder} has no {missing}; it holds {sorted(saved)}"
         )
-    if doc["world_size"] != _world_size():
+    if doc["world_size"] != idist.get_world_size():
         warnings.warn(
             f"Sharded checkpoint {folder} was written by {doc['world_size']} process(es) and "
-            f"is loaded by {_world_size()}: its tensors are resharded; the data order and "
+            f"is loaded by {idist.get_world_size()}: its tensors are resharded; the data order and "
             "per-rank RNG streams of the saved run do not carry over exactly",
             UserWarning,
             stacklevel=3,
@@ -601,7 +465,7 @@ def find_sharded(path: str | os.PathLike) -> Path:
         return path
     bases = [b for b in (path, path / "checkpoints") if b.is_dir()]
     for base in bases:
-        latest = _read_latest(base)
+        latest = read_latest(base)
         if latest is not None:
             return latest
     candidates = [
@@ -624,7 +488,8 @@ def find_sharded(path: str | os.PathLike) -> Path:
     return max(candidates, key=order)
 
 
-def _read_latest(base: Path) -> Path | None:
+def read_latest(base: Path) -> Path | None:
+    """The complete folder ``base/sharded_latest.json`` names (``None``: none, or broken)."""
     try:
         name = json.loads((base / LATEST).read_text())["folder"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -651,7 +516,7 @@ def consolidated_state_dict(folder: str | os.PathLike, key: str = "model") -> di
             f"{doc['sharded']}"
         )
     metadata = read_metadata(folder / ".metadata")
-    if _distributed() and dist.get_rank() != 0:
+    if idist.get_rank() != 0:
         raise RuntimeError("consolidated_state_dict runs on one process: call it on rank 0")
     prefix = f"{key}."
     flat: dict[str, Any] = {}
@@ -675,7 +540,12 @@ def export_model(
     weights = consolidated_state_dict(folder, key)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    _write_file(tmp, lambda f: torch.save(weights, f))
-    os.replace(tmp, out)
+    tmp = temp_path(out)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(weights, f)
+        commit_temp(tmp, out)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
     return out

@@ -12,7 +12,7 @@ import torch
 from ignitrain.distributed import own_rank_state, with_rank_states
 from ignitrain.handlers.checkpoint.format import CheckpointError
 
-__all__ = ["RNGState", "capture_rng_state", "restore_rng_state"]
+__all__ = ["RNGState", "capture_rng_state", "restore_rng_state", "rng_problems"]
 
 
 def _python_rng_to_safe(state: tuple) -> list:
@@ -66,7 +66,8 @@ def capture_rng_state() -> dict:
     return state
 
 
-def _rng_problems(state: Any) -> list[str]:
+def rng_problems(state: Any) -> list[str]:
+    """What is wrong with an RNG state read back (empty: it restores)."""
     if not isinstance(state, Mapping):
         return [f"RNG state must be a dict, found {type(state).__name__}"]
     missing = [k for k in ("python", "numpy", "torch") if k not in state]
@@ -93,7 +94,7 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     Raises:
         CheckpointError: ``state`` is not such a dict.
     """
-    problems = _rng_problems(state)
+    problems = rng_problems(state)
     if problems:
         raise CheckpointError("; ".join(problems))
     random.setstate(_python_rng_from_safe(state["python"]))
