@@ -22,10 +22,13 @@ __all__ = ["IN_MEMORY_LIMIT", "save_atomic", "serialize", "tensor_bytes", "write
 
 #: A background store serialises checkpoints holding up to this many bytes of tensor
 #: data to memory and leaves the file write to its worker; a larger state is written
-#: by the caller. Measured on the CPU: to memory is 3-4x faster up to 16 MiB, about
-#: even at 64 MiB (the growing buffer copies itself) and slower beyond; nor does a big
-#: model then need a second copy of its state in RAM.
-IN_MEMORY_LIMIT = 32 * 2**20
+#: into the temp file by the caller (issue 16, ``benchmarks/checkpoint_cost.py
+#: --sizes``, loaded machine, the training thread's wall / CPU ms): 1 MiB 4.2/1.8 in
+#: memory against 4.7/2.1 into the file, 16 MiB 64/15 against 86/17, but 32 MiB
+#: 199/43 against 157/33 (the growing buffer copies itself) -- and a big model then
+#: needs no second copy of its state in RAM. Writing inline (no worker) is never
+#: cheaper for the training thread: it waits for the fsync (44 ms at 0.1 MiB there).
+IN_MEMORY_LIMIT = 16 * 2**20
 
 
 def tensor_bytes(obj: Any) -> int:

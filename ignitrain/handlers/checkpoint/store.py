@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shutil
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,7 @@ class CheckpointStore(CheckpointDir):
         self.rank0_only = bool(rank0_only)
         self.background = bool(background)
         self._writer = BackgroundWriter() if self.background else None
+        self._jobs: deque[Callable[[], None]] = deque()
         self._failed: BaseException | None = None
 
     @property
@@ -218,7 +220,7 @@ class CheckpointStore(CheckpointDir):
 
         A hard link when the filesystem has them, else a copy; either way atomic. Used
         when a periodic and a best checkpoint fall on the same moment. ``remove`` as
-        in :meth:`write`.
+        in :meth:`write`; the ``latest`` pointer keeps naming ``source``.
 
         Returns:
             The new path.
@@ -242,9 +244,9 @@ class CheckpointStore(CheckpointDir):
                     remove_quietly(tmp)
                     raise
             iteration, epoch = (meta.iteration, meta.epoch) if meta else (-1, -1)
-            self._finish(
-                tmp, Entry(path, kind, score, iteration, epoch), synced=linked, evict=remove
-            )
+            # the pointer names the source already (the same moment): not written again
+            entry = Entry(path, kind, score, iteration, epoch)
+            self._finish(tmp, entry, synced=linked, evict=remove, point=False)
 
         self._submit(link, path)
         return path
@@ -287,20 +289,30 @@ class CheckpointStore(CheckpointDir):
         if self._writer is None:
             named()
             return
+        # Queued without waiting for the commit before it (a best file linked to the
+        # periodic one just submitted must not block training until that one is on disk).
+        self._jobs.append(named)
+        self._writer.submit_coalesced(self._drain)
 
-        def run() -> None:
+    def _drain(self) -> None:
+        """Run the queued commits in order, on the writer thread."""
+        while self._jobs:
+            job = self._jobs.popleft()
             try:
-                named()
+                job()
             except BaseException as err:
+                self._jobs.clear()  # a commit never follows a failed one: its source may be gone
                 self._failed = err  # read by the training thread (failed)
                 raise
 
-        # one commit at a time, in order: a commit never follows a failed one (submit
-        # raises that one's error first), so its source always exists
-        self._writer.submit(run)
-
     def _finish(
-        self, tmp: Path, entry: Entry, *, synced: bool = False, evict: list[str] | None = None
+        self,
+        tmp: Path,
+        entry: Entry,
+        *,
+        synced: bool = False,
+        evict: list[str] | None = None,
+        point: bool = True,
     ) -> None:
         # Order: durable file, pointer, then eviction: a crash between steps never
         # leaves the pointer naming a deleted file, nor deletes before the new one is safe
@@ -308,7 +320,7 @@ class CheckpointStore(CheckpointDir):
         path = entry.path
         commit_temp(tmp, path, synced=synced)
         self.remember(entry)
-        if entry.resumable:
+        if entry.resumable and point:
             pointer = {"file": path.name, "kind": entry.kind, "iteration": entry.iteration,
                        "epoch": entry.epoch}  # fmt: skip
             write_atomic(self.pointer_path, json.dumps(pointer))
