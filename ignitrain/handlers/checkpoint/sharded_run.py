@@ -43,11 +43,12 @@ from ignitrain.handlers.checkpoint.saver import SavedState
 from ignitrain.handlers.sharded import (
     ShardedSaver,
     checkpointables,
+    folder_iteration,
     is_sharded_checkpoint,
+    latest_sharded,
     load_sharded_objects,
     owner_of,
     read_extra,
-    read_latest,
     read_sharded_meta,
     sharded_names,
     write_sharded,
@@ -113,7 +114,6 @@ def trainer_saver(
     dirname: str | os.PathLike,
     to_save: Mapping[str, Any],
     engine: Any,
-    resumable_fn: Callable[[], bool] | None = None,
 ) -> ShardedSaver:
     """The save handler of one Ignite ``Checkpoint`` (called on every rank)."""
 
@@ -125,9 +125,7 @@ def trainer_saver(
             "world_size": idist.get_world_size(),
         }
 
-    return ShardedSaver(
-        dirname, sharded=sharded_names(to_save), meta_fn=meta, resumable_fn=resumable_fn
-    )
+    return ShardedSaver(dirname, sharded=sharded_names(to_save), meta_fn=meta)
 
 
 def save_trainer_sharded(
@@ -171,34 +169,6 @@ def sharded_files(dirname: str | os.PathLike, prefix: str) -> list[tuple[str, st
         if kind in KINDS and not path.name.endswith(".pt") and is_sharded_checkpoint(path):
             out.append((f"{path.name}.pt", kind))
     return out
-
-
-def folder_iteration(folder: Path) -> int:
-    """The iteration a sharded folder was written at (``-1``: unknown or unreadable)."""
-    try:
-        value = read_sharded_meta(folder)["meta"].get("iteration", -1)
-    except CheckpointError:
-        return -1
-    return int(value) if isinstance(value, int) else -1
-
-
-def latest_sharded(dirname: str | os.PathLike) -> Path | None:
-    """The newest complete resume folder of a checkpoint directory: the one
-    ``sharded_latest.json`` names, else (no or a broken pointer) the highest iteration
-    among the resumable folders; ``None`` when there is none."""
-    dirname = Path(dirname)
-    if not dirname.is_dir():
-        return None
-    pointed = read_latest(dirname)
-    if pointed is not None:
-        return pointed
-    folders = []
-    for path in dirname.iterdir():
-        if path.is_dir() and not path.name.startswith(".") and is_sharded_checkpoint(path):
-            meta = read_sharded_meta(path)["meta"]
-            if meta.get("resumable", True):
-                folders.append(path)
-    return max(folders, key=lambda p: (folder_iteration(p), p.stat().st_mtime_ns), default=None)
 
 
 def load_trainer_sharded(
