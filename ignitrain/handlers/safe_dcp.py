@@ -28,10 +28,6 @@ from ignitrain.errors import CheckpointError
 __all__ = ["read_metadata", "safe_dcp_load", "SafeFileSystemReader", "SafeLoadPlanner"]
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 # Every global a DCP ``.metadata`` pickle refers to (torch 2.13: the classes of
 # torch/distributed/checkpoint/metadata.py, the filesystem's per-item _StorageInfo,
 # torch.Size, dtypes, torch.serialization._get_layout and the checkpoint_id path).
@@ -174,7 +170,7 @@ def safe_dcp_load(state_dict: dict[str, Any], folder: str | os.PathLike) -> None
             state_dict,
             storage_reader=SafeFileSystemReader(folder),
             planner=SafeLoadPlanner(),
-            no_dist=not _distributed(),
+            no_dist=not (dist.is_available() and dist.is_initialized()),
         )
     except CheckpointError:
         raise

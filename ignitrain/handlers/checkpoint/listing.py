@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +85,9 @@ class CheckpointDir:
     def remember(self, entry: Entry) -> None:
         """Record the marks of a file just written (no need to read it back)."""
         st = entry.path.stat()
-        self._meta[(entry.path.name, st.st_mtime_ns, st.st_size)] = Entry(
-            entry.path, entry.kind, entry.score, entry.iteration, entry.epoch,
-            st.st_mtime_ns, entry.resumable,
-        )  # fmt: skip
+        self._meta[(entry.path.name, st.st_mtime_ns, st.st_size)] = replace(
+            entry, mtime_ns=st.st_mtime_ns
+        )
 
     def entry_of(self, path: Path, kind: str | None = None) -> Entry | None:
         """Marks of a file, read once per version (mmap: only the small pickle is read)."""
