@@ -25,6 +25,9 @@ import torch.distributed as dist
 
 from ignitrain.errors import CheckpointError
 
+# torch.distributed.checkpoint (DCP) is imported where it is used: about a second of
+# imports that only FSDP runs and sharded folders need.
+
 __all__ = ["read_metadata", "safe_dcp_load", "SafeFileSystemReader", "SafeLoadPlanner"]
 
 

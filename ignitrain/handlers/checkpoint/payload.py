@@ -13,17 +13,17 @@ from torch import nn
 
 from ignitrain.describe import unwrap
 from ignitrain.handlers.checkpoint.format import (
-    _RESERVED_KEYS,
     FORMAT_KEY,
     FORMAT_VERSION,
     OBJECTS_KEY,
+    RESERVED_KEYS,
     CheckpointError,
 )
 from ignitrain.handlers.checkpoint.rng import (
-    _numpy_rng_from_safe,
-    _numpy_rng_to_safe,
-    _python_rng_from_safe,
-    _python_rng_to_safe,
+    numpy_rng_from_safe,
+    numpy_rng_to_safe,
+    python_rng_from_safe,
+    python_rng_to_safe,
 )
 
 __all__ = [
@@ -98,9 +98,9 @@ def _engine_state(engine: Engine) -> dict:
     rng = state.get("rng_states")
     if isinstance(rng, (list, tuple)) and len(rng) == 3:
         state["rng_states"] = {
-            "python": _python_rng_to_safe(rng[0]),
+            "python": python_rng_to_safe(rng[0]),
             "torch": rng[1].cpu(),
-            "numpy": _numpy_rng_to_safe(rng[2]),
+            "numpy": numpy_rng_to_safe(rng[2]),
         }
     return state
 
@@ -110,9 +110,9 @@ def engine_state_back(state: Mapping[str, Any]) -> dict:
     rng = state.get("rng_states")
     if isinstance(rng, Mapping) and {"python", "torch", "numpy"} <= set(rng):
         state["rng_states"] = [
-            _python_rng_from_safe(rng["python"]),
+            python_rng_from_safe(rng["python"]),
             rng["torch"],
-            _numpy_rng_from_safe(rng["numpy"]),
+            numpy_rng_from_safe(rng["numpy"]),
         ]
     return state
 
@@ -184,7 +184,7 @@ def payload_from_states(states: Mapping[str, Any], extra: Mapping[str, Any] | No
     extra = {} if extra is None else extra
     if not isinstance(extra, Mapping):
         raise TypeError(f"Argument extra={extra!r} is not allowed: expected a dict or None")
-    reserved = [k for k in [*extra, *states] if k in _RESERVED_KEYS]
+    reserved = [k for k in [*extra, *states] if k in RESERVED_KEYS]
     if reserved:
         raise ValueError(f"Argument extra uses reserved key(s) {reserved}: choose other names")
     clash = [k for k in extra if k in states]
