@@ -17,9 +17,20 @@ untimed) before every measurement so one runner's writeback does not land on the
 Also reported: loading with safe_load (CRC-checked, weights_only) against a bare
 ``torch.load(weights_only=True)``.
 
+``--sizes`` instead compares, checkpoint size by size, the durable ways a store can
+write (issue 16: choose by size): the training thread's wall and CPU time
+(``time.thread_time``) until it may go on, and the time until the file is durable::
+
+    inline          the whole save on the caller (CheckpointStore(background=False))
+    bg memory       serialise to memory on the caller; write, fsync, rename, pointer on
+                    the writer thread (background, up to IN_MEMORY_LIMIT)
+    bg temp file    torch.save into the temp file on the caller; fsync, rename, pointer
+                    on the writer thread (background, beyond IN_MEMORY_LIMIT)
+
 Usage::
 
     python benchmarks/checkpoint_cost.py [--dir DIR] [--rounds 7] [--width 1600]
+    python benchmarks/checkpoint_cost.py --sizes 0.1,1,8,32,64 [--rounds 7]
     python benchmarks/checkpoint_cost.py --quick     # smoke run
 """
 
@@ -43,9 +54,11 @@ from ignitrain.handlers.checkpoint import (
     RNGState,
     attach_checkpoints,
     build_payload,
+    payload_from_states,
     safe_load,
     save_atomic,
 )
+from ignitrain.handlers.checkpoint import store as store_module
 
 
 def make_state(width: int) -> tuple[nn.Module, torch.optim.Optimizer, Engine]:
@@ -67,15 +80,58 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def by_size(sizes_mib: list[float], rounds: int, where: str | None) -> None:
+    """The ``--sizes`` table: each write mode of a store, size by size (interleaved)."""
+    default = store_module.IN_MEMORY_LIMIT
+    modes = {"inline": (False, default), "bg memory": (True, 2**62), "bg temp file": (True, 0)}
+    rng = random.Random(0)
+    print(f"median of {rounds} interleaved rounds; caller = the training thread")
+    print(
+        f"{'MiB':>6} {'mode':14s} {'caller wall ms':>15} {'caller CPU ms':>14} {'durable ms':>11}"
+    )
+    with tempfile.TemporaryDirectory(dir=where) as tmp:
+        for size in sizes_mib:
+            state = {"model": {"w": torch.randn(max(1, int(size * 2**20 / 4)))}}
+            payload = payload_from_states(
+                state, {"iteration": 1, "epoch": 1, "metrics": {"loss": 0.1}}
+            )
+            stores = {
+                name: CheckpointStore(Path(tmp) / f"{size}-{i}", n_saved=1, background=bg)
+                for i, (name, (bg, _)) in enumerate(modes.items())
+            }
+            results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in modes}
+            order = list(modes)
+            for step in range(rounds):
+                rng.shuffle(order)
+                for name in order:
+                    store_module.IN_MEMORY_LIMIT = modes[name][1]
+                    os.sync()
+                    wall, cpu = time.perf_counter(), time.thread_time()
+                    stores[name].save(payload, "periodic", f"iter{step:08d}")
+                    caller = (time.perf_counter() - wall, time.thread_time() - cpu)
+                    stores[name].wait()
+                    results[name].append((*caller, time.perf_counter() - wall))
+            for name, values in results.items():
+                wall_ms, cpu_ms, durable_ms = (
+                    statistics.median(v[k] for v in values) * 1000 for k in range(3)
+                )
+                print(f"{size:6g} {name:14s} {wall_ms:15.2f} {cpu_ms:14.2f} {durable_ms:11.2f}")
+    store_module.IN_MEMORY_LIMIT = default
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--width", type=int, default=1600)
+    parser.add_argument("--sizes", default=None, help="MiB, comma-separated: compare write modes")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 3 rounds, width 800 (2.6M parameters)"
     )
     args = parser.parse_args()
+    if args.sizes:
+        by_size([float(s) for s in args.sizes.split(",")], args.rounds, args.dir)
+        return
     if args.quick:
         args.rounds, args.width = 3, 800
 

@@ -15,6 +15,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ignitrain.handlers.checkpoint import CheckpointDir, CheckpointError, latest_in
+from ignitrain.handlers.modes import infer_mode
+
 __all__ = ["CHOICES", "ChosenCheckpoint", "choose_checkpoint"]
 
 CHOICES = ("best", "last")
@@ -53,11 +56,8 @@ def _checkpoint_dir(run: Path) -> Path:
 
 
 def _best(directory: Path, mode: str | None) -> ChosenCheckpoint | None:
-    from ignitrain.handlers.checkpoint import CheckpointStore
-    from ignitrain.handlers.modes import infer_mode
-
     ranked = []
-    for path in CheckpointStore(directory).checkpoints("best"):  # readable files only
+    for path in CheckpointDir(directory).checkpoints("best"):  # readable files only
         match = _BEST.match(path.name)
         if match is None:
             continue
@@ -93,8 +93,6 @@ def choose_checkpoint(
         FileNotFoundError: no such file, or no valid checkpoint in the directory.
         ValueError: ``which`` is not ``"best"``, ``"last"`` or a path.
     """
-    from ignitrain.handlers.checkpoint import CheckpointError, latest_in
-
     if not isinstance(which, (str, os.PathLike)) or not str(which):
         raise ValueError(
             f"Argument which={which!r} is not allowed: expected 'best', 'last' or a path"

@@ -17,6 +17,10 @@ from typing import Any
 
 from torch import nn
 
+from ignitrain.checkpoint_choice import choose_checkpoint
+from ignitrain.handlers.checkpoint import load_checkpoint, safe_load
+from ignitrain.jobs import JobError, resolve_import
+
 __all__ = ["rebuild_model", "model_from_description"]
 
 
@@ -27,8 +31,6 @@ def model_from_description(description: Mapping[str, Any], *, name: str = "model
         ValueError: the description has no class, or its arguments do not fit it.
         TypeError: the class does not build a ``torch.nn.Module``.
     """
-    from ignitrain.jobs import JobError, resolve_import
-
     if not isinstance(description, Mapping) or not isinstance(description.get("class"), str):
         raise ValueError(
             f"model_description[{name!r}]={description!r} is not allowed: expected a mapping "
@@ -78,9 +80,6 @@ def rebuild_model(checkpoint: str | os.PathLike, *, which: str = "best") -> Any:
         >>> model = ignitrain.rebuild_model("runs/digits_cnn")  # doctest: +SKIP
         >>> model(x).argmax(1)  # doctest: +SKIP
     """
-    from ignitrain.checkpoint_choice import choose_checkpoint
-    from ignitrain.handlers.checkpoint import load_checkpoint, safe_load
-
     path = choose_checkpoint(checkpoint, which).path
     payload = safe_load(path)
     descriptions = payload.get("model_description")

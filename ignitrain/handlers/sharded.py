@@ -26,33 +26,49 @@ reader unpickles ``.metadata`` with plain ``pickle`` and non-tensor items with
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
-import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
-import torch.distributed as dist
-from ignite.handlers.checkpoint import BaseSaveHandler
-from torch import nn
 
-from ignitrain.handlers.checkpoint import CheckpointError
+from ignitrain._files import commit_temp, remove_quietly, temp_path
+from ignitrain.errors import CheckpointError
 from ignitrain.handlers.safe_dcp import (
     SafeFileSystemReader,
     SafeLoadPlanner,
     read_metadata,
     safe_dcp_load,
 )
+from ignitrain.handlers.sharded_save import (
+    EXTRA,
+    FORMAT,
+    LATEST,
+    SHARDED_MARKER,
+    VERSION,
+    ShardedSaver,
+    save_sharded,
+    write_sharded,
+)
+from ignitrain.handlers.sharded_state import (
+    ModelState,
+    OptimizerState,
+    checkpointables,
+    owner_of,
+    sharded_names,
+)
 
 __all__ = [
     "SHARDED_MARKER",
     "LATEST",
     "sharded_names",
+    "owner_of",
+    "read_latest",
     "ModelState",
     "OptimizerState",
     "checkpointables",
@@ -65,404 +81,14 @@ __all__ = [
     "read_sharded_meta",
     "is_sharded_checkpoint",
     "find_sharded",
+    "folder_iteration",
+    "latest_sharded",
     "consolidated_state_dict",
     "export_model",
     "safe_dcp_load",
     "SafeFileSystemReader",
     "SafeLoadPlanner",
 ]
-
-#: The file that marks a folder as a complete ignitrain sharded checkpoint.
-SHARDED_MARKER = "ignitrain_sharded.json"
-#: :class:`ShardedSaver`'s pointer to the newest complete folder in its directory.
-LATEST = "sharded_latest.json"
-_EXTRA = "extra.pt"
-_FORMAT = "ignitrain.sharded"
-_VERSION = 1
-
-
-# -- the process group, or none ---------------------------------------------------
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank() -> int:
-    return dist.get_rank() if _distributed() else 0
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if _distributed() else 1
-
-
-def _barrier() -> None:
-    if _distributed():
-        dist.barrier()
-
-
-# -- what goes where ----------------------------------------------------------------
-
-
-class ModelState:
-    """A model as Ignite's ``Checkpoint`` sees it: ``state_dict`` keyed by parameter
-    name whatever the sharding (``get_model_state_dict``: ``DTensor`` shards under FSDP),
-    ``load_state_dict`` through ``set_model_state_dict``. A collective under FSDP.
-
-    Args:
-        model: The model (FSDP-sharded or not; not the ``torch.compile`` wrapper).
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = getattr(model, "_orig_mod", model)
-
-    def state_dict(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        return get_model_state_dict(self.model)
-
-    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-        )
-
-        set_model_state_dict(self.model, state, options=StateDictOptions(strict=strict))
-
-
-class OptimizerState:
-    """An optimizer as Ignite's ``Checkpoint`` sees it: state keyed by parameter *name*
-    (``get_optimizer_state_dict``), so it reloads under another sharding or world size.
-
-    Args:
-        model: The model whose parameters ``optimizer`` steps.
-        optimizer: The optimizer.
-    """
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
-            )
-        self.model = ModelState(model).model
-        self.optimizer = optimizer
-
-    def state_dict(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-        return get_optimizer_state_dict(self.model, self.optimizer)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-        set_optimizer_state_dict(self.model, self.optimizer, state)
-
-
-def checkpointables(state: Mapping[str, Any]) -> dict[str, Any]:
-    """``state`` with every model wrapped in :class:`ModelState` and every optimizer in
-    :class:`OptimizerState` (paired with the model in ``state`` holding its parameters).
-
-    The result is what to give Ignite's ``Checkpoint(to_save=...)`` with a
-    :class:`ShardedSaver`, and what :func:`load_sharded_objects` loads into.
-    """
-    if not isinstance(state, Mapping) or not state:
-        raise TypeError(
-            "state must be a non-empty mapping name -> model/optimizer/object with "
-            f"state_dict, got {type(state).__name__}"
-        )
-    models = {k: v for k, v in state.items() if isinstance(v, nn.Module)}
-    out: dict[str, Any] = {}
-    for name, obj in state.items():
-        if not isinstance(name, str) or not name or "." in name:
-            raise ValueError(f"state key {name!r} is not allowed: expected a name without '.'")
-        if isinstance(obj, nn.Module):
-            out[name] = ModelState(obj)
-        elif isinstance(obj, torch.optim.Optimizer):
-            out[name] = OptimizerState(models[_owner(name, obj, models)], obj)
-        else:
-            out[name] = obj
-    return out
-
-
-def _owner(name: str, optimizer: torch.optim.Optimizer, models: Mapping[str, nn.Module]) -> str:
-    params = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    for model_name, model in models.items():
-        if params <= {id(p) for p in model.parameters()}:
-            return model_name
-    raise ValueError(
-        f"state[{name!r}] is an optimizer whose parameters belong to none of the models "
-        f"in state ({', '.join(models) or 'none given'}): pass the model it optimizes too"
-    )
-
-
-def _is_sharded_entry(obj: Any) -> bool:
-    return isinstance(obj, (ModelState, OptimizerState))
-
-
-def sharded_names(to_save: Mapping[str, Any]) -> list[str]:
-    """The names of ``to_save`` (from :func:`checkpointables`) that DCP writes: its
-    :class:`ModelState` and :class:`OptimizerState` entries."""
-    return [name for name, obj in to_save.items() if _is_sharded_entry(obj)]
-
-
-def _plain_state(obj: Any) -> Any:
-    return obj.state_dict() if hasattr(obj, "state_dict") else obj
-
-
-# -- saving ---------------------------------------------------------------------------
-
-
-def save_sharded(
-    state: Mapping[str, Any], folder: str | os.PathLike, *, meta: Mapping[str, Any] | None = None
-) -> Path:
-    """Write ``state`` as one sharded checkpoint folder (a collective: call on every rank).
-
-    Args:
-        state: Name -> object. ``nn.Module``\\ s (FSDP-sharded or not) and their
-            optimizers are written shard by shard with DCP; every other object's
-            ``state_dict()`` (or the object itself, if plain data) goes to ``extra.pt``,
-            written by rank 0 and read back with ``torch.load(weights_only=True)``.
-        folder: The checkpoint folder to create (replaced atomically if it exists).
-        meta: JSON-serialisable data stored in ``ignitrain_sharded.json`` (e.g. epoch,
-            iteration, score).
-
-    Returns:
-        ``folder`` as a ``Path``, complete on every rank when this returns.
-    """
-    objects = checkpointables(state)
-    sharded = sharded_names(objects)
-    # state_dict() may be a collective (FSDP, per-rank RNG): every rank calls each
-    checkpoint = {name: _plain_state(obj) for name, obj in objects.items()}
-    return write_sharded(checkpoint, folder, sharded=sharded, meta=meta)
-
-
-def write_sharded(
-    checkpoint: Mapping[str, Any],
-    folder: str | os.PathLike,
-    *,
-    sharded: Any,
-    meta: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write state dicts already taken (name -> state) as one sharded folder.
-
-    The entries named in ``sharded`` go through DCP (every rank its shard); the others
-    to ``extra.pt`` (rank 0). A collective: call on every rank with the same names.
-
-    Args:
-        checkpoint: Name -> state dict (what Ignite's ``Checkpoint`` hands a saver).
-        folder: The checkpoint folder to create (replaced atomically if it exists).
-        sharded: The names to write with DCP (models, optimizers).
-        meta: JSON-serialisable data for ``ignitrain_sharded.json``.
-    """
-    import torch.distributed.checkpoint as dcp
-
-    folder = Path(folder)
-    if not isinstance(checkpoint, Mapping) or not checkpoint:
-        raise TypeError(
-            f"checkpoint must be a non-empty mapping name -> state, got {type(checkpoint).__name__}"
-        )
-    sharded = list(sharded)
-    unknown = [n for n in sharded if n not in checkpoint]
-    if unknown:
-        raise ValueError(
-            f"sharded names {unknown} are not in the checkpoint ({', '.join(checkpoint)})"
-        )
-    doc = {
-        "format": _FORMAT,
-        "version": _VERSION,
-        "world_size": _world_size(),
-        "torch": torch.__version__,
-        "sharded": sharded,
-        "extra": [n for n in checkpoint if n not in sharded],
-        "meta": dict(meta or {}),
-    }
-    text = json.dumps(doc)  # fail before writing anything if meta is not JSON data
-    # Every rank holds the same non-sharded state: serialising it everywhere first makes
-    # an unsaveable object fail on all ranks alike, before any collective.
-    buffer = io.BytesIO()
-    torch.save({name: checkpoint[name] for name in doc["extra"]}, buffer)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    _on_rank_zero(folder, lambda: _fresh_dir(tmp))
-    # 1. every rank writes its shards; DCP's coordinator writes .metadata last (DCP
-    #    gathers a failure of any rank and raises it on all)
-    dcp.save(
-        {name: checkpoint[name] for name in sharded},
-        storage_writer=_writer(tmp),
-        no_dist=not _distributed(),
-    )
-
-    # 2. the rest and the marker, then 3. the final name, once every shard is on disk
-    def finish() -> None:
-        _write_file(tmp / _EXTRA, lambda f: f.write(buffer.getbuffer()))
-        _write_file(tmp / SHARDED_MARKER, lambda f: f.write(text.encode()))
-        _publish(tmp, folder)
-
-    _on_rank_zero(folder, finish)
-    return folder
-
-
-def _fresh_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)  # left by a save that was killed
-    path.mkdir(parents=True)
-
-
-def _on_rank_zero(folder: Path, work: Any) -> None:
-    """Run ``work`` on rank 0; every rank learns whether it failed (no rank is left
-    waiting in a barrier for a rank 0 that hit a full disk)."""
-    from ignitrain.distributed import agree_all
-
-    error: BaseException | None = None
-    if _rank() == 0:
-        try:
-            work()
-        except OSError as exc:
-            error = exc
-    ok = agree_all(error is None) if _distributed() else error is None
-    if not ok:
-        raise CheckpointError(
-            f"Writing sharded checkpoint {folder} failed on rank 0: {error or 'see rank 0'}"
-        ) from error
-
-
-def _writer(path: Path) -> Any:
-    from torch.distributed.checkpoint import FileSystemWriter
-
-    return FileSystemWriter(path, sync_files=True)
-
-
-def _write_file(path: Path, write: Any) -> None:
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _publish(tmp: Path, folder: Path) -> None:
-    """Rename the finished ``tmp`` to ``folder``; an older ``folder`` goes only after."""
-    _fsync_dir(tmp)
-    old = None
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old")
-        _remove_path(old)
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    _fsync_dir(folder.parent)
-    if old is not None:
-        _remove_path(old)
-
-
-def _remove_path(path: Path) -> None:
-    # a folder, or a single-file checkpoint of the same name (saved without FSDP before):
-    # rmtree alone leaves a file, and renaming a folder onto it then fails (ENOTDIR)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-class ShardedSaver(BaseSaveHandler):
-    """An Ignite save handler that writes each checkpoint as a sharded folder.
-
-    Ignite's ``Checkpoint`` decides when and what (it calls every object's
-    ``state_dict()`` on every rank, then this saver on every rank); this saver writes
-    the entries named in ``sharded`` with DCP and the rest to ``extra.pt``::
-
-        to_save = checkpointables({"model": model, "optimizer": opt, "trainer": engine})
-        saver = ShardedSaver(out_dir / "checkpoints", sharded=["model", "optimizer"])
-        engine.add_event_handler(Events.EPOCH_COMPLETED, Checkpoint(to_save, saver))
-        ...
-        load_sharded_objects(saver.folder_of(checkpoint.last_checkpoint), to_save)
-
-    Args:
-        dirname: The folder holding one sub-folder per checkpoint.
-        sharded: Names of the entries written with DCP (models and optimizers).
-        meta_fn: Called at each save; its JSON-serialisable mapping is stored in the
-            folder's ``meta`` next to Ignite's own metadata (e.g. ``{"iteration": ...}``,
-            which :func:`find_sharded` orders by).
-        resumable_fn: Called at each save; ``False`` keeps ``sharded_latest.json`` where
-            it was (a best checkpoint taken between two save points is no resume point).
-    """
-
-    def __init__(
-        self,
-        dirname: str | os.PathLike,
-        *,
-        sharded: Any,
-        meta_fn: Any = None,
-        resumable_fn: Any = None,
-    ) -> None:
-        if isinstance(sharded, str) or not all(isinstance(n, str) for n in sharded):
-            raise TypeError(f"sharded must be a list of entry names, got {sharded!r}")
-        if meta_fn is not None and not callable(meta_fn):
-            raise TypeError(f"meta_fn must be callable or None, got {type(meta_fn).__name__}")
-        if resumable_fn is not None and not callable(resumable_fn):
-            raise TypeError(
-                f"resumable_fn must be callable or None, got {type(resumable_fn).__name__}"
-            )
-        self.dirname = Path(dirname)
-        self.sharded = list(sharded)
-        self.meta_fn = meta_fn
-        self.resumable_fn = resumable_fn
-        self.last_path: Path | None = None
-        self._evict: list[str] = []
-
-    def folder_of(self, filename: str) -> Path:
-        """The folder of Ignite's checkpoint ``filename`` (its ``.pt`` extension dropped)."""
-        name = filename[: -len(".pt")] if filename.endswith(".pt") else filename
-        return self.dirname / name
-
-    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        meta = {**dict(metadata or {}), "filename": filename}
-        if self.meta_fn is not None:
-            meta.update(self.meta_fn())
-        resumable = self.resumable_fn() if self.resumable_fn is not None else True
-        meta["resumable"] = bool(resumable)
-        if _rank() == 0:
-            self.dirname.mkdir(parents=True, exist_ok=True)
-        folder = write_sharded(
-            checkpoint, self.folder_of(filename), sharded=self.sharded, meta=meta
-        )
-        self.last_path = folder
-        if _rank() == 0:
-            if resumable:
-                _write_latest(self.dirname, folder)
-            # evict only now that the new folder is complete (see remove)
-            for name in self._evict:
-                if self.folder_of(name) != folder:
-                    shutil.rmtree(self.folder_of(name), ignore_errors=True)
-        self._evict.clear()
-        _barrier()
-
-    def remove(self, filename: str) -> None:
-        """Evict ``filename`` after the next successful save, not now.
-
-        Ignite's ``Checkpoint`` calls ``remove`` *before* writing the new checkpoint:
-        with ``n_saved=1`` a failed write (disk full, a kill) would leave none at all.
-        """
-        self._evict.append(filename)
-
-
-def _write_latest(dirname: Path, folder: Path) -> None:
-    """Point ``dirname/sharded_latest.json`` at ``folder`` (complete), atomically."""
-    path = dirname / LATEST
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    text = json.dumps({"folder": folder.name}).encode()
-    _write_file(tmp, lambda f: f.write(text))
-    os.replace(tmp, path)
-
 
 # -- loading -------------------------------------------------------------------------
 
@@ -484,12 +110,12 @@ def read_sharded_meta(folder: str | os.PathLike) -> dict[str, Any]:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is corrupted: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an ignitrain sharded checkpoint description")
-    if doc.get("version", 0) > _VERSION:
+    if doc.get("version", 0) > VERSION:
         raise CheckpointError(
             f"{path} has format version {doc['version']}; this ignitrain reads up to "
-            f"{_VERSION}: upgrade ignitrain"
+            f"{VERSION}: upgrade ignitrain"
         )
     return doc
 
@@ -541,10 +167,10 @@ def load_sharded_objects(
         raise CheckpointError(
             f"Sharded checkpoint {folder} has no {missing}; it holds {sorted(saved)}"
         )
-    if doc["world_size"] != _world_size():
+    if doc["world_size"] != idist.get_world_size():
         warnings.warn(
             f"Sharded checkpoint {folder} was written by {doc['world_size']} process(es) and "
-            f"is loaded by {_world_size()}: its tensors are resharded; the data order and "
+            f"is loaded by {idist.get_world_size()}: its tensors are resharded; the data order and "
             "per-rank RNG streams of the saved run do not carry over exactly",
             UserWarning,
             stacklevel=3,
@@ -565,11 +191,11 @@ def read_extra(folder: Path) -> dict[str, Any]:
     Raises:
         CheckpointError: the file is missing, does not load safely or holds no dict.
     """
-    path = folder / _EXTRA
+    path = folder / EXTRA
     try:
         extra = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"Sharded checkpoint {folder} has no {_EXTRA}") from None
+        raise CheckpointError(f"Sharded checkpoint {folder} has no {EXTRA}") from None
     except Exception as exc:
         raise CheckpointError(
             f"{path} does not load with torch.load(weights_only=True): {exc}"
@@ -592,39 +218,53 @@ def _load_extra(folder: Path, objects: Mapping[str, Any]) -> None:
 
 
 def find_sharded(path: str | os.PathLike) -> Path:
-    """The sharded checkpoint folder ``path`` names: the folder itself, or in ``path`` or
-    ``path/checkpoints`` (a run directory) the one ``sharded_latest.json`` names, else the
-    newest complete one (by ``meta["iteration"]``, then modification time).
+    """The sharded checkpoint folder ``path`` names: the folder itself, or the newest
+    resume point (:func:`latest_sharded`) of ``path`` or of ``path/checkpoints`` (a run
+    directory).
     """
     path = Path(path)
     if is_sharded_checkpoint(path):
         return path
-    bases = [b for b in (path, path / "checkpoints") if b.is_dir()]
-    for base in bases:
-        latest = _read_latest(base)
-        if latest is not None:
-            return latest
-    candidates = [
-        p
-        for base in bases
-        for p in base.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and is_sharded_checkpoint(p)
-    ]
-    if not candidates:
-        raise CheckpointError(
-            f"{path} is neither a sharded checkpoint folder nor a run directory holding one "
-            f"(no folder with {SHARDED_MARKER} in it or in its checkpoints/)"
-        )
-
-    def order(p: Path) -> tuple[float, float]:
-        iteration = read_sharded_meta(p)["meta"].get("iteration")
-        it = float(iteration) if isinstance(iteration, (int, float)) else -1.0
-        return it, (p / SHARDED_MARKER).stat().st_mtime
-
-    return max(candidates, key=order)
+    for base in (path, path / "checkpoints"):
+        found = latest_sharded(base)
+        if found is not None:
+            return found
+    raise CheckpointError(
+        f"{path} is neither a sharded checkpoint folder nor a run directory holding one "
+        f"(no folder with {SHARDED_MARKER} in it or in its checkpoints/)"
+    )
 
 
-def _read_latest(base: Path) -> Path | None:
+def folder_iteration(folder: Path) -> int:
+    """The iteration a sharded folder was written at (``-1``: unknown or unreadable)."""
+    try:
+        value = read_sharded_meta(folder)["meta"].get("iteration", -1)
+    except CheckpointError:
+        return -1
+    return int(value) if isinstance(value, int) else -1
+
+
+def latest_sharded(dirname: str | os.PathLike) -> Path | None:
+    """The newest complete resume folder of a checkpoint directory: the one
+    ``sharded_latest.json`` names, else (no or a broken pointer) the highest iteration
+    among the resumable folders; ``None`` when there is none."""
+    dirname = Path(dirname)
+    if not dirname.is_dir():
+        return None
+    pointed = read_latest(dirname)
+    if pointed is not None:
+        return pointed
+    folders = []
+    for path in dirname.iterdir():
+        if path.is_dir() and not path.name.startswith(".") and is_sharded_checkpoint(path):
+            meta = read_sharded_meta(path)["meta"]
+            if meta.get("resumable", True):
+                folders.append(path)
+    return max(folders, key=lambda p: (folder_iteration(p), p.stat().st_mtime_ns), default=None)
+
+
+def read_latest(base: Path) -> Path | None:
+    """The complete folder ``base/sharded_latest.json`` names (``None``: none, or broken)."""
     try:
         name = json.loads((base / LATEST).read_text())["folder"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -651,7 +291,7 @@ def consolidated_state_dict(folder: str | os.PathLike, key: str = "model") -> di
             f"{doc['sharded']}"
         )
     metadata = read_metadata(folder / ".metadata")
-    if _distributed() and dist.get_rank() != 0:
+    if idist.get_rank() != 0:
         raise RuntimeError("consolidated_state_dict runs on one process: call it on rank 0")
     prefix = f"{key}."
     flat: dict[str, Any] = {}
@@ -675,7 +315,12 @@ def export_model(
     weights = consolidated_state_dict(folder, key)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    _write_file(tmp, lambda f: torch.save(weights, f))
-    os.replace(tmp, out)
+    tmp = temp_path(out)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(weights, f)
+        commit_temp(tmp, out)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
     return out

@@ -9,8 +9,8 @@ Works on any Ignite ``Engine``. The parts, from the bottom up:
 * :func:`build_payload` / :func:`load_objects` / :func:`load_checkpoint`: what goes in a
   file (``state_dict`` of each object, plus plain metadata) and how it goes back, all
   checked before anything is loaded.
-* :class:`CheckpointStore`: a directory of checkpoints with a naming scheme, a
-  background commit and a ``latest`` pointer.
+* :class:`CheckpointDir` / :class:`CheckpointStore`: a directory of checkpoints read
+  (files, marks, the ``latest`` one) and written (naming, background commit, pointer).
 * :func:`attach_checkpoints`: Ignite's own ``Checkpoint`` objects (periodic, best, last,
   preempt) with :class:`DurableSaver`, a ``BaseSaveHandler`` writing through the store.
 
@@ -64,12 +64,8 @@ reads it without widening torch's safe globals. RNG states are stored as tensors
 lists (:class:`RNGState`), never as numpy objects.
 """
 
-from ignitrain.handlers.checkpoint.adapter import (
-    CheckpointHandler,
-    DurableSaver,
-    attach_checkpoints,
-    nan_safe_score,
-)
+from ignitrain.handlers.checkpoint.adapter import CheckpointHandler
+from ignitrain.handlers.checkpoint.attach import attach_checkpoints
 from ignitrain.handlers.checkpoint.files import IN_MEMORY_LIMIT, save_atomic
 from ignitrain.handlers.checkpoint.format import (
     FORMAT_KEY,
@@ -80,16 +76,22 @@ from ignitrain.handlers.checkpoint.format import (
     as_payload,
     saved_states,
 )
+from ignitrain.handlers.checkpoint.latest import latest_checkpoint, latest_in, load_checkpoint
+from ignitrain.handlers.checkpoint.listing import CheckpointDir
 from ignitrain.handlers.checkpoint.loading import safe_load
+from ignitrain.handlers.checkpoint.options import CheckpointOptions
 from ignitrain.handlers.checkpoint.payload import build_payload, payload_from_states, safe_state
-from ignitrain.handlers.checkpoint.restore import latest_in, load_checkpoint, load_objects
+from ignitrain.handlers.checkpoint.restore import load_objects
 from ignitrain.handlers.checkpoint.rng import RNGState, capture_rng_state, restore_rng_state
+from ignitrain.handlers.checkpoint.saver import DurableSaver, nan_safe_score
 from ignitrain.handlers.checkpoint.store import CheckpointStore, best_tag
 from ignitrain.handlers.modes import infer_mode
 
 __all__ = [
+    "CheckpointDir",
     "CheckpointError",
     "CheckpointHandler",
+    "CheckpointOptions",
     "CheckpointStore",
     "DurableSaver",
     "FORMAT_KEY",
@@ -104,6 +106,7 @@ __all__ = [
     "build_payload",
     "capture_rng_state",
     "infer_mode",
+    "latest_checkpoint",
     "latest_in",
     "load_checkpoint",
     "load_objects",

@@ -1,191 +1,40 @@
-"""Ignite's ``Checkpoint`` objects with ignitrain's save handler, and when they run."""
+"""When Ignite's ``Checkpoint`` objects run, on which weights, and what they are told."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
-import os
-import re
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
-import torch
 from ignite.engine import Engine, Events
-from ignite.handlers.checkpoint import BaseSaveHandler, Checkpoint
-from torch import nn
+from ignite.handlers.checkpoint import Checkpoint
 
+from ignitrain.handlers.checkpoint import sharded_run
 from ignitrain.handlers.checkpoint.format import KINDS
-from ignitrain.handlers.checkpoint.payload import (
-    _check_objects,
-    build_payload,
-    payload_from_states,
-    safe_state,
+from ignitrain.handlers.checkpoint.options import CheckpointOptions
+from ignitrain.handlers.checkpoint.payload import build_payload
+from ignitrain.handlers.checkpoint.saver import (
+    DurableSaver,
+    SavedState,
+    nan_safe_score,
+    parse_saved,
 )
-from ignitrain.handlers.checkpoint.store import CheckpointStore, _safe_tag_part, best_tag
+from ignitrain.handlers.checkpoint.store import CheckpointStore, best_tag, safe_tag_part
+from ignitrain.handlers.checkpoint.weights import non_finite, signature, weight_modules
 from ignitrain.handlers.modes import resolve_mode
 
-__all__ = ["CheckpointHandler", "DurableSaver", "attach_checkpoints", "nan_safe_score"]
-
-
-class _Saved:
-    """What Ignite's ``Checkpoint`` calls ``state_dict()`` on: the object's safe state.
-
-    Models unwrapped (DDP, DataParallel, ``torch.compile``), engines' numpy RNG states as
-    tensors, everything checked to load with ``weights_only=True``.
-    """
-
-    def __init__(self, name: str, obj: Any):
-        self.name, self.obj = name, obj
-
-    def state_dict(self) -> Any:
-        return safe_state(self.obj, self.name)
-
-
-class DurableSaver(BaseSaveHandler):
-    """Ignite save handler writing through a :class:`CheckpointStore`.
-
-    Keeps the store's guarantees (temp file, fsync, rename, directory fsync, the
-    background commit, a ``latest`` pointer naming only complete files) and fixes one
-    defect of Ignite's ``Checkpoint``: it calls ``remove(old)`` *before* writing the new
-    file, so with ``DiskSaver`` and ``n_saved=1`` a failed write (disk full) leaves no
-    checkpoint at all. Here ``remove`` only records the name; the file goes once the next
-    one is durable, and a failed write keeps it.
-
-    Args:
-        store: Where files go (and which rank writes).
-        kind: One of :data:`KINDS`, recorded in the file.
-        names: The saved objects' names (Ignite unwraps a single object's state).
-        extra_fn: Returns the metadata merged into each file.
-        link_fn: Returns a file already holding this very state, to link instead of
-            serialising again (a periodic and a best checkpoint of the same moment).
-        resumable_fn: Whether the file may become the ``latest`` resume point.
-    """
-
-    def __init__(
-        self,
-        store: CheckpointStore,
-        kind: str,
-        names: list[str],
-        *,
-        extra_fn: Callable[[], Mapping[str, Any]] | None = None,
-        link_fn: Callable[[], Path | None] | None = None,
-        resumable_fn: Callable[[], bool] | None = None,
-    ):
-        self.store, self.kind, self.names = store, kind, list(names)
-        self.extra_fn, self.link_fn, self.resumable_fn = extra_fn, link_fn, resumable_fn
-        self.last_path: Path | None = None
-        self._evicted: list[str] = []
-
-    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        states = {self.names[0]: checkpoint} if len(self.names) == 1 else dict(checkpoint)
-        evicted, self._evicted = self._evicted, []
-        score = (metadata or {}).get("priority") if self.kind == "best" else None
-        source = self.link_fn() if self.link_fn is not None else None
-        if source is not None:
-            self.last_path = self.store.link(
-                source, filename, self.kind, score=score, remove=evicted
-            )
-            return
-        extra = dict(self.extra_fn()) if self.extra_fn is not None else {}
-        payload = payload_from_states(states, extra)
-        resumable = self.resumable_fn() if self.resumable_fn is not None else True
-        self.last_path = self.store.write(
-            payload, filename, self.kind, score=score, remove=evicted, resumable=resumable
-        )
-
-    def remove(self, filename: str) -> None:
-        """Evict ``filename`` once the next checkpoint is durable (not now)."""
-        self._evicted.append(filename)
-
-
-def nan_safe_score(value_fn: Callable[[Engine], float], sign: float) -> Callable[[Engine], float]:
-    """A ``score_function`` for Ignite's ``Checkpoint`` that never ranks NaN as best.
-
-    Ignite's ``Checkpoint`` keeps a NaN score (fewer than ``n_saved`` files), then
-    compares ``new > nan`` (always False): with ``n_saved=1`` a first NaN blocks every
-    later best. NaN here scores ``-inf`` (and :class:`CheckpointHandler` does not even
-    call the best ``Checkpoint`` on a NaN metric, nor when the weights hold NaN/Inf,
-    so non-finite weights never become best).
-    """
-
-    def score(engine: Engine) -> float:
-        value = float(value_fn(engine))
-        return -math.inf if math.isnan(value) else sign * value
-
-    return score
-
-
-def _signature(modules: list[nn.Module]) -> tuple:
-    # Every in-place update (optimizer step, load_state_dict, BatchNorm statistics)
-    # bumps a tensor's version counter, and a replaced ``.data`` changes the storage:
-    # equal signatures mean the same weights. The storages are compared as a set, so an
-    # exchange of storages between the model and its EMA copy (``EMAState.swapped``,
-    # around an ``ema/*`` evaluation) reads as unchanged, as it is once restored.
-    tensors = [t for m in modules for t in itertools.chain(m.parameters(), m.buffers())]
-    return tuple(sorted(t.data_ptr() for t in tensors)), tuple(t._version for t in tensors)
-
-
-def _non_finite(modules: list[nn.Module]) -> list[str]:
-    """Names of the floating-point parameters/buffers holding NaN or Inf.
-
-    Paid only when a best checkpoint is decided. NaN/Inf propagate through a sum, so
-    one sum per tensor and a single device sync decide (measured on a loaded CPU, 26M
-    parameters: 16 ms, against 147 ms for ``isfinite`` of every element and 151 ms
-    to serialise them); only when a sum is not finite (or overflowed) does the exact
-    per-element check run, to name the tensors.
-    """
-    named = [
-        (f"{type(m).__name__}.{n}", t)
-        for m in modules
-        for n, t in itertools.chain(m.named_parameters(), m.named_buffers())
-        if t.is_floating_point()
-    ]
-    if not named:
-        return []
-    # a sharded (FSDP) tensor is checked on this rank's shard: no collective here
-    local = [getattr(t, "to_local", lambda t=t: t)().detach() for _, t in named]
-    sums = [t.sum(dtype=torch.float32 if t.element_size() < 4 else None) for t in local]
-    if bool(torch.stack([v.to(sums[0].device) for v in sums]).isfinite().all()):
-        return []
-    return [name for (name, _), t in zip(named, local, strict=True) if not t.isfinite().all()]
-
-
-def _weight_modules(objects: Mapping[str, Any]) -> list[nn.Module]:
-    """The modules whose weights a checkpoint holds: each ``nn.Module`` object, and
-    the ``checkpoint_modules`` an object declares (the EMA copy of a model)."""
-    modules = [o for o in objects.values() if isinstance(o, nn.Module)]
-    for obj in objects.values():
-        modules.extend(getattr(obj, "checkpoint_modules", ()))
-    return modules
-
-
-_NAME_STEP = re.compile(r"_(?:iter(\d+)|epoch(\d+))\.pt$")
-
-
-def _parse_saved(name: str, kind: str, prefix: str, metric_tag: str | None, sign: float):
-    """Ignite's priority of an existing file, from its name (``None``: not ours)."""
-    match = _NAME_STEP.search(name)
-    if match is None:
-        return None
-    if kind != "best":
-        return int(match.group(1) or match.group(2))
-    head = f"{prefix}_best_{metric_tag}="
-    if metric_tag is None or not name.startswith(head):
-        return None
-    try:
-        return sign * float(name[len(head) : name.rindex("_iter")])
-    except ValueError:
-        return None
+__all__ = ["CheckpointHandler"]
 
 
 class CheckpointHandler:
     """Ignite ``Checkpoint`` objects (periodic, best, last, preempt) and when they run.
 
-    Created by :func:`attach_checkpoints`, which documents the events. ``checkpoints``
+    Created by :func:`~ignitrain.handlers.checkpoint.attach_checkpoints`, which
+    documents the events. ``checkpoints``
     holds the four Ignite ``Checkpoint`` objects by kind; ``last_path`` is the most
     recent file written.
     """
@@ -195,33 +44,28 @@ class CheckpointHandler:
         engine: Engine,
         objects: Mapping[str, Any],
         store: CheckpointStore,
+        options: CheckpointOptions,
         *,
-        save_every: int,
-        evaluator: Engine | None,
-        best_metric: str | None,
-        best_mode: str | None,
-        save_best: bool,
-        save_last: bool,
-        extra_fn: Callable[[], Mapping[str, Any]] | None,
-        accumulation_steps: int = 1,
-        sharded: bool = False,
+        evaluator: Engine | None = None,
+        extra_fn: Callable[[], Mapping[str, Any]] | None = None,
     ):
-        self.engine = engine
-        self.sharded = sharded  # issue 14: FSDP, folders by ignitrain.handlers.sharded_run
-        self.accumulation_steps = accumulation_steps
-        self.objects = dict(objects)
-        self.store = store
-        self.save_every = save_every
-        self.evaluator = evaluator
-        self.best_metric = best_metric
-        self.best_enabled = bool(save_best and evaluator is not None and best_metric is not None)
-        self.best_mode = resolve_mode(best_metric, best_mode) if best_metric is not None else None
-        self.save_last = save_last
-        self.extra_fn = extra_fn
+        self.engine, self.objects, self.store = engine, dict(objects), store
+        self.options, self.evaluator, self.extra_fn = options, evaluator, extra_fn
+        self.sharded = options.sharded  # issue 14: FSDP, folders by sharded_run
+        self.save_every = options.save_every
+        self.best_metric = options.best_metric
+        self.best_enabled = bool(
+            options.save_best and evaluator is not None and options.best_metric is not None
+        )
+        self.best_mode = (
+            resolve_mode(options.best_metric, options.best_mode)
+            if options.best_metric is not None
+            else None
+        )
         self.metrics: dict[str, Any] = {}
         self.last_path: Path | None = None
         self._running = False
-        self._modules = _weight_modules(self.objects)
+        self._modules = weight_modules(self.objects)
         self._pending: tuple[float, int, tuple] | None = None  # best value, iteration, weights
         self._written: tuple[int, tuple, Path] | None = None  # periodic file of this moment
         self._point_at = -1  # iteration of the last save point
@@ -235,12 +79,13 @@ class CheckpointHandler:
 
     def _checkpoint(self, kind: str) -> Checkpoint:
         if self.sharded:  # issue 14: every rank writes its shard (sharded_run)
-            from ignitrain.handlers import sharded_run
-
-            to_save = sharded_run.trainer_to_save(self.objects, _Saved, self.payload_extra)
+            to_save = sharded_run.trainer_to_save(self.objects, SavedState, self.payload_extra)
             saver = sharded_run.trainer_saver(self.store.dirname, to_save, self.engine)
         else:
-            to_save = {name: _Saved(name, obj) for name, obj in self.objects.items()}
+            # a best file linked to this moment's periodic one needs no state at all
+            # (issue 16: one payload for both; Ignite asks every object first)
+            linking = self._linking if kind == "best" else None
+            to_save = {name: SavedState(name, obj, linking) for name, obj in self.objects.items()}
             saver = DurableSaver(self.store, kind, list(self.objects), extra_fn=self.payload_extra)
         step, score = self._iteration_step, None
         pattern = f"{{filename_prefix}}_{kind}_iter{{global_step:08d}}.{{ext}}"
@@ -282,19 +127,20 @@ class CheckpointHandler:
     def _best_score(self, _engine: Engine) -> float:
         return self._value
 
+    def _linking(self) -> bool:
+        return self._link is not None
+
     def _rebuild_saved(self) -> None:
         """Tell each Ignite ``Checkpoint`` the files already on disk (a resumed run)."""
         found: dict[str, list] = {kind: [] for kind in KINDS}
         if self.store.writes and self.store.dirname.is_dir():
-            tag = _safe_tag_part(self.best_metric) if self.best_metric else None
+            tag = safe_tag_part(self.best_metric) if self.best_metric else None
             sign = 1.0 if self.best_mode == "max" else -1.0
-            files = [(path.name, kind) for path, kind in self.store._files()]
+            files = [(path.name, kind) for path, kind in self.store.files()]
             if self.sharded:  # issue 14: folders, known to Ignite as "{folder}.pt"
-                from ignitrain.handlers.sharded_run import sharded_files
-
-                files = sharded_files(self.store.dirname, self.store.prefix)
+                files = sharded_run.sharded_files(self.store.dirname, self.store.prefix)
             for name, kind in files:
-                priority = _parse_saved(name, kind, self.store.prefix, tag, sign)
+                priority = parse_saved(name, kind, self.store.prefix, tag, sign)
                 if priority is not None:
                     found[kind].append((priority, name))
         if idist.get_world_size() > 1:
@@ -363,9 +209,7 @@ class CheckpointHandler:
         self._pending = self._written = None
         self.store.remove_stale_temps()
         if self.sharded:  # issue 14: the temp folders of a killed sharded save
-            from ignitrain.handlers.sharded_run import remove_stale_folders
-
-            remove_stale_folders(self.store.dirname)
+            sharded_run.remove_stale_folders(self.store.dirname)
         self._rebuild_saved()
         self._move_last()
 
@@ -384,7 +228,7 @@ class CheckpointHandler:
         if value is None:
             return
         iteration = self.engine.state.iteration
-        self._pending = (value, iteration, _signature(self._modules))
+        self._pending = (value, iteration, signature(self._modules))
         if self._point_at == iteration:
             # evaluated after this iteration's save point (e.g. from EPOCH_STARTED):
             # save now, so the file holds the evaluated weights
@@ -417,7 +261,7 @@ class CheckpointHandler:
     def _steps_due(self) -> bool:
         """Whether this iteration ends an optimizer step whose count is a multiple of
         ``save_every`` (accumulation groups restart each epoch, as in ``OptimizerStep``)."""
-        every, k = self.save_every, self.accumulation_steps
+        every, k = self.save_every, self.options.accumulation_steps
         if every <= 0:
             return False
         state = self.engine.state
@@ -435,7 +279,7 @@ class CheckpointHandler:
     def _completed(self, engine: Engine) -> None:
         try:
             self._save_point(periodic=False)
-            if self.save_last:
+            if self.options.save_last:
                 self.save_now("last")
         finally:
             self._running = False
@@ -468,7 +312,7 @@ class CheckpointHandler:
             self.checkpoints["periodic"](self.engine)
             path = self.checkpoints["periodic"].save_handler.last_path
             self.last_path = path
-            self._written = (iteration, _signature(self._modules), path)
+            self._written = (iteration, signature(self._modules), path)
         if self._pending is not None:
             self._in_point = True
             try:
@@ -479,7 +323,7 @@ class CheckpointHandler:
     def _save_best(self) -> None:
         value, iteration, weights = self._pending
         self._pending = None
-        if iteration != self.engine.state.iteration or weights != _signature(self._modules):
+        if iteration != self.engine.state.iteration or weights != signature(self._modules):
             warnings.warn(
                 f"The weights changed between the evaluation at iteration {iteration} and "
                 "its save point (a handler updated them in between): no best checkpoint "
@@ -487,7 +331,7 @@ class CheckpointHandler:
                 stacklevel=2,
             )
             return
-        bad = _non_finite(self._modules)
+        bad = non_finite(self._modules)
         if bad:
             # stop_on_nan=False trains on through NaN/Inf: a metric computed from
             # such weights can still look best (argmax of NaN logits scores accuracy)
@@ -561,136 +405,3 @@ class CheckpointHandler:
 
 
 _SAVE_EVENTS = (Events.ITERATION_COMPLETED, Events.EPOCH_COMPLETED, Events.COMPLETED)
-
-
-def attach_checkpoints(
-    engine: Engine,
-    objects: Mapping[str, Any],
-    store: CheckpointStore | str | os.PathLike,
-    *,
-    save_every: int = -1,
-    evaluator: Engine | None = None,
-    best_metric: str | None = None,
-    best_mode: str | None = None,
-    save_best: bool = True,
-    save_last: bool = True,
-    extra_fn: Callable[[], Mapping[str, Any]] | None = None,
-    accumulation_steps: int = 1,
-    sharded: bool = False,
-) -> CheckpointHandler:
-    """Save periodic, best and last checkpoints of ``objects`` while ``engine`` trains.
-
-    Works on any Ignite ``Engine`` (e.g. one from ``create_supervised_trainer``): four
-    Ignite ``Checkpoint`` objects (``handler.checkpoints``) with a :class:`DurableSaver`.
-
-    Events on ``engine`` (the save points are moved behind every other handler of their
-    event at each epoch start, so the attach order does not matter)::
-
-        ITERATION_COMPLETED  periodic when iteration % save_every == 0 -- unless it is the
-                             epoch's last iteration: that one is saved at EPOCH_COMPLETED
-        EPOCH_COMPLETED      periodic (save_every == -1: every epoch; > 0: deferred ones)
-        COMPLETED            last; also after engine.terminate()
-
-    Events on ``evaluator``: ``COMPLETED`` decides the best checkpoint (Ignite's
-    ``Checkpoint`` with a NaN-safe score) on the metrics of *that* run and the weights
-    it evaluated; the file is written at the training engine's save point that follows
-    in the same iteration (one file with the periodic one when both fall there), or at
-    once when that save point already passed.
-
-    Args:
-        engine: The training engine (any Ignite ``Engine``).
-        objects: Name -> object with ``state_dict`` (``"model"``, ``"optimizer"``,
-            ``"trainer"`` -> the engine, ``"rng"`` -> :class:`RNGState`...).
-        store: Where files go: a :class:`CheckpointStore`, or a directory for one.
-        save_every: Optimizer steps between periodic checkpoints (iterations when
-            ``accumulation_steps`` is 1); ``-1`` each epoch; ``0`` off. The file is
-            named by the iteration that completed the step.
-        evaluator: Validation engine whose ``state.metrics`` rank best checkpoints.
-        best_metric: Metric ranking best checkpoints (needed with an evaluator and
-            ``save_best``). NaN values, and weights holding NaN/Inf, never count as
-            best (a warning names the tensors).
-        best_mode: ``"min"``/``"max"``; ``None`` infers it (:func:`infer_mode`).
-        save_best: Keep the ``store.n_saved`` best checkpoints.
-        save_last: Write a ``last`` checkpoint when ``engine`` completes.
-        extra_fn: Returns extra metadata at each save (``"config"``,
-            ``"model_description"``...).
-        accumulation_steps: Micro-batches per optimizer step (``save_every`` counts
-            steps: an accumulation group ends at ``k`` micro-batches or the epoch's end).
-        sharded: Write each checkpoint as a sharded DCP folder from every rank (FSDP
-            models; see :mod:`ignitrain.handlers.sharded_run`). ``store`` must not
-            commit in the background then.
-
-    Returns:
-        The :class:`CheckpointHandler` (``checkpoints``, ``save_now``, ``detach``,
-        ``last_path``).
-
-    Raises:
-        TypeError, ValueError: A bad argument, named with what is allowed.
-
-    Example:
-        >>> attach_checkpoints(trainer, {"model": net, "optimizer": opt, "trainer": trainer,
-        ...                    "rng": RNGState()}, "runs/x/checkpoints", evaluator=evaluator,
-        ...                    best_metric="accuracy")  # doctest: +SKIP
-    """
-    if not isinstance(engine, Engine):
-        raise TypeError(f"Argument engine={engine!r} is not allowed: expected an Ignite Engine")
-    _check_objects(objects, need="state_dict")
-    if not objects:
-        raise ValueError("Argument objects={} is not allowed: expected at least one object")
-    if isinstance(store, (str, os.PathLike)):
-        store = CheckpointStore(store)
-    if not isinstance(store, CheckpointStore):
-        raise TypeError(
-            f"Argument store={store!r} is not allowed: expected a CheckpointStore or a directory"
-        )
-    if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < -1:
-        raise ValueError(
-            f"Argument save_every={save_every!r} is not allowed: expected N > 0 iterations, "
-            "-1 (each epoch) or 0 (off)"
-        )
-    if evaluator is not None and not isinstance(evaluator, Engine):
-        raise TypeError(
-            f"Argument evaluator={evaluator!r} is not allowed: expected an Ignite Engine or None"
-        )
-    if best_metric is not None and not isinstance(best_metric, str):
-        raise TypeError(f"Argument best_metric={best_metric!r} is not allowed: expected a str")
-    if save_best and evaluator is not None and best_metric is None:
-        raise ValueError(
-            "Argument best_metric=None is not allowed with an evaluator and save_best=True: "
-            "name the metric that ranks checkpoints"
-        )
-    if best_mode is not None and best_mode not in ("min", "max"):
-        raise ValueError(
-            f"Argument best_mode={best_mode!r} is not allowed: expected 'min', 'max' or None"
-        )
-    if extra_fn is not None and not callable(extra_fn):
-        raise TypeError(f"Argument extra_fn={extra_fn!r} is not allowed: expected a callable")
-    if (
-        isinstance(accumulation_steps, bool)
-        or not isinstance(accumulation_steps, int)
-        or accumulation_steps < 1
-    ):
-        raise ValueError(
-            f"Argument accumulation_steps={accumulation_steps!r} is not allowed: expected an "
-            "integer >= 1"
-        )
-    if sharded and store.background:  # issue 14: DCP's save is a collective
-        raise ValueError(
-            "Argument sharded=True is not allowed with a background store: sharded "
-            "checkpoints are written on every rank's training thread"
-        )
-    handler = CheckpointHandler(
-        engine,
-        objects,
-        store,
-        save_every=save_every,
-        evaluator=evaluator,
-        best_metric=best_metric,
-        best_mode=best_mode,
-        save_best=save_best,
-        save_last=save_last,
-        extra_fn=extra_fn,
-        accumulation_steps=accumulation_steps,
-        sharded=bool(sharded),
-    )
-    return handler.attach()

@@ -15,6 +15,7 @@ __all__ = [
     "FORMAT_VERSION",
     "KINDS",
     "OBJECTS_KEY",
+    "RESERVED_KEYS",
     "as_payload",
     "saved_states",
 ]
@@ -25,7 +26,8 @@ FORMAT_VERSION = 2
 #: Names of the saved objects in a version-2 file (the other top-level keys are metadata).
 OBJECTS_KEY = "ignitrain_objects"
 KINDS = ("periodic", "best", "last", "preempt")
-_RESERVED_KEYS = (FORMAT_KEY, OBJECTS_KEY, "checkpoint")
+#: Top-level keys no saved object or metadata may use.
+RESERVED_KEYS = (FORMAT_KEY, OBJECTS_KEY, "checkpoint")
 
 
 def _upgrade_v1(obj: dict, source: str) -> dict:

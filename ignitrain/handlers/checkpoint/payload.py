@@ -11,30 +11,40 @@ import torch
 from ignite.engine import Engine
 from torch import nn
 
+from ignitrain.describe import unwrap
 from ignitrain.handlers.checkpoint.format import (
-    _RESERVED_KEYS,
     FORMAT_KEY,
     FORMAT_VERSION,
     OBJECTS_KEY,
+    RESERVED_KEYS,
     CheckpointError,
 )
 from ignitrain.handlers.checkpoint.rng import (
-    _numpy_rng_from_safe,
-    _numpy_rng_to_safe,
-    _python_rng_from_safe,
-    _python_rng_to_safe,
+    numpy_rng_from_safe,
+    numpy_rng_to_safe,
+    python_rng_from_safe,
+    python_rng_to_safe,
 )
 
-__all__ = ["build_payload", "payload_from_states", "safe_state"]
+__all__ = [
+    "PLAIN_LEAVES",
+    "build_payload",
+    "check_objects",
+    "engine_state_back",
+    "make_safe",
+    "payload_from_states",
+    "safe_state",
+]
 
 
 # Exact types: subclasses (IntEnum, str enums, namedtuples) pickle by class reference,
 # which weights_only loading refuses.
-_PLAIN_LEAVES = (str, bytes, bytearray, bool, int, float, complex, type(None))
+PLAIN_LEAVES = (str, bytes, bytearray, bool, int, float, complex, type(None))
+_PLAIN_TYPES = frozenset(PLAIN_LEAVES)
 _TORCH_LEAVES = (torch.Tensor, torch.dtype, torch.device, torch.Size)
 
 
-def _make_safe(obj: Any, where: str, *, arrays_to_tensors: bool) -> Any:
+def make_safe(obj: Any, where: str, *, arrays_to_tensors: bool) -> Any:
     """Return ``obj`` with numpy scalars made Python scalars; refuse what weights_only can't read.
 
     Containers are copied only when something inside changed, so a module's
@@ -42,7 +52,7 @@ def _make_safe(obj: Any, where: str, *, arrays_to_tensors: bool) -> Any:
     """
     if isinstance(obj, np.generic):
         return obj.item()
-    if type(obj) in _PLAIN_LEAVES or isinstance(obj, _TORCH_LEAVES):
+    if type(obj) in _PLAIN_TYPES or isinstance(obj, _TORCH_LEAVES):
         return obj
     if isinstance(obj, np.ndarray):
         if arrays_to_tensors:
@@ -55,7 +65,7 @@ def _make_safe(obj: Any, where: str, *, arrays_to_tensors: bool) -> Any:
         if type(obj) not in (dict, OrderedDict, Counter):
             obj = dict(obj)  # defaultdict and other dict subclasses load back as dict
         items = {
-            k: _make_safe(v, f"{where}[{k!r}]", arrays_to_tensors=arrays_to_tensors)
+            k: make_safe(v, f"{where}[{k!r}]", arrays_to_tensors=arrays_to_tensors)
             for k, v in obj.items()
         }
         if all(items[k] is obj[k] for k in obj):
@@ -65,8 +75,11 @@ def _make_safe(obj: Any, where: str, *, arrays_to_tensors: bool) -> Any:
             out._metadata = obj._metadata
         return out
     if type(obj) in (list, tuple, set):
+        # long series of plain numbers (History) are checked in one pass, not per call
+        if all(type(v) in _PLAIN_TYPES for v in obj):
+            return obj
         items = [
-            _make_safe(v, f"{where}[{i}]", arrays_to_tensors=arrays_to_tensors)
+            make_safe(v, f"{where}[{i}]", arrays_to_tensors=arrays_to_tensors)
             for i, v in enumerate(obj)
         ]
         if all(a is b for a, b in zip(items, obj)):
@@ -79,53 +92,40 @@ def _make_safe(obj: Any, where: str, *, arrays_to_tensors: bool) -> Any:
     )
 
 
-def _unwrap_module(module: nn.Module) -> nn.Module:
-    """The model inside DDP / DataParallel / torch.compile wrappers."""
-    while True:
-        if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            module = module.module
-        elif type(module).__name__ == "OptimizedModule" and isinstance(
-            getattr(module, "_orig_mod", None), nn.Module
-        ):
-            module = module._orig_mod
-        else:
-            return module
-
-
 def _engine_state(engine: Engine) -> dict:
     state = dict(engine.state_dict())
     # DeterministicEngine keeps [python, torch, numpy] RNG states; numpy's is an ndarray.
     rng = state.get("rng_states")
     if isinstance(rng, (list, tuple)) and len(rng) == 3:
         state["rng_states"] = {
-            "python": _python_rng_to_safe(rng[0]),
+            "python": python_rng_to_safe(rng[0]),
             "torch": rng[1].cpu(),
-            "numpy": _numpy_rng_to_safe(rng[2]),
+            "numpy": numpy_rng_to_safe(rng[2]),
         }
     return state
 
 
-def _engine_state_back(state: Mapping[str, Any]) -> dict:
+def engine_state_back(state: Mapping[str, Any]) -> dict:
     state = dict(state)
     rng = state.get("rng_states")
     if isinstance(rng, Mapping) and {"python", "torch", "numpy"} <= set(rng):
         state["rng_states"] = [
-            _python_rng_from_safe(rng["python"]),
+            python_rng_from_safe(rng["python"]),
             rng["torch"],
-            _numpy_rng_from_safe(rng["numpy"]),
+            numpy_rng_from_safe(rng["numpy"]),
         ]
     return state
 
 
 def _state_of(obj: Any) -> Any:
     if isinstance(obj, nn.Module):
-        return _unwrap_module(obj).state_dict()
+        return unwrap(obj).state_dict()
     if isinstance(obj, Engine):
         return _engine_state(obj)
     return obj.state_dict()
 
 
-def _check_objects(objects: Any, *, need: str) -> None:
+def check_objects(objects: Any, *, need: str) -> None:
     if not isinstance(objects, Mapping):
         raise TypeError(
             f"Argument objects={objects!r} is not allowed: expected a dict of name -> object "
@@ -164,7 +164,7 @@ def build_payload(objects: Mapping[str, Any], extra: Mapping[str, Any] | None = 
         ValueError: ``extra`` uses a reserved key.
         CheckpointError: A state holds something weights_only loading would refuse.
     """
-    _check_objects(objects, need="state_dict")
+    check_objects(objects, need="state_dict")
     return payload_from_states(
         {name: safe_state(obj, name) for name, obj in objects.items()}, extra
     )
@@ -176,7 +176,7 @@ def safe_state(obj: Any, name: str) -> Any:
     Raises:
         CheckpointError: The state holds something weights_only loading would refuse.
     """
-    return _make_safe(_state_of(obj), f"state[{name!r}]", arrays_to_tensors=False)
+    return make_safe(_state_of(obj), f"state[{name!r}]", arrays_to_tensors=False)
 
 
 def payload_from_states(states: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict:
@@ -184,7 +184,7 @@ def payload_from_states(states: Mapping[str, Any], extra: Mapping[str, Any] | No
     extra = {} if extra is None else extra
     if not isinstance(extra, Mapping):
         raise TypeError(f"Argument extra={extra!r} is not allowed: expected a dict or None")
-    reserved = [k for k in [*extra, *states] if k in _RESERVED_KEYS]
+    reserved = [k for k in [*extra, *states] if k in RESERVED_KEYS]
     if reserved:
         raise ValueError(f"Argument extra uses reserved key(s) {reserved}: choose other names")
     clash = [k for k in extra if k in states]
@@ -192,5 +192,5 @@ def payload_from_states(states: Mapping[str, Any], extra: Mapping[str, Any] | No
         raise ValueError(
             f"Argument extra uses key(s) {clash} that name saved objects: choose other names"
         )
-    meta = {k: _make_safe(v, f"extra[{k!r}]", arrays_to_tensors=True) for k, v in extra.items()}
+    meta = {k: make_safe(v, f"extra[{k!r}]", arrays_to_tensors=True) for k, v in extra.items()}
     return {FORMAT_KEY: FORMAT_VERSION, OBJECTS_KEY: list(states), **states, **meta}

@@ -4,28 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine
 from torch import nn
 
-from ignitrain.handlers.checkpoint.format import (
-    CheckpointError,
-    as_payload,
-    saved_states,
-)
-from ignitrain.handlers.checkpoint.loading import safe_load
-from ignitrain.handlers.checkpoint.payload import _check_objects, _engine_state_back, _unwrap_module
-from ignitrain.handlers.checkpoint.rng import RNGState, _rng_problems
-from ignitrain.handlers.checkpoint.store import CheckpointStore
+from ignitrain.describe import unwrap
+from ignitrain.handlers.checkpoint.format import CheckpointError, as_payload, saved_states
+from ignitrain.handlers.checkpoint.payload import check_objects, engine_state_back
+from ignitrain.handlers.checkpoint.rng import RNGState, rng_problems
 
-__all__ = ["latest_in", "load_checkpoint", "load_objects"]
+__all__ = ["load_objects"]
 
 
 _PREFIXES = ("module.", "_orig_mod.")
@@ -67,7 +60,7 @@ def _match_prefixes(stored: Mapping[str, Any], expected: set[str]) -> Mapping[st
 
 
 def _module_problems(name: str, module: nn.Module, stored: Any, strict: bool):
-    target = _unwrap_module(module)
+    target = unwrap(module)
     if not isinstance(stored, Mapping):
         return None, [f"{name!r}: expected a model state_dict, found {type(stored).__name__}"]
     own = target.state_dict()
@@ -234,7 +227,7 @@ def load_objects(
         TypeError: ``objects`` is not a dict of loadable objects.
         CheckpointError: Listing every problem found, naming ``source``.
     """
-    _check_objects(objects, need="load_state_dict")
+    check_objects(objects, need="load_state_dict")
     payload = as_payload(payload, source)
     saved = saved_states(payload)
     problems: list[str] = []
@@ -259,9 +252,9 @@ def load_objects(
             problems += found or _trial_load_problems(name, obj, stored)
         elif isinstance(obj, Engine):
             problems += _engine_problems(name, obj, stored)
-            stored = _engine_state_back(stored) if isinstance(stored, Mapping) else stored
+            stored = engine_state_back(stored) if isinstance(stored, Mapping) else stored
         elif isinstance(obj, RNGState):
-            problems += [f"{name!r}: {p}" for p in _rng_problems(stored)]
+            problems += [f"{name!r}: {p}" for p in rng_problems(stored)]
         plan.append((name, obj, stored))
     if problems:
         raise CheckpointError(
@@ -286,7 +279,7 @@ def _apply(plan: list[tuple[str, Any, Any]], strict: bool, source: str) -> None:
         snapshot = _snapshot(obj) if rank((name, obj, stored)) == 0 else None
         try:
             if isinstance(obj, nn.Module):
-                _unwrap_module(obj).load_state_dict(stored, strict=strict)
+                unwrap(obj).load_state_dict(stored, strict=strict)
             else:
                 obj.load_state_dict(stored)
         except Exception as e:
@@ -299,75 +292,3 @@ def _apply(plan: list[tuple[str, Any, Any]], strict: bool, source: str) -> None:
                 "objects loaded before it were restored"
             ) from e
         done.append((obj, snapshot))
-
-
-def load_checkpoint(
-    path: str | os.PathLike,
-    model: nn.Module | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-    *,
-    strict: bool = True,
-    **objects: Any,
-) -> dict:
-    """Load a checkpoint file into a model, optimizer and any other named objects.
-
-    The file is read with ``torch.load(weights_only=True)`` only. ``model`` is loaded
-    from the state named ``"model"`` and ``optimizer`` from ``"optimizer"``; pass other
-    states by their names (``generator=G, discriminator=D``, ``scheduler=...``).
-
-    Args:
-        path: The checkpoint file, or a run directory (or its ``checkpoints/``) for
-            its newest valid checkpoint; a sharded (FSDP) folder, or a run directory
-            whose newest checkpoint is one, loads on one process into ordinary objects
-            (``ignitrain.handlers.sharded_run.load_trainer_sharded``).
-        model: Model to load the ``"model"`` state into (wrapped or not).
-        optimizer: Optimizer to load the ``"optimizer"`` state into.
-        strict: See :func:`load_objects`.
-        **objects: More name -> object pairs.
-
-    Returns:
-        The payload: read ``payload["config"]``, ``payload["metrics"]``,
-        ``payload["model_description"]``, ``payload["iteration"]``.
-
-    Raises:
-        CheckpointError: The file is unreadable or does not fit the objects; nothing
-            is loaded then.
-
-    Example:
-        >>> payload = load_checkpoint("runs/x/checkpoints/checkpoint_last_iter00001000.pt",
-        ...                           model=net)  # doctest: +SKIP
-        >>> payload["metrics"]  # doctest: +SKIP
-    """
-    targets: dict[str, Any] = {}
-    if model is not None:
-        targets["model"] = model
-    if optimizer is not None:
-        targets["optimizer"] = optimizer
-    targets.update(objects)
-    if Path(path).is_dir():
-        # issue 14: a sharded folder (FSDP) or the newest resume point, file or folder
-        from ignitrain.handlers.sharded import is_sharded_checkpoint
-        from ignitrain.handlers.sharded_run import latest_checkpoint, load_trainer_sharded
-
-        found = Path(path) if is_sharded_checkpoint(path) else latest_checkpoint(path)
-        if found is not None and is_sharded_checkpoint(found):
-            return load_trainer_sharded(found, targets, strict=strict)
-        path = latest_in(path)
-    payload = safe_load(path)
-    if targets:
-        load_objects(targets, payload, strict=strict, source=str(path))
-    return payload
-
-
-def latest_in(directory: str | os.PathLike) -> Path:
-    """The newest valid checkpoint of a run directory (or of its ``checkpoints/``).
-
-    Raises:
-        CheckpointError: The directory holds no valid checkpoint.
-    """
-    directory = Path(directory)
-    ckpt_dir = directory / "checkpoints" if (directory / "checkpoints").is_dir() else directory
-    found = CheckpointStore(ckpt_dir).latest_path()
-    if found is None:
-        raise CheckpointError(f"No valid checkpoint in {str(ckpt_dir)!r}")
-    return found

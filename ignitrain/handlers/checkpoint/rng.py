@@ -12,20 +12,32 @@ import torch
 from ignitrain.distributed import own_rank_state, with_rank_states
 from ignitrain.handlers.checkpoint.format import CheckpointError
 
-__all__ = ["RNGState", "capture_rng_state", "restore_rng_state"]
+__all__ = [
+    "RNGState",
+    "capture_rng_state",
+    "numpy_rng_from_safe",
+    "numpy_rng_to_safe",
+    "python_rng_from_safe",
+    "python_rng_to_safe",
+    "restore_rng_state",
+    "rng_problems",
+]
 
 
-def _python_rng_to_safe(state: tuple) -> list:
+def python_rng_to_safe(state: tuple) -> list:
+    """``random.getstate()`` as plain lists."""
     version, internal, gauss = state
     return [int(version), [int(x) for x in internal], gauss]
 
 
-def _python_rng_from_safe(state: list) -> tuple:
+def python_rng_from_safe(state: list) -> tuple:
+    """What ``random.setstate`` takes, from :func:`python_rng_to_safe`'s output."""
     version, internal, gauss = state
     return (int(version), tuple(int(x) for x in internal), gauss)
 
 
-def _numpy_rng_to_safe(state: tuple) -> dict:
+def numpy_rng_to_safe(state: tuple) -> dict:
+    """numpy's legacy RNG state with its key as a tensor (no ndarray)."""
     name, keys, pos, has_gauss, cached = state[:5]
     return {
         "bit_generator": str(name),
@@ -36,7 +48,8 @@ def _numpy_rng_to_safe(state: tuple) -> dict:
     }
 
 
-def _numpy_rng_from_safe(state: Mapping[str, Any]) -> tuple:
+def numpy_rng_from_safe(state: Mapping[str, Any]) -> tuple:
+    """What ``np.random.set_state`` takes, from :func:`numpy_rng_to_safe`'s output."""
     keys = np.asarray(state["key"].numpy(), dtype=np.uint32)
     return (
         state["bit_generator"],
@@ -56,8 +69,8 @@ def capture_rng_state() -> dict:
         initialised), so ``torch.load(weights_only=True)`` reads it.
     """
     state = {
-        "python": _python_rng_to_safe(random.getstate()),
-        "numpy": _numpy_rng_to_safe(np.random.get_state()),
+        "python": python_rng_to_safe(random.getstate()),
+        "numpy": numpy_rng_to_safe(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
     # Only when CUDA is already in use: asking earlier would initialise it.
@@ -66,7 +79,8 @@ def capture_rng_state() -> dict:
     return state
 
 
-def _rng_problems(state: Any) -> list[str]:
+def rng_problems(state: Any) -> list[str]:
+    """What is wrong with an RNG state read back (empty: it restores)."""
     if not isinstance(state, Mapping):
         return [f"RNG state must be a dict, found {type(state).__name__}"]
     missing = [k for k in ("python", "numpy", "torch") if k not in state]
@@ -93,11 +107,11 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     Raises:
         CheckpointError: ``state`` is not such a dict.
     """
-    problems = _rng_problems(state)
+    problems = rng_problems(state)
     if problems:
         raise CheckpointError("; ".join(problems))
-    random.setstate(_python_rng_from_safe(state["python"]))
-    np.random.set_state(_numpy_rng_from_safe(state["numpy"]))
+    random.setstate(python_rng_from_safe(state["python"]))
+    np.random.set_state(numpy_rng_from_safe(state["numpy"]))
     torch.set_rng_state(state["torch"].cpu())
     cuda = state.get("cuda")
     if cuda and torch.cuda.is_available():

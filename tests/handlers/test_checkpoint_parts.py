@@ -1,0 +1,159 @@
+"""The checkpoint package's parts: options, reading a directory, linking, import order.
+
+Real files, real Ignite engines; ``os.fsync`` is held (not our code) to show that a
+linked best file is queued behind a commit that is still running, not waited for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from ignite.engine import Engine, Events
+from torch import nn
+
+from ignitrain.handlers.checkpoint import (
+    CheckpointDir,
+    CheckpointOptions,
+    CheckpointStore,
+    attach_checkpoints,
+    build_payload,
+    safe_load,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def payload_of(model: nn.Module, iteration: int) -> dict:
+    return build_payload({"model": model}, {"iteration": iteration, "epoch": 1})
+
+
+def test_checkpoint_options_are_checked_naming_the_field():
+    with pytest.raises(ValueError, match=r"save_every=-2 is not allowed: expected N > 0"):
+        CheckpointOptions(save_every=-2)
+    with pytest.raises(ValueError, match=r"best_mode='up' is not allowed: expected 'min', 'max'"):
+        CheckpointOptions(best_mode="up")
+    with pytest.raises(ValueError, match=r"accumulation_steps=True is not allowed"):
+        CheckpointOptions(accumulation_steps=True)
+    with pytest.raises(TypeError, match=r"best_metric=3 is not allowed: expected a str"):
+        CheckpointOptions(best_metric=3)
+    assert CheckpointOptions(save_every=5, accumulation_steps=2).save_every == 5
+
+
+def test_a_checkpoint_directory_is_read_without_a_store_and_without_writing(tmp_path):
+    model = nn.Linear(3, 2)
+    store = CheckpointStore(tmp_path / "ck", n_saved=None)
+    first = store.save(payload_of(model, 1), "periodic", "iter00000001")
+    second = store.save(payload_of(model, 2), "last", "iter00000002")
+    reader = CheckpointDir(tmp_path / "ck")
+    assert reader.latest_path() == second
+    assert set(reader.checkpoints()) == {first, second}
+    assert reader.checkpoints("periodic") == [first]
+    missing = CheckpointDir(tmp_path / "none")
+    assert missing.latest_path() is None and missing.checkpoints() == []
+    assert not (tmp_path / "none").exists()
+
+
+class Counted:
+    """A checkpointed object that counts how often its state is taken."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def state_dict(self):
+        self.calls += 1
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
+
+def test_a_best_file_of_the_periodic_moment_takes_no_state_and_keeps_the_pointer(tmp_path):
+    # issue 16: one payload for best and periodic at the same iteration. Before, Ignite's
+    # Checkpoint took every object's state for the best file too, then threw it away.
+    model = nn.Linear(4, 2)
+    trainer = Engine(lambda e, b: None)
+    evaluator = Engine(lambda e, b: None)
+    losses = iter([0.5, 0.4, 0.3])
+
+    @evaluator.on(Events.COMPLETED)
+    def publish(engine):
+        engine.state.metrics["val_loss"] = next(losses)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run([0]))
+    counted = Counted()
+    store = CheckpointStore(tmp_path, n_saved=1, background=True)
+    attach_checkpoints(
+        trainer,
+        {"model": model, "counted": counted},
+        store,
+        evaluator=evaluator,
+        best_metric="val_loss",
+        save_last=False,
+    )
+    trainer.run([0, 1], max_epochs=3)
+    store.wait()
+    assert counted.calls == 3  # one per epoch: the three best files are links
+    best = tmp_path / "checkpoint_best_val_loss=0.3_iter00000006.pt"
+    periodic = tmp_path / "checkpoint_periodic_epoch0003.pt"
+    assert best.stat().st_ino == periodic.stat().st_ino
+    assert json.loads(store.pointer_path.read_text())["file"] == periodic.name
+    assert safe_load(best)["counted"] == {"calls": 3}
+
+
+def test_a_link_is_queued_behind_a_running_commit_without_waiting(tmp_path, monkeypatch):
+    model = nn.Linear(4, 2)
+    store = CheckpointStore(tmp_path, n_saved=None, background=True)
+    release, real_fsync = threading.Event(), os.fsync
+
+    def held_fsync(fd):
+        assert release.wait(30), "never released"
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", held_fsync)  # the disk is slow: the commit hangs
+    periodic = store.write(payload_of(model, 4), "checkpoint_periodic_iter00000004.pt", "periodic")
+    linker = threading.Thread(
+        target=store.link, args=(periodic, "checkpoint_best_x=1_iter00000004.pt", "best")
+    )
+    linker.start()
+    linker.join(10)
+    assert not linker.is_alive(), "link() waited for the periodic commit"
+    release.set()
+    store.wait()
+    monkeypatch.undo()
+    best = tmp_path / "checkpoint_best_x=1_iter00000004.pt"
+    assert best.stat().st_ino == periodic.stat().st_ino
+    assert safe_load(best)["iteration"] == 4
+    assert json.loads(store.pointer_path.read_text())["file"] == periodic.name
+
+
+def test_numpy_scalars_in_long_lists_become_python_numbers_and_plain_lists_are_kept():
+    class Series:
+        def __init__(self, values):
+            self.values = values
+
+        def state_dict(self):
+            return {"values": self.values}
+
+    plain = [0.5] * 1000
+    mixed = [0.5] * 999 + [np.float32(2.0)]
+    payload = build_payload({"a": Series(plain), "b": Series(mixed)})
+    assert payload["a"]["values"] is plain  # checked in one pass, not copied
+    assert type(payload["b"]["values"][-1]) is float and payload["b"]["values"][-1] == 2.0
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["ignitrain.handlers.sharded_run", "ignitrain.handlers.sharded", "ignitrain.checkpoint_choice"],
+)
+def test_each_checkpoint_module_imports_first_without_a_cycle(module):
+    # adapter, restore and sharded_run imported each other inside functions before
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
