@@ -19,6 +19,7 @@ from ignitrain.rebuild import rebuild_model
 from ignitrain.seeding import seed_everything
 from ignitrain.stack import attach, resumable_loader
 from ignitrain.trainer import Trainer
+from ignitrain.version import __version__ as __version__
 
 __all__ = [
     "TrainConfig",
@@ -38,4 +39,3 @@ __all__ = [
     "attach",
     "resumable_loader",
 ]
-__version__ = "0.1.0"

@@ -10,14 +10,14 @@ from typing import Any
 import ignite.distributed as idist
 
 from ignitrain.handlers.checkpoint import load_objects, safe_load
-from ignitrain.handlers.sharded import is_sharded_checkpoint, read_extra, read_sharded_meta
-from ignitrain.handlers.sharded_run import (
+from ignitrain.handlers.checkpoint.latest import latest_checkpoint
+from ignitrain.handlers.checkpoint.sharded_run import (
     META,
-    latest_checkpoint,
     load_file_into_sharded,
     load_trainer_sharded,
     uses_fsdp,
 )
+from ignitrain.handlers.sharded import is_sharded_checkpoint, read_extra, read_sharded_meta
 from ignitrain.resume_rules import apply_resume_rules, write_into_live_optimizers
 
 __all__ = ["resume_from", "find_checkpoint", "find_checkpoint_in_dir", "finish_interrupted_run"]

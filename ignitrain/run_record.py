@@ -32,8 +32,8 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
-import ignitrain  # the package object: __version__ is read at call time (set after imports)
 from ignitrain._files import write_atomic
+from ignitrain.version import __version__
 
 __all__ = ["environment", "git_commit", "attach_run_record", "read_run_record", "run_record_html"]
 
@@ -62,7 +62,7 @@ def environment(device: Any = None) -> dict[str, Any]:
     """Versions, git commit of the working directory, command line, host, world size."""
     commit, dirty = git_commit()
     return {
-        "ignitrain": ignitrain.__version__,
+        "ignitrain": __version__,
         "torch": torch.__version__,
         "ignite": ignite.__version__,
         "python": platform.python_version(),

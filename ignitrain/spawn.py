@@ -46,7 +46,7 @@ from torch.distributed import default_pg_timeout
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 from ignitrain.errors import is_count
-from ignitrain.handlers.preemption import DEFAULT_SIGNALS, PREEMPTED_EXIT_STATUS
+from ignitrain.signals import DEFAULT_SIGNALS, PREEMPTED_EXIT_STATUS
 
 __all__ = [
     "PREEMPTED_EXIT_STATUS",

@@ -31,8 +31,8 @@ from ignitrain.data import make_eval_loader
 from ignitrain.describe import describe_model
 from ignitrain.handlers.attached import AttachedHandlers
 from ignitrain.handlers.checkpoint import build_payload, save_atomic
+from ignitrain.handlers.checkpoint.sharded_run import save_trainer_sharded, uses_fsdp
 from ignitrain.handlers.history import History
-from ignitrain.handlers.sharded_run import save_trainer_sharded, uses_fsdp
 from ignitrain.lr_finder import find_lr
 from ignitrain.predict import SupervisedPredictor, predict
 from ignitrain.resume import finish_interrupted_run, resume_from

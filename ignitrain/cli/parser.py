@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ignitrain import __version__
 from ignitrain.cli.common import PROG
 from ignitrain.cli.inference import cmd_evaluate, cmd_export, cmd_predict
 from ignitrain.cli.tools import cmd_lr_find, cmd_report
 from ignitrain.cli.training import cmd_resume, cmd_train
+from ignitrain.version import __version__
 
 __all__ = ["build_parser", "positive_int"]
 

@@ -28,6 +28,7 @@ from ignitrain.distributed import agree_any
 from ignitrain.handlers import stopping
 from ignitrain.handlers.attached import AttachedHandler, AttachedHandlers, recording
 from ignitrain.handlers.checkpoint import CheckpointStore, RNGState, attach_checkpoints
+from ignitrain.handlers.checkpoint.sharded_run import uses_fsdp
 from ignitrain.handlers.ema import attach_ema
 from ignitrain.handlers.evaluation import EvalSet, attach_evaluations, eval_sets, split_metric
 from ignitrain.handlers.history import History, attach_history
@@ -38,7 +39,6 @@ from ignitrain.handlers.modes import infer_mode
 from ignitrain.handlers.preemption import PreemptionHandler, attach_preemption
 from ignitrain.handlers.profile import attach_profiler
 from ignitrain.handlers.schedules import attach_lr_writer_guard, attach_schedule, build_schedule
-from ignitrain.handlers.sharded_run import uses_fsdp
 from ignitrain.run_record import attach_run_record
 from ignitrain.steps import ends_accumulation_group
 from ignitrain.train_ranking import is_train_metric, ranking_source

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from ignitrain.handlers.attached import AttachedHandler, AttachedHandlers
 from ignitrain.handlers.checkpoint import (
+    CheckpointDir,
     CheckpointError,
     CheckpointHandler,
+    CheckpointOptions,
     CheckpointStore,
     DurableSaver,
     RNGState,
@@ -27,18 +29,28 @@ from ignitrain.handlers.checkpoint import (
 from ignitrain.handlers.ema import EMAState, attach_ema
 from ignitrain.handlers.evaluation import EvalSet, SplitRouter, attach_evaluations
 from ignitrain.handlers.history import History, attach_history
+from ignitrain.handlers.journal import Journal, JournalPosition
 from ignitrain.handlers.logging import (
     ScalarEventWriter,
     attach_epoch_summary,
     attach_progress_bar,
     attach_tensorboard,
 )
-from ignitrain.handlers.metrics import AccuracyLoss, EpochMean, attach_epoch_mean
+from ignitrain.handlers.metrics import (
+    AccuracyLoss,
+    EpochMean,
+    OutputMean,
+    TrainOutputMeans,
+    attach_epoch_mean,
+)
 from ignitrain.handlers.mlflow import MLflowTracker, attach_mlflow
 from ignitrain.handlers.preemption import PreemptionHandler, attach_preemption
 from ignitrain.handlers.profile import attach_profiler
 from ignitrain.handlers.schedules import (
+    BuildOptions,
+    LRWriterGuard,
     Placeholder,
+    Plan,
     Schedule,
     ScheduleHandler,
     attach_lr_writer_guard,
@@ -61,8 +73,11 @@ __all__ = [
     "AccuracyLoss",
     "AttachedHandler",
     "AttachedHandlers",
+    "BuildOptions",
+    "CheckpointDir",
     "CheckpointError",
     "CheckpointHandler",
+    "CheckpointOptions",
     "CheckpointStore",
     "DurableSaver",
     "EMAState",
@@ -70,11 +85,16 @@ __all__ = [
     "EpochMean",
     "EvalSet",
     "History",
+    "Journal",
+    "JournalPosition",
+    "LRWriterGuard",
     "MLflowTracker",
     "MaxStepsHandler",
     "ModelState",
     "OptimizerState",
+    "OutputMean",
     "Placeholder",
+    "Plan",
     "PreemptionHandler",
     "RNGState",
     "ScalarEventWriter",
@@ -85,6 +105,7 @@ __all__ = [
     "StopWhenHandler",
     "TargetChecker",
     "TimeLimitHandler",
+    "TrainOutputMeans",
     "attach_checkpoints",
     "attach_early_stopping",
     "attach_ema",

@@ -37,7 +37,6 @@ from ignite.engine import Engine, Events
 from ignite.handlers.mlflow_logger import MLflowLogger  # imports mlflow only when built
 
 from ignitrain.handlers.history import History
-from ignitrain.report import write_report
 
 __all__ = ["MLflowTracker", "attach_mlflow", "flat_params", "require_mlflow"]
 
@@ -201,6 +200,10 @@ class MLflowTracker:
             return
         if (out / "history.json").is_file():
             try:
+                # imported here: the report reads a run through the handlers package
+                # (History, checkpoints), so the handlers cannot import it at their top
+                from ignitrain.report import write_report
+
                 write_report(out)
             except Exception as exc:  # a report failure must not lose the tracked run
                 logger.warning("MLflow: report.html not written: %s", exc)

@@ -57,15 +57,10 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from ignitrain.errors import is_count
+from ignitrain.signals import DEFAULT_SIGNALS, PREEMPTED_EXIT_STATUS
 
 __all__ = ["DEFAULT_SIGNALS", "PREEMPTED_EXIT_STATUS", "PreemptionHandler", "attach_preemption"]
 
-#: The exit status of a preempted run (and of its launcher), whichever signal it was.
-PREEMPTED_EXIT_STATUS = 128 + int(signal.SIGTERM)  # 143
-
-DEFAULT_SIGNALS: tuple[int, ...] = (signal.SIGTERM,) + (
-    (signal.SIGUSR1,) if hasattr(signal, "SIGUSR1") else ()
-)
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from ignitrain.errors import suggest
 from ignitrain.handlers.modes import resolve_mode
 from ignitrain.handlers.schedules.options import check_int
 from ignitrain.handlers.schedules.schedule import Schedule
-from ignitrain.handlers.stopping import optimizer_steps
+from ignitrain.handlers.stop_limits import optimizer_steps
 
 __all__ = [
     "LRWriterGuard",
