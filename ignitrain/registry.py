@@ -142,7 +142,26 @@ def build_optimizer(
                 f"{cls.__name__} has no momentum or betas"
             )
     kwargs.update(extra or {})
-    return cls(params, **kwargs)
+    try:
+        return cls(params, **kwargs)
+    except (TypeError, ValueError) as exc:  # torch's own words, with the field that caused it
+        unknown = _unknown_arguments(cls, extra or {})
+        hint = f" {cls.__name__} takes no {unknown}." if unknown else ""
+        raise ConfigError(
+            f"TrainConfig.optimizer_kwargs={dict(extra or {})!r} (with lr={lr!r}, "
+            f"weight_decay={weight_decay!r}, momentum={momentum!r}) is not allowed for "
+            f"optimizer={spec!r}:{hint} {cls.__name__} said: {exc}"
+        ) from exc
+
+
+def _unknown_arguments(cls: type, extra: Mapping[str, Any]) -> list[str]:
+    try:
+        accepted = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return []
+    return sorted(set(extra) - set(accepted))
 
 
 def loss_class(name: str, *, field: str = "loss") -> type[nn.Module]:

@@ -17,6 +17,7 @@ handlers -> Trainer)::
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -235,11 +236,40 @@ def make_evaluator_factory(
 
     def make() -> Engine:
         evaluator = Engine(eval_fn)
-        for name, metric in metrics_fn().items():
+        metrics = metrics_fn()
+        for name, metric in metrics.items():
             metric.attach(evaluator, name)
+        if all(_names_known(m) for m in metrics.values()):
+            _METRIC_NAMES[evaluator] = frozenset(
+                n
+                for name, m in metrics.items()
+                for n in (name, *vars(m).get("ignitrain_names", ()))
+            )
         return evaluator
 
     return make
+
+
+# Which metric names each evaluator made here computes, when they are known before it
+# runs: the names a stop rule or best checkpoint watches are checked at factory time.
+_METRIC_NAMES: weakref.WeakKeyDictionary[Engine, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def _names_known(metric: Metric) -> bool:
+    # A metric whose compute() returns a mapping adds its keys to state.metrics (Ignite),
+    # so its names are known before a run only when it says them (``ignitrain_names``, e.g.
+    # AccuracyLoss): not for the every-key OutputMean, nor for a user's metric class
+    # (not Ignite's, not ours) that might return a mapping.
+    # vars(): Ignite's Metric.__getattr__ turns any missing attribute into a MetricsLambda
+    if vars(metric).get("key", "") is None:  # OutputMean over every key of the step output
+        return False
+    return type(metric).__module__.startswith(("ignite.metrics", "ignitrain."))
+
+
+def evaluator_metric_names(evaluator: Engine | None) -> frozenset[str] | None:
+    """The metric names ``evaluator`` computes, or ``None`` when they are known only
+    after it ran (a metric returning a mapping, a user's metric class, a user's engine)."""
+    return None if evaluator is None else _METRIC_NAMES.get(evaluator)
 
 
 def one_model(

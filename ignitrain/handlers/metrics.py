@@ -351,6 +351,9 @@ class AccuracyLoss(Metric):
             raise ValueError(f"names={names!r} is not allowed: expected (accuracy name, loss name)")
         self._loss_fn = loss_fn
         self._names = names
+        #: The names this metric adds to ``state.metrics``, known before a run (ignitrain's
+        #: own attribute: the flavors check watched metric names at factory time).
+        self.ignitrain_names = names
         super().__init__(output_transform, device=device, metrics_result_mode="flatten")
 
     @reinit__is_reduced
