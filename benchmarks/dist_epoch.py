@@ -47,6 +47,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))
 sys.path.insert(0, str(_HERE.parent / "examples"))
 import _common as common  # noqa: E402
+import _report as report  # noqa: E402
 
 __all__ = ["main", "run_worker"]
 
@@ -181,26 +182,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = rows[0]["epoch_ms"]
     for row in rows:
         row["ratio"] = row["epoch_ms"] / base
-    print()
-    print(
-        common.format_table(
-            rows,
-            [
-                ("nproc", "processes", ""),
-                ("threads", "threads/proc", ""),
-                ("steps", "steps/epoch/rank", ""),
-                ("epoch_ms", "epoch ms (median)", ".1f"),
-                ("epoch_min_ms", "min", ".1f"),
-                ("ratio", f"x {rows[0]['nproc']} proc", ".3f"),
-                ("cpu_ms", "rank-0 cpu ms", ".1f"),
-                ("launch_s", "launch s", ".2f"),
-                ("val_acc", "val acc", ".4f"),
-            ],
-        )
-    )
-    print(
-        "epoch ms: wall time of an epoch on rank 0 (train + validation + handlers), first "
-        "epoch of each run discarded; launch s: the whole launch() call"
+    report.print_table(
+        rows,
+        [
+            ("nproc", "processes", ""),
+            ("threads", "threads/proc", ""),
+            ("steps", "steps/epoch/rank", ""),
+            ("epoch_ms", "epoch ms (median)", ".1f"),
+            ("epoch_min_ms", "min", ".1f"),
+            ("ratio", f"x {rows[0]['nproc']} proc", ".3f"),
+            ("cpu_ms", "rank-0 cpu ms", ".1f"),
+            ("launch_s", "launch s", ".2f"),
+            ("val_acc", "val acc", ".4f"),
+        ],
+        note="epoch ms: wall time of an epoch on rank 0 (train + validation + handlers), first "
+        "epoch of each run discarded; launch s: the whole launch() call",
     )
     payload = {
         "benchmark": "dist_epoch",
@@ -209,9 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": rows,
         "raw": {str(n): recs for n, recs in records.items()},
     }
-    if args.json:
-        common.write_json(args.json, payload)
-        print(f"wrote {args.json}")
+    report.save_json(args.json, payload)
     return payload
 
 

@@ -82,6 +82,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
+import _report as report  # noqa: E402
 
 __all__ = ["main", "build_runners"]
 
@@ -607,28 +608,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if "ratios" in sections:
         rows = ratios_section(args, checkpoint)
-        print("\n" + _ratio_table(rows))
-        print(
-            "ms/step: median over epochs of (epoch wall time incl. validation and handlers / "
-            "train steps); x hand: median over rounds of the same-round ratio, [min, max]; "
-            "cpu: the same with this process's CPU time (all its threads: less sensitive to "
-            "other processes); run x hand: the whole train()/run() call"
+        report.print_table(
+            _with_spreads(rows),
+            RATIO_COLUMNS,
+            note="ms/step: median over epochs of (epoch wall time incl. validation and "
+            "handlers / train steps); x hand: median over rounds of the same-round ratio, "
+            "[min, max]; cpu: the same with this process's CPU time (all its threads: less "
+            "sensitive to other processes); run x hand: the whole train()/run() call",
         )
         payload["ratios"] = rows
     if "handlers" in sections:
         rows = handlers_section(args, checkpoint)
         steps, width = args.scenario_list[0]
-        print(f"\n== where ignitrain's time goes ({steps or 'digits'} steps x width {width})")
-        print(
-            common.format_table(
-                rows,
-                [
-                    ("handler", "handler (HandlersTimeProfiler)", ""),
-                    ("event", "event", ""),
-                    ("us_per_step", "CPU us per training step (median)", ".1f"),
-                    ("spread", "[min, max] over runs", ""),
-                ],
-            )
+        report.print_table(
+            rows,
+            [
+                ("handler", "handler (HandlersTimeProfiler)", ""),
+                ("event", "event", ""),
+                ("us_per_step", "CPU us per training step (median)", ".1f"),
+                ("spread", "[min, max] over runs", ""),
+            ],
+            title=f"where ignitrain's time goes ({steps or 'digits'} steps x width {width})",
         )
         payload["handlers"] = rows
     if "growth" in sections:
@@ -653,33 +653,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         )
         payload["memory"] = rows
-    if args.json:
-        common.write_json(args.json, payload)
-        print(f"wrote {args.json}")
+    report.save_json(args.json, payload)
     return payload
 
 
-def _ratio_table(rows: list[dict]) -> str:
+RATIO_COLUMNS = [
+    ("scenario", "scenario", ""),
+    ("runner", "runner", ""),
+    ("ms_per_step", "ms/step", ".3f"),
+    ("ms_per_step_q1", "q1", ".3f"),
+    ("ms_per_step_q3", "q3", ".3f"),
+    ("ratio", "x hand", ".3f"),
+    ("spread", "x hand [min, max]", ""),
+    ("cpu_ms_per_step", "cpu ms/step", ".3f"),
+    ("cpu_ratio", "cpu x hand", ".3f"),
+    ("cpu_spread", "cpu [min, max]", ""),
+    ("run_ratio", "run x hand", ".3f"),
+]
+
+
+def _with_spreads(rows: list[dict]) -> list[dict]:
+    """The ratio rows with their [min, max] spreads as text columns (added in place)."""
     for row in rows:
         if "ratio" in row:
             row["spread"] = f"[{row['ratio_min']:.3f}, {row['ratio_max']:.3f}]"
             row["cpu_spread"] = f"[{row['cpu_ratio_min']:.3f}, {row['cpu_ratio_max']:.3f}]"
-    return common.format_table(
-        rows,
-        [
-            ("scenario", "scenario", ""),
-            ("runner", "runner", ""),
-            ("ms_per_step", "ms/step", ".3f"),
-            ("ms_per_step_q1", "q1", ".3f"),
-            ("ms_per_step_q3", "q3", ".3f"),
-            ("ratio", "x hand", ".3f"),
-            ("spread", "x hand [min, max]", ""),
-            ("cpu_ms_per_step", "cpu ms/step", ".3f"),
-            ("cpu_ratio", "cpu x hand", ".3f"),
-            ("cpu_spread", "cpu [min, max]", ""),
-            ("run_ratio", "run x hand", ".3f"),
-        ],
-    )
+    return rows
 
 
 if __name__ == "__main__":

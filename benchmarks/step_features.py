@@ -56,6 +56,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
+import _report as report  # noqa: E402
 
 __all__ = ["main", "ResNet18", "SyntheticImages", "FEATURES"]
 
@@ -232,23 +233,20 @@ def run_mlp(args: argparse.Namespace) -> dict[str, Any]:
                 "feature_cost": hand["ms_per_step"] / base["ms_per_step"] if base else float("nan"),
             }
         )
-    print()
-    print(
-        common.format_table(
-            rows,
-            [
-                ("feature", "feature", ""),
-                ("hand_ms", "hand ms/step", ".3f"),
-                ("ignitrain_ms", "ignitrain ms/step", ".3f"),
-                ("ratio", "ignitrain/hand", ".3f"),
-                ("hand_cpu_ms", "hand cpu", ".3f"),
-                ("ignitrain_cpu_ms", "ignitrain cpu", ".3f"),
-                ("cpu_ratio", "cpu ratio", ".3f"),
-                ("feature_cost", "hand vs hand/none", ".3f"),
-            ],
-        )
+    report.print_table(
+        rows,
+        [
+            ("feature", "feature", ""),
+            ("hand_ms", "hand ms/step", ".3f"),
+            ("ignitrain_ms", "ignitrain ms/step", ".3f"),
+            ("ratio", "ignitrain/hand", ".3f"),
+            ("hand_cpu_ms", "hand cpu", ".3f"),
+            ("ignitrain_cpu_ms", "ignitrain cpu", ".3f"),
+            ("cpu_ratio", "cpu ratio", ".3f"),
+            ("feature_cost", "hand vs hand/none", ".3f"),
+        ],
+        note="ms/step: median over epochs of epoch wall time / train steps (cpu: process CPU time)",
     )
-    print("ms/step: median over epochs of epoch wall time / train steps (cpu: process CPU time)")
     return {"rows": rows, "summary": summary, "raw": _raw(results)}
 
 
@@ -463,20 +461,17 @@ def run_resnet(args: argparse.Namespace) -> dict[str, Any]:
                 "run_s": statistics_median([r.run_seconds for r in results[name]]),
             }
         )
-    print()
-    print(
-        common.format_table(
-            rows,
-            [
-                ("runner", "runner", ""),
-                ("images_per_s", "images/s", ".1f"),
-                ("ms_per_step", "ms/step", ".2f"),
-                ("ratio", "time x hand", ".3f"),
-                ("run_s", "run s (incl. warm-up)", ".1f"),
-            ],
-        )
+    report.print_table(
+        rows,
+        [
+            ("runner", "runner", ""),
+            ("images_per_s", "images/s", ".1f"),
+            ("ms_per_step", "ms/step", ".2f"),
+            ("ratio", "time x hand", ".3f"),
+            ("run_s", "run s (incl. warm-up)", ".1f"),
+        ],
+        note="images/s: timed steps only (warm-up and compilation excluded), median over rounds",
     )
-    print("images/s: timed steps only (warm-up and compilation excluded), median over rounds")
     return {"rows": rows, "summary": summary, "raw": _raw(results)}
 
 
@@ -518,9 +513,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": common.machine_info(args.threads),
         **out,
     }
-    if args.json:
-        common.write_json(args.json, payload)
-        print(f"wrote {args.json}")
+    report.save_json(args.json, payload)
     return payload
 
 

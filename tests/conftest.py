@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ignitrain import datasets
+from ignitrain import TrainConfig, datasets
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +61,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def config_maker(**defaults):
+    """A test module's ``cfg(**overrides)``: ``TrainConfig`` of ``defaults`` with
+    ``overrides`` over them, e.g. ``cfg = config_maker(num_epochs=2, progress_bar=False)``."""
+
+    def cfg(**overrides):
+        return TrainConfig(**{**defaults, **overrides})
+
+    return cfg

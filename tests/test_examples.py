@@ -12,10 +12,13 @@ import os
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests._pool import job_pool, selected_params
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -53,18 +56,47 @@ FIGURES = {
 }
 
 
-def _run_example(name: str, out: Path, *args: str) -> subprocess.CompletedProcess:
+# One torch thread per job: the jobs of this module run two at a time (tests/_pool.py), one
+# per core, instead of one at a time on two threads of tiny ops that leave a core idle.
+_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _run_example(name: str, out: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "examples" / f"{name}.py"), "--output-dir", str(out)]
     return subprocess.run(
-        [*cmd, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+        [*cmd, *CASES[name][0]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,  # a hang guard: ~50 s idle, but two at a time on a loaded machine
+        env=_ENV,
+        check=False,
     )
 
 
+def _pooled_runs(request, tmp_path_factory, argname, run):
+    """The selected values of ``argname``, each run as ``run(value, output_dir)`` two at a
+    time: value -> (output dir, future of the finished process)."""
+    outs = {
+        value: tmp_path_factory.mktemp(value.split(".")[0]) / "run"
+        for value in selected_params(request, argname)
+    }
+    return outs, job_pool({value: partial(run, value, out) for value, out in outs.items()})
+
+
+@pytest.fixture(scope="module")
+def example_runs(request, tmp_path_factory):
+    """Every selected example's shortened run: name -> (output dir, future)."""
+    outs, pool = _pooled_runs(request, tmp_path_factory, "name", _run_example)
+    with pool as futures:
+        yield {name: (outs[name], futures[name]) for name in outs}
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_example_runs_and_writes_its_outputs(name, tmp_path):
-    args, printed, files = CASES[name]
-    out = tmp_path / "run"
-    result = _run_example(name, out, *args)
+def test_example_runs_and_writes_its_outputs(name, example_runs):
+    _, printed, files = CASES[name]
+    out, future = example_runs[name]
+    result = future.result()
     assert result.returncode == 0, result.stderr[-3000:]
     assert printed in result.stdout, result.stdout[-2000:]
     assert "Traceback" not in result.stderr and "UserWarning" not in result.stderr
@@ -92,20 +124,32 @@ JOB_FIGURES = {
 }
 
 
-@pytest.mark.parametrize("job", sorted(JOB_FIGURES))
-def test_each_shipped_job_reaches_its_stated_test_figure(job, tmp_path):
-    metric, figure, mode = JOB_FIGURES[job]
-    out = tmp_path / "run"
+def _run_job(job: str, out: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "ignitrain", "train", f"examples/configs/{job}"]
-    result = subprocess.run(
+    return subprocess.run(
         [*cmd, "--set", f"train.output_dir={out}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env=_ENV,
         check=False,
     )
+
+
+@pytest.fixture(scope="module")
+def job_runs(request, tmp_path_factory):
+    """Every selected shipped job's full run: job file -> (output dir, future)."""
+    outs, pool = _pooled_runs(request, tmp_path_factory, "job", _run_job)
+    with pool as futures:
+        yield {job: (outs[job], futures[job]) for job in outs}
+
+
+@pytest.mark.parametrize("job", sorted(JOB_FIGURES))
+def test_each_shipped_job_reaches_its_stated_test_figure(job, job_runs):
+    metric, figure, mode = JOB_FIGURES[job]
+    out, future = job_runs[job]
+    result = future.result()
     assert result.returncode == 0, result.stderr[-3000:]
     # printed: the summary's test line names the metric and the checkpoint it used
     test_line = next(line for line in result.stdout.splitlines() if line.startswith("test "))

@@ -18,6 +18,7 @@ from ignitrain import TrainConfig, datasets
 from ignitrain.aliases import ALIASES, alias_hint
 from ignitrain.callbacks import EpochCallbacks, check_callbacks
 from ignitrain.metric_names import canonical_metric
+from tests.conftest import config_maker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,10 +32,7 @@ def _mlp():
     return nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
 
 
-def _cfg(**kw):
-    base = dict(num_epochs=2, lr=0.01, batch_size=64, tensorboard=False, verbose=False)
-    base.update(kw)
-    return TrainConfig(**base)
+_cfg = config_maker(num_epochs=2, lr=0.01, batch_size=64, tensorboard=False, verbose=False)
 
 
 # -- aliases ----------------------------------------------------------------------------------

@@ -11,17 +11,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import ignitrain
-from ignitrain import TrainConfig
 from ignitrain.predict import GANPredictor, SupervisedPredictor, predict
-from tests.conftest import make_mlp
+from tests.conftest import config_maker, make_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def cfg(**kw):
-    base = dict(num_epochs=1, batch_size=32, progress_bar=False, seed=0)
-    base.update(kw)
-    return TrainConfig(**base)
+cfg = config_maker(num_epochs=1, batch_size=32, progress_bar=False, seed=0)
 
 
 def test_classification_logits_in_dataset_order_with_targets_and_argmax(digits_flat):

@@ -11,16 +11,11 @@ import torch
 from ignite.engine import Engine
 
 import ignitrain
-from ignitrain import TrainConfig
 from ignitrain.report import write_report
 from ignitrain.run_record import attach_run_record, git_commit, read_run_record
-from tests.conftest import make_mlp
+from tests.conftest import config_maker, make_mlp
 
-
-def cfg(**kw):
-    base = dict(num_epochs=1, batch_size=64, progress_bar=False, seed=0)
-    base.update(kw)
-    return TrainConfig(**base)
+cfg = config_maker(num_epochs=1, batch_size=64, progress_bar=False, seed=0)
 
 
 def test_start_then_resume_are_recorded_with_the_environment(digits_flat, tmp_path):

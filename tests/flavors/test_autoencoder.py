@@ -6,12 +6,12 @@ from ignite.engine import Events
 from ignite.metrics import MeanSquaredError
 from torch import nn
 
-from ignitrain import TrainConfig
 from ignitrain.flavors.autoencoder import (
     AutoencoderObjective,
     create_autoencoder_trainer,
     kl_divergence,
 )
+from tests.conftest import config_maker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,10 +36,7 @@ class VAE(nn.Module):
         return self.dec(z), mu, logvar
 
 
-def cfg(**kw):
-    base = dict(num_epochs=3, lr=3e-3, batch_size=64, progress_bar=False, log_every=5)
-    base.update(kw)
-    return TrainConfig(**base)
+cfg = config_maker(num_epochs=3, lr=3e-3, batch_size=64, progress_bar=False, log_every=5)
 
 
 def test_plain_autoencoder_learns_digits_and_evaluates(digits_flat, tmp_path):

@@ -9,8 +9,8 @@ from ignite.engine import Events
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ignitrain import TrainConfig
 from ignitrain.flavors.gan import GANEvents, GANObjective, create_gan_trainer
+from tests.conftest import config_maker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,12 +38,9 @@ def mlp(inp, out, seed, hidden=64):
     )
 
 
-def cfg(**kw):
-    base = dict(
-        num_epochs=2, lr=1e-3, momentum=0.5, batch_size=128, progress_bar=False, log_every=4
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+cfg = config_maker(
+    num_epochs=2, lr=1e-3, momentum=0.5, batch_size=128, progress_bar=False, log_every=4
+)
 
 
 def mean_distance_to_ring(generator, n=512):

@@ -14,9 +14,9 @@ from ignite.metrics import Accuracy
 from torch import nn
 from torch.utils.data import Dataset
 
-from ignitrain import TrainConfig
 from ignitrain.config import ConfigError
 from ignitrain.flavors.generic import OutputMean, create_trainer, extract_loss
+from tests.conftest import config_maker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,10 +77,7 @@ class Encoding(Mapping):
         return len(self.data)
 
 
-def cfg(**kw):
-    base = dict(num_epochs=3, optimizer="adam", lr=1e-2, batch_size=64, progress_bar=False)
-    base.update(kw)
-    return TrainConfig(**base)
+cfg = config_maker(num_epochs=3, optimizer="adam", lr=1e-2, batch_size=64, progress_bar=False)
 
 
 def hand_loss(model, split):

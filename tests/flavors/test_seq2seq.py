@@ -11,7 +11,6 @@ from ignite.engine import Events
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ignitrain import TrainConfig
 from ignitrain.config import ConfigError
 from ignitrain.flavors.seq2seq import (
     Perplexity,
@@ -25,6 +24,7 @@ from ignitrain.flavors.seq2seq import (
     scheduled_inputs,
     token_loss,
 )
+from tests.conftest import config_maker
 
 PAD, BOS, EOS, DIGIT0, DIGITS = 0, 1, 2, 3, 5
 VOCAB = DIGIT0 + DIGITS
@@ -63,10 +63,7 @@ class GRUSeq2Seq(nn.Module):
         return self.out(hidden)
 
 
-def cfg(**kw):
-    base = dict(num_epochs=3, optimizer="adam", lr=1e-2, batch_size=32, progress_bar=False)
-    base.update(kw)
-    return TrainConfig(**base)
+cfg = config_maker(num_epochs=3, optimizer="adam", lr=1e-2, batch_size=32, progress_bar=False)
 
 
 # -- learning ---------------------------------------------------------------------------

@@ -14,16 +14,21 @@ from torch import nn
 import ignitrain
 from ignitrain import TrainConfig
 from ignitrain.handlers.ema import attach_ema
-from tests.conftest import make_mlp
+from tests.conftest import config_maker, make_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def cfg(**kw):
-    base = dict(num_epochs=3, batch_size=64, progress_bar=False, seed=0, lr=0.05,
-                optimizer="sgd", momentum=0.9, ema_decay=0.9)  # fmt: skip
-    base.update(kw)
-    return TrainConfig(**base)
+cfg = config_maker(
+    num_epochs=3,
+    batch_size=64,
+    progress_bar=False,
+    seed=0,
+    lr=0.05,
+    optimizer="sgd",
+    momentum=0.9,
+    ema_decay=0.9,
+)
 
 
 def test_ema_follows_the_formula_per_update():

@@ -30,15 +30,12 @@ from ignitrain.handlers.evaluation import (
 from ignitrain.handlers.history import History, attach_history
 from ignitrain.handlers.logging import attach_tensorboard
 from ignitrain.handlers.stopping import attach_early_stopping
-from tests.conftest import make_mlp
+from tests.conftest import config_maker, make_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def cfg(**kw):
-    base = dict(num_epochs=3, batch_size=64, progress_bar=False, seed=0, lr=0.01)
-    base.update(kw)
-    return TrainConfig(**base)
+cfg = config_maker(num_epochs=3, batch_size=64, progress_bar=False, seed=0, lr=0.01)
 
 
 # -- several evaluation sets inside train() -------------------------------------------

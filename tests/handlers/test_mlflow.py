@@ -7,7 +7,7 @@ import pytest
 import ignitrain
 from ignitrain import TrainConfig
 from ignitrain.handlers.mlflow import flat_params
-from tests.conftest import make_mlp
+from tests.conftest import config_maker, make_mlp
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -22,11 +22,9 @@ def _end_active_run():
         mlflow.end_run()
 
 
-def cfg(**kw):
-    base = dict(num_epochs=2, batch_size=64, progress_bar=False, seed=0, mlflow=True,
-                log_every=5)  # fmt: skip
-    base.update(kw)
-    return TrainConfig(**base)
+cfg = config_maker(
+    num_epochs=2, batch_size=64, progress_bar=False, seed=0, mlflow=True, log_every=5
+)
 
 
 def _train(data, out, **kw):

@@ -26,7 +26,6 @@ under ``OUTPUT_DIR`` (from a Python audit hook, so a write by any rank is seen).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -35,23 +34,13 @@ from pathlib import Path
 
 import ignite.distributed as idist
 import torch
+from _job_setup import comparable, digits, job_config, job_parser, make_model, signal_after
 from ignite.engine import Events
-from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import ignitrain  # noqa: E402
-from ignitrain import TrainConfig, datasets  # noqa: E402
+import ignitrain
 
 # Audit events that create, replace or delete a file.
 _WRITE_EVENTS = {"os.rename", "os.remove", "os.mkdir", "os.unlink", "os.truncate"}
-
-
-def comparable(history: dict) -> dict:
-    """The History as the resume tests compare it: without the run's wall time, a
-    measurement of this process that an interrupted run can never share."""
-    meta = {k: v for k, v in history.get("meta", {}).items() if k != "wall_time_s"}
-    return {**history, "meta": meta}
 
 
 def _record_writes(root: Path, written: list[str]) -> None:
@@ -76,9 +65,9 @@ def _record_writes(root: Path, written: list[str]) -> None:
     sys.addaudithook(hook)
 
 
-def _model() -> nn.Module:
-    torch.manual_seed(0)  # the same initial weights on every rank and in every run
-    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
+def _model():
+    """The job's model (the tests rebuild it by this name to compute metrics by hand)."""
+    return make_model(hidden=32, dropout=0.2)
 
 
 def train(local_rank: int, args: argparse.Namespace) -> None:
@@ -87,36 +76,15 @@ def train(local_rank: int, args: argparse.Namespace) -> None:
     out_dir = Path(args.output_dir)
     written: list[str] = []
     _record_writes(out_dir, written)
-    splits = datasets.digits(seed=0, image=False)
+    train_set, val_set = digits()
     model = _model()
-    options = dict(
-        num_epochs=3,
-        batch_size=64,
-        optimizer="sgd",
-        lr=0.05,
-        momentum=0.9,
-        lr_scheduler="cosine",
-        save_every=10,
-        n_saved=2,
-        deterministic=True,
-        seed=1,
-        log_every=5,
-        output_dir=str(out_dir),
-        progress_bar=False,
-        resume="latest" if args.resume else None,
-    )
-    options.update(json.loads(args.options))
-    trainer = ignitrain.create_classification_trainer(
-        model, TrainConfig(**options), splits.train, splits.val
-    )
+    config = job_config(args, optimizer="sgd", lr=0.05, momentum=0.9, save_every=10, log_every=5)
+    trainer = ignitrain.create_classification_trainer(model, config, train_set, val_set)
     engine = trainer.engine
     faulty = rank == args.fault_rank
 
     if args.term_at is not None and faulty:
-
-        @engine.on(Events.ITERATION_COMPLETED(once=args.term_at))
-        def preempt(_):
-            os.kill(os.getpid(), signal.SIGTERM)
+        signal_after(engine, args.term_at, signal.SIGTERM)
 
     if args.mark_at is not None and rank == 0:
 
@@ -159,17 +127,13 @@ def train(local_rank: int, args: argparse.Namespace) -> None:
         (out_dir / "out").mkdir(parents=True, exist_ok=True)
         torch.save(record, out_dir / "out" / f"partial{rank}.pt")
     # Every rank evaluates its shard; the metrics are reduced over both.
-    record["evaluate"] = trainer.evaluate(splits.val)
+    record["evaluate"] = trainer.evaluate(val_set)
     torch.save(record, out_dir / "out" / f"rank{rank}.pt")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("output_dir")
+    parser = job_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--nproc", type=int, default=None)
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--options", default="{}")
-    parser.add_argument("--term-at", type=int, default=None)
     parser.add_argument("--nan-at", type=int, default=None)
     parser.add_argument("--mark-at", type=int, default=None)
     parser.add_argument("--slow", type=float, default=0.0)

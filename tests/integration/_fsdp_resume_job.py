@@ -16,33 +16,17 @@ rank gathers the full model and optimizer state and rank 0 saves it to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import ignite.distributed as idist
 import torch
-from ignite.engine import Events
-from torch import nn
+from _job_setup import comparable, digits, job_config, job_parser, make_model, signal_after
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import ignitrain
 
-import ignitrain  # noqa: E402
-from ignitrain import TrainConfig, datasets  # noqa: E402
-
-
-def comparable(history: dict) -> dict:
-    """The History as the resume tests compare it: without the run's wall time, a
-    measurement of this process that an interrupted run can never share."""
-    meta = {k: v for k, v in history.get("meta", {}).items() if k != "wall_time_s"}
-    return {**history, "meta": meta}
-
-
-def make_model() -> nn.Module:
-    torch.manual_seed(0)  # the same initial weights on every rank and in every run
-    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
+__all__ = ["make_model"]  # the tests rebuild the job's model by this name
 
 
 def _full_state(trainer) -> dict:
@@ -63,38 +47,14 @@ def _full_state(trainer) -> dict:
 def train(local_rank: int, args: argparse.Namespace) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    splits = datasets.digits(seed=0, image=False)
-    options = dict(
-        num_epochs=3,
-        batch_size=64,
-        optimizer="adam",
-        lr=0.01,
-        lr_scheduler="cosine",
-        save_every=7,
-        n_saved=2,
-        deterministic=True,
-        seed=1,
-        log_every=5,
-        output_dir=args.output_dir,
-        progress_bar=False,
-        parallel="fsdp",
-        resume="latest" if args.resume else None,
-    )
-    options.update(json.loads(args.options))
-    trainer = ignitrain.create_classification_trainer(
-        make_model(), TrainConfig(**options), splits.train, splits.val
-    )
-    if args.kill_at is not None and idist.get_rank() == 0:
-
-        @trainer.engine.on(Events.ITERATION_COMPLETED(once=args.kill_at))
-        def die(_):
-            os.killpg(os.getpgrp(), signal.SIGKILL)
-
-    if args.term_at is not None and idist.get_rank() == 0:
-
-        @trainer.engine.on(Events.ITERATION_COMPLETED(once=args.term_at))
-        def preempt(_):
-            os.kill(os.getpid(), signal.SIGTERM)
+    train_set, val_set = digits()
+    config = job_config(args, optimizer="adam", lr=0.01, save_every=7, log_every=5, parallel="fsdp")
+    trainer = ignitrain.create_classification_trainer(make_model(), config, train_set, val_set)
+    if idist.get_rank() == 0:
+        if args.kill_at is not None:  # the whole group: no handler runs on any rank
+            signal_after(trainer.engine, args.kill_at, signal.SIGKILL, group=True)
+        if args.term_at is not None:
+            signal_after(trainer.engine, args.term_at, signal.SIGTERM)
 
     trainer.train()
     # by hand, on every rank: a sharded folder under FSDP
@@ -108,13 +68,8 @@ def train(local_rank: int, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("output_dir")
+    parser = job_parser(__doc__.split("\n\n")[0], kill_at=True)
     parser.add_argument("nproc", type=int)
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--kill-at", type=int, default=None)
-    parser.add_argument("--term-at", type=int, default=None)
-    parser.add_argument("--options", default="{}")
     args = parser.parse_args()
     if args.nproc == 1:
         train(0, args)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ignitrain import datasets
 from tests.conftest import assert_same_tree
+from tests.integration._jobs import run_job
 
 JOB = Path(__file__).with_name("_dist_job.py")
 sys.path.insert(0, str(JOB.parent))
@@ -38,38 +39,18 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], check: bool = False) -> subprocess.CompletedProcess:
     """Run ``cmd`` in a new session; on timeout kill the whole session and fail."""
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=_JOB_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"job hung (killed after {_JOB_TIMEOUT} s):\n{err[-4000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return run_job(cmd, timeout=_JOB_TIMEOUT, env=_env(), check=check)
 
 
 def _spawn(out: Path, *extra: str, nproc: int = 2, check: bool = True):
-    proc = _run([sys.executable, str(JOB), str(out), "--nproc", str(nproc), *extra])
-    if check and proc.returncode != 0:
-        raise AssertionError(f"job failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
+    return _run([sys.executable, str(JOB), str(out), "--nproc", str(nproc), *extra], check)
 
 
 def _torchrun(out: Path, *extra: str, check: bool = True):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = _run([*cmd, str(JOB), str(out), *extra])
-    if check and proc.returncode != 0:
-        raise AssertionError(f"torchrun job failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
+    return _run([*cmd, str(JOB), str(out), *extra], check)
 
 
 def _records(out: Path, name: str = "rank") -> list[dict]:

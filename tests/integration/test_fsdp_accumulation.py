@@ -12,7 +12,8 @@ import signal
 import pytest
 
 from tests.conftest import assert_same_tree
-from tests.integration.test_fsdp_resume import _final, _job
+from tests.integration._jobs import load_final
+from tests.integration.test_fsdp_resume import _job
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ def test_sigterm_mid_group_saves_at_the_group_end_and_resumes_exactly(tmp_path_f
     assert latest == {"folder": "checkpoint_preempt_iter00000024"}
     assert "accumulation group under FSDP" not in stopped.stderr  # nothing was lost
     _job(run, 2, "--resume", "--options", OPTIONS)
-    want, got = _final(reference), _final(run)
+    want, got = load_final(reference), load_final(run)
     assert got["iteration"] == want["iteration"] == 40
     assert_same_tree(got["model"], want["model"], "model")
     assert_same_tree(got["optimizer"], want["optimizer"], "optimizer")

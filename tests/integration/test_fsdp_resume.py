@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import assert_same_tree
+from tests.integration._jobs import load_final, run_job
 
 JOB = Path(__file__).with_name("_fsdp_resume_job.py")
 pytestmark = pytest.mark.slow
@@ -23,20 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _job(out, nproc, *extra, check=True):
-    proc = subprocess.run(
-        [sys.executable, str(JOB), str(out), str(nproc), *extra],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        start_new_session=True,  # --kill-at kills the job's whole process group
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"job failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def _final(out):
-    return torch.load(Path(out) / "final.pt", weights_only=True)
+    # a session of its own: --kill-at kills the job's whole process group
+    return run_job([sys.executable, JOB, out, str(nproc), *extra], timeout=400, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +72,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(reference, tmp_path)
     latest = json.loads((tmp_path / "checkpoints" / "sharded_latest.json").read_text())
     assert latest == {"folder": "checkpoint_periodic_iter00000014"}
     _job(tmp_path, 2, "--resume")
-    want, got = _final(reference), _final(tmp_path)
+    want, got = load_final(reference), load_final(tmp_path)
     assert got["iteration"] == want["iteration"] == 60
     assert_same_tree(got["model"], want["model"], "model")
     assert_same_tree(got["optimizer"], want["optimizer"], "optimizer")
@@ -98,7 +87,7 @@ def test_load_checkpoint_of_a_run_dir_gives_an_ordinary_model_the_full_weights(r
         payload = ignitrain.load_checkpoint(reference, model=model)
     assert payload["iteration"] == 60 and payload["epoch"] == 3
     assert payload["config"]["parallel"] == "fsdp"
-    assert_same_tree(model.state_dict(), _final(reference)["model"], "model")
+    assert_same_tree(model.state_dict(), load_final(reference)["model"], "model")
 
 
 def test_save_checkpoint_by_hand_under_fsdp_is_a_sharded_folder(reference):
@@ -113,7 +102,7 @@ def test_save_checkpoint_by_hand_under_fsdp_is_a_sharded_folder(reference):
     with pytest.warns(UserWarning, match="resharded"):
         payload = ignitrain.load_checkpoint(folder, model=model)
     assert payload["iteration"] == 60
-    assert_same_tree(model.state_dict(), _final(reference)["model"], "model")
+    assert_same_tree(model.state_dict(), load_final(reference)["model"], "model")
 
 
 def test_export_of_a_trainer_run_dir_opens_with_weights_only(reference, tmp_path):
@@ -127,7 +116,7 @@ def test_export_of_a_trainer_run_dir_opens_with_weights_only(reference, tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     weights = torch.load(out, weights_only=True)
-    assert_same_tree(weights, _final(reference)["model"], "export")
+    assert_same_tree(weights, load_final(reference)["model"], "export")
     _plain_model().load_state_dict(weights)
 
 
@@ -139,7 +128,7 @@ def test_two_process_checkpoint_resumes_on_one_process_with_a_warning(reference,
     resumed = _job(run, 1, "--resume", "--options", json.dumps({"num_epochs": 4}))
     assert "is loaded by 1: its tensors are resharded" in resumed.stderr
     assert "Resuming a sharded run saved with 2 process(es) on 1" in resumed.stderr
-    got, want = _final(run), _final(reference)
+    got, want = load_final(run), load_final(reference)
     assert got["iteration"] == 80  # one more epoch of 20 iterations
     # the three epochs of the 2-process run are kept, the fourth appended
     for name in ("val/accuracy", "train/loss"):
@@ -162,7 +151,7 @@ def test_one_process_checkpoint_resumes_on_two_sharded_processes(tmp_path):
     )
     # nothing left to train: the state loaded into the shards is gathered back unchanged
     _job(tmp_path, 2, "--resume", "--options", json.dumps({"num_epochs": 2}))
-    got = _final(tmp_path)
+    got = load_final(tmp_path)
     assert got["iteration"] == 40
     assert_same_tree(got["model"], saved["model"], "model")
     # the file's optimizer state is keyed by parameter id, the gathered one by name
@@ -172,5 +161,5 @@ def test_one_process_checkpoint_resumes_on_two_sharded_processes(tmp_path):
     # and training goes on, sharded, from there
     resumed = _job(tmp_path, 2, "--resume", "--options", json.dumps({"num_epochs": 3}))
     assert "Resuming a run saved with 1 process(es) on 2" in resumed.stderr
-    assert _final(tmp_path)["iteration"] == 60
+    assert load_final(tmp_path)["iteration"] == 60
     assert (tmp_path / "checkpoints" / "checkpoint_last_iter00000060" / "extra.pt").is_file()
