@@ -10,7 +10,6 @@ Trainer in afterwards.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,6 @@ from ignitrain.config import TrainConfig
 from ignitrain.console import attach_console
 from ignitrain.data import loader_length, make_eval_loader
 from ignitrain.distributed import agree_any
-from ignitrain.errors import ConfigError, suggest
 from ignitrain.flavors import _parts
 from ignitrain.handlers import stopping
 from ignitrain.handlers.attached import AttachedHandler, AttachedHandlers, recording
@@ -167,7 +165,7 @@ def attach_handlers(
         ema = entry.handler = _attach_ema(parts, objects)
     # evaluation sets and the one that decides (best_metric="val/accuracy")
     evaluators, val_loader, sets, decision = _evaluation_sets(parts, options, ema)
-    _check_watched_metrics(config, decision)
+    _parts.check_watched_metrics(config, decision.engine, decision.metric)
     # issue 13: best_metric="train/loss" ranks by the training epoch means (no val needed)
     with recording(handlers, "train_ranking", engine):
         ranked_by, ranked_name = ranking_source(engine, decision.engine, decision.metric)
@@ -272,27 +270,6 @@ def _evaluation_sets(
     return evaluators, val_loader, sets, _Decision(evaluators.get(split), metric, mode)
 
 
-def _check_watched_metrics(config: TrainConfig, decision: _Decision) -> None:
-    """Refuse, before training, a best/stop metric the deciding evaluator never computes.
-
-    Without this a typo (``best_metric="acuracy"``, ``stop_when={"los": 0.1}``) fails
-    only after the first epoch's evaluation. Skipped when the names are known only
-    after a run (see :func:`~ignitrain.flavors._parts.evaluator_metric_names`).
-    """
-    computed = _parts.evaluator_metric_names(decision.engine)
-    if computed is None:
-        return
-    watched = dict.fromkeys(config.stop_when, "stop_when")
-    if not is_train_metric(decision.metric):
-        watched.setdefault(decision.metric, "best_metric")
-    for name, field in watched.items():
-        if name not in computed:
-            raise ConfigError(
-                f"TrainConfig.{field}: metric {name!r} is not computed by the validation "
-                f"evaluator.{suggest(name, computed)} It computes: {', '.join(sorted(computed))}"
-            )
-
-
 def _split_preemption(handlers: AttachedHandlers) -> None:
     # The checkpoint attach call also attaches preemption; list it under its own name.
     if "checkpoints" not in handlers:
@@ -362,7 +339,7 @@ def _attach_schedules(
         or config.warmup_steps
     ):
         context = schedule_context(config, parts.data.train_loader, val_loader)
-        _warn_long_warmup(config, context)
+        _parts.warn_long_warmup(config, context)
         for field, param in (("lr_scheduler", "lr"), ("momentum_scheduler", "momentum")):
             spec = getattr(config, field)
             warmup = config.warmup_steps if param == "lr" else 0
@@ -394,21 +371,6 @@ def _attach_schedules(
     with recording(handlers, "lr_writers", engine) as entry:
         # Always: FastaiLRFinder on the run's engine is refused even without a schedule.
         entry.handler = attach_lr_writer_guard(engine, guarded)
-
-
-def _warn_long_warmup(config: TrainConfig, context: Mapping[str, int]) -> None:
-    # issue 12: a warm-up longer than the run never reaches the configured lr; said once
-    # at factory time (a short smoke run may mean it, so not refused)
-    total = context["num_epochs"] * context["steps_per_epoch"]
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-    if config.warmup_steps and config.warmup_steps >= total:
-        warnings.warn(
-            f"TrainConfig.warmup_steps={config.warmup_steps} is not shorter than the run "
-            f"({total} optimizer steps): the lr never reaches lr={config.lr}",
-            UserWarning,
-            stacklevel=4,
-        )
 
 
 def schedule_context(config: TrainConfig, train_loader: Any, val_loader: Any) -> dict[str, int]:

@@ -17,6 +17,7 @@ handlers -> Trainer)::
 from __future__ import annotations
 
 import inspect
+import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,7 +37,9 @@ from ignitrain.data import (
     make_train_loader,
     quiet_ignite_auto_loggers,
 )
+from ignitrain.errors import ConfigError, suggest
 from ignitrain.fsdp import FSDPOptions, shard_model
+from ignitrain.metric_names import is_train_metric
 from ignitrain.registry import build_optimizer
 from ignitrain.seeding import seed_everything
 from ignitrain.trainer import Learning
@@ -53,6 +56,9 @@ __all__ = [
     "make_engine",
     "make_evaluator_factory",
     "one_model",
+    "evaluator_metric_names",
+    "check_watched_metrics",
+    "warn_long_warmup",
 ]
 
 
@@ -277,3 +283,45 @@ def one_model(
 ) -> Learning:
     """The :class:`~ignitrain.trainer.Learning` of a one-model, one-optimizer flavor."""
     return Learning({"model": model}, {"optimizer": optimizer}, {"optimizer": opt_step}, device)
+
+
+def check_watched_metrics(config: TrainConfig, evaluator: Engine | None, metric: str) -> None:
+    """Refuse, before training, a best/stop metric the deciding evaluator never computes.
+
+    Args:
+        config: The checked config (``stop_when`` names).
+        evaluator: The evaluator whose runs decide (``None``: no validation).
+        metric: The metric ranking best checkpoints and early stopping (split-free).
+
+    Without this a typo (``best_metric="acuracy"``, ``stop_when={"los": 0.1}``) fails
+    only after the first epoch's evaluation. Skipped when the names are known only
+    after a run (see :func:`evaluator_metric_names`).
+    """
+    computed = evaluator_metric_names(evaluator)
+    if computed is None:
+        return
+    watched = dict.fromkeys(config.stop_when, "stop_when")
+    if not is_train_metric(metric):
+        watched.setdefault(metric, "best_metric")
+    for name, field in watched.items():
+        if name not in computed:
+            raise ConfigError(
+                f"TrainConfig.{field}: metric {name!r} is not computed by the validation "
+                f"evaluator.{suggest(name, computed)} It computes: {', '.join(sorted(computed))}"
+            )
+
+
+def warn_long_warmup(config: TrainConfig, context: Mapping[str, int]) -> None:
+    """Warn at factory time when ``warmup_steps`` is not shorter than the run."""
+    # issue 12: a warm-up longer than the run never reaches the configured lr; said once
+    # at factory time (a short smoke run may mean it, so not refused)
+    total = context["num_epochs"] * context["steps_per_epoch"]
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    if config.warmup_steps and config.warmup_steps >= total:
+        warnings.warn(
+            f"TrainConfig.warmup_steps={config.warmup_steps} is not shorter than the run "
+            f"({total} optimizer steps): the lr never reaches lr={config.lr}",
+            UserWarning,
+            stacklevel=4,
+        )

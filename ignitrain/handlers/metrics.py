@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Self
 
 import ignite.distributed as idist
 import torch
@@ -88,7 +88,31 @@ def _reduce_sums(sums: Mapping[str, float], weights: Mapping[str, float]) -> dic
     return {k: sums[k] / weights[k] for k in keys if weights[k] > 0}
 
 
-class EpochMean:
+class _EpochAccumulator:
+    """Sums per iteration, publishes at the epoch end, resets only at a true epoch start
+    (a resumed engine starts mid-epoch: what the checkpoint restored is kept)."""
+
+    def attach(self, engine: Engine) -> Self:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._completed)
+        return self
+
+    def _started(self, engine: Engine) -> None:
+        if true_epoch_start(engine):
+            self._reset()
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+    def _update(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+    def _completed(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+
+class EpochMean(_EpochAccumulator):
     """Mean of a per-iteration value over an epoch, reduced over processes.
 
     Args:
@@ -102,16 +126,8 @@ class EpochMean:
         self.total = 0.0
         self.count = 0
 
-    def attach(self, engine: Engine) -> EpochMean:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._started)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._completed)
-        return self
-
-    def _started(self, engine: Engine) -> None:
-        # a resumed engine starts mid-epoch: keep what the checkpoint restored
-        if true_epoch_start(engine):
-            self.total, self.count = 0.0, 0
+    def _reset(self) -> None:
+        self.total, self.count = 0.0, 0
 
     def _update(self, engine: Engine) -> None:
         value = self.value_fn(engine.state.output)
@@ -158,7 +174,7 @@ def attach_epoch_mean(
     return EpochMean(name, value_fn).attach(engine)
 
 
-class TrainOutputMeans:
+class TrainOutputMeans(_EpochAccumulator):
     """Epoch means of the scalar values of the training output other than ``exclude``.
 
     Keys are discovered as they appear, so a ``train_step`` returning
@@ -180,15 +196,8 @@ class TrainOutputMeans:
         self.sums: dict[str, float] = {}
         self.counts: dict[str, float] = {}
 
-    def attach(self, engine: Engine) -> TrainOutputMeans:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._started)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._completed)
-        return self
-
-    def _started(self, engine: Engine) -> None:
-        if true_epoch_start(engine):
-            self.sums, self.counts = {}, {}
+    def _reset(self) -> None:
+        self.sums, self.counts = {}, {}
 
     def _update(self, engine: Engine) -> None:
         output = engine.state.output
