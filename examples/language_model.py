@@ -135,6 +135,9 @@ def main() -> dict[str, float]:
     train, val = Windows(train_text, args.context), Windows(val_text, args.context)
     torch.manual_seed(0)
     model = ByteTransformerLM(context=args.context)
+    # 100 warm-up steps, or a quarter of a shortened run (a warm-up as long as the run
+    # would never reach the lr: the factory warns about it)
+    warmup = min(100, args.epochs * -(-len(train) // 32) // 4)
     config = TrainConfig(
         num_epochs=args.epochs,
         optimizer="adamw",
@@ -143,7 +146,7 @@ def main() -> dict[str, float]:
         batch_size=32,
         val_batch_size=128,
         lr_scheduler="cosine",
-        warmup_steps=100,
+        warmup_steps=warmup,
         max_grad_norm=1.0,
         metrics=["perplexity"],
         output_dir=args.output_dir,

@@ -138,6 +138,10 @@ def run(local_rank: int, args: argparse.Namespace) -> None:
     train, seen = make_reversal_data(args.train_size, seed=0)
     val, seen = make_reversal_data(1000, seed=1, exclude=seen)
     test, _ = make_reversal_data(2000, seed=2, exclude=seen)
+    # 100 warm-up steps, or a quarter of a shortened run (a warm-up as long as the run
+    # would never reach the lr: the factory warns about it)
+    steps_per_epoch = -(-len(train) // (128 * (args.nproc or 1)))
+    warmup = min(100, args.epochs * steps_per_epoch // 4)
     config = TrainConfig(
         num_epochs=args.epochs,
         optimizer="adamw",
@@ -146,7 +150,7 @@ def run(local_rank: int, args: argparse.Namespace) -> None:
         batch_size=128,
         val_batch_size=500,
         lr_scheduler="cosine",
-        warmup_steps=100,
+        warmup_steps=warmup,
         max_grad_norm=1.0,
         stop_when={"sequence_accuracy": 0.99},
         output_dir=args.output_dir,
