@@ -47,3 +47,28 @@ def test_predict_argmax_and_bad_run_dir(run_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["predict", str(run_dir), "--out", str(out), "--ema"]) == 2
     assert "needs TrainConfig.ema_decay" in capsys.readouterr().err
+
+
+def test_predict_on_a_full_disk_keeps_the_previous_file_whole(
+    run_dir, tmp_path, monkeypatch, capsys
+):
+    # the predictions file is written like a checkpoint: temp file, fsync, rename
+    import builtins
+    import errno
+
+    out = tmp_path / "labels.pt"
+    assert main(["predict", str(run_dir), "--out", str(out), "--argmax"]) == 0
+    before = out.read_bytes()
+    real_open = builtins.open
+
+    def full_disk(file, mode="r", *args, **kwargs):
+        if str(file).endswith(".tmp") and "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full_disk)
+    assert main(["predict", str(run_dir), "--out", str(out)]) == 1
+    monkeypatch.undo()
+    assert "No space left on device" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.pt"]

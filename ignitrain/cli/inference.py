@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ignitrain.checkpoint_choice import ChosenCheckpoint, choose_checkpoint
 from ignitrain.cli.common import is_rank_zero
 from ignitrain.cli.offline import (
@@ -20,6 +18,7 @@ from ignitrain.cli.offline import (
 )
 from ignitrain.errors import JobError
 from ignitrain.evaluation_record import write_evaluation
+from ignitrain.handlers.checkpoint import save_atomic
 from ignitrain.handlers.sharded import export_model, find_sharded
 
 __all__ = ["cmd_evaluate", "cmd_export", "cmd_predict", "evaluate_checkpoint"]
@@ -90,7 +89,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """``ignitrain predict RUN_DIR --data NAME[:SPLIT] --out PATH [--argmax] [--targets]``.
 
     Writes ``{"predictions", "targets"?, "checkpoint", "data"}`` with ``torch.save``
-    (readable with ``torch.load(path, weights_only=True)``).
+    (readable with ``torch.load(path, weights_only=True)``), atomically: a crash or a
+    full disk leaves the previous file (or none), never half of one.
     """
     checkpoint = resolve_checkpoint(args.checkpoint)
     job = job_of_checkpoint(checkpoint, args.config)
@@ -113,7 +113,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if is_rank_zero():
         out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, out)
+        save_atomic(payload, out)
         print(f"{tuple(preds.shape)} predictions of {run.label} -> {out}")
     return 0
 
