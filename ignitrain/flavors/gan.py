@@ -30,6 +30,7 @@ from ignitrain.flavors.gan_objective import (
     GANObjective,
     discriminator_scores,
 )
+from ignitrain.handlers.attached import AttachedHandlers, recording
 from ignitrain.handlers.metrics import OutputMean
 from ignitrain.predict import GANPredictor
 from ignitrain.steps import OptimizerStep, StepOptions, to_device, train_mode
@@ -368,19 +369,22 @@ def create_gan_trainer(
         state={"fixed_noise": fixed},
         flavor="gan",
     )
-    trainer = build_trainer(parts, AttachOptions("g_loss", objective.names()))
+    # the sample writer is one of trainer.handlers, removable like the others; it only
+    # reads the generator, so attaching it before the switchboard changes no save point
+    handlers = AttachedHandlers()
     if fixed_noise_size:
         out_dir = Path(config.output_dir) if config.output_dir else None
-        attach_gan_samples(
-            engine,
-            generator,
-            fixed.get,
-            out_dir / "samples" if out_dir else None,
-            sample_fn=sample_fn,
-            tensorboard_dir=out_dir / "tb" if out_dir and config.tensorboard else None,
-            device=device,
-        )
-    return trainer
+        with recording(handlers, "gan_samples", engine) as entry:
+            entry.handler = attach_gan_samples(
+                engine,
+                generator,
+                fixed.get,
+                out_dir / "samples" if out_dir else None,
+                sample_fn=sample_fn,
+                tensorboard_dir=out_dir / "tb" if out_dir and config.tensorboard else None,
+                device=device,
+            )
+    return build_trainer(parts, AttachOptions("g_loss", objective.names()), handlers)
 
 
 # -- argument checks ----------------------------------------------------------------------

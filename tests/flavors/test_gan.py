@@ -70,6 +70,24 @@ def test_gan_learns_the_ring_and_writes_samples(tmp_path):
     assert set(trainer.models) == set(trainer.optimizers) == {"generator", "discriminator"}
 
 
+def test_the_sample_writer_is_one_of_trainer_handlers_and_detaches(tmp_path):
+    # issue 10: every handler ignitrain attaches is listed and removable
+    trainer = create_gan_trainer(
+        mlp(4, 2, 0), mlp(2, 1, 1), cfg(num_epochs=2, output_dir=str(tmp_path)), ring(256),
+        latent_dim=4, fixed_noise_size=16,
+    )  # fmt: skip
+    entry = trainer.handlers["gan_samples"]
+    assert entry.events and all(e.has_event_handler(fn, ev) for e, ev, fn in entry.events)
+    entry.detach()
+    assert not entry.attached
+    trainer.train()
+    assert not (tmp_path / "samples").exists()
+    assert "gan_samples" not in create_gan_trainer(
+        mlp(4, 2, 0), mlp(2, 1, 1), cfg(num_epochs=1), ring(256), latent_dim=4,
+        fixed_noise_size=0,
+    ).handlers  # fmt: skip
+
+
 def test_events_fire_d_then_g_every_n_critic_iterations():
     trainer = create_gan_trainer(
         mlp(4, 2, 0), mlp(2, 1, 1), cfg(num_epochs=1), ring(128 * 6), latent_dim=4, n_critic=3,
