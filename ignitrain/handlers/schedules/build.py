@@ -30,7 +30,7 @@ from ignite.handlers.param_scheduler import (
 )
 from torch.optim import lr_scheduler as torch_sched
 
-from ignitrain.errors import ConfigError, is_count, is_number, suggest
+from ignitrain.errors import ConfigError, is_count, is_number, not_allowed, suggest
 from ignitrain.handlers.schedules.drivers import (
     PARAM_NAMES,
     IgniteDriver,
@@ -84,18 +84,14 @@ class BuildOptions:
 def check_int(value: Any, name: str, minimum: int) -> int:
     """``value`` as an ``int`` >= ``minimum``, else ``ValueError`` naming ``name``."""
     if not is_count(value) or value < minimum:
-        raise ValueError(
-            f"Argument {name}={value!r} is not allowed: expected an integer >= {minimum}"
-        )
+        raise not_allowed(f"Argument {name}", value, f"expected an integer >= {minimum}")
     return int(value)
 
 
 def check_factor(value: Any) -> float:
     """A warm-up start factor in [0, 1]."""
     if not is_number(value) or not 0 <= value <= 1:
-        raise ValueError(
-            f"Argument warmup_start_factor={value!r} is not allowed: expected a number in [0, 1]"
-        )
+        raise not_allowed("Argument warmup_start_factor", value, "expected a number in [0, 1]")
     return float(value)
 
 
@@ -261,9 +257,8 @@ def build_schedule(
         Schedule(name='step', unit='epoch', param_name='lr', warmup_steps=0)
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
-            f"Argument optimizer={optimizer!r} is not allowed: expected a torch.optim.Optimizer"
-        )
+        why = "expected a torch.optim.Optimizer"
+        raise not_allowed("Argument optimizer", optimizer, why, TypeError)
     num_epochs = check_int(num_epochs, "num_epochs", 1)
     steps_per_epoch = check_int(steps_per_epoch, "steps_per_epoch", 1)
     options = BuildOptions(
@@ -276,14 +271,10 @@ def build_schedule(
     total = num_epochs * steps_per_epoch if total_steps is None else total_steps
     total = check_int(total, "total_steps", 1)
     if param_name not in PARAM_NAMES:
-        raise ValueError(
-            f"Argument param_name={param_name!r} is not allowed: expected 'lr' or 'momentum'."
-            f"{suggest(param_name, PARAM_NAMES)}"
-        )
+        why = f"expected 'lr' or 'momentum'.{suggest(param_name, PARAM_NAMES)}"
+        raise not_allowed("Argument param_name", param_name, why)
     if unit is not None and unit not in UNITS:
-        raise ValueError(
-            f"Argument unit={unit!r} is not allowed: expected one of {UNITS}.{suggest(unit, UNITS)}"
-        )
+        raise not_allowed("Argument unit", unit, f"expected one of {UNITS}.{suggest(unit, UNITS)}")
     if spec is None or isinstance(spec, Schedule):
         return spec
     param_values(optimizer, param_name)  # fails early for an optimizer without momentum
@@ -303,16 +294,13 @@ def _build(spec: Any, optimizer: Any, options: BuildOptions, context: dict) -> S
         spec = {"name": spec}
     if isinstance(spec, Mapping):
         if "name" not in spec:
-            raise ConfigError(
-                f"{field}={dict(spec)!r} is not allowed: a spec dict needs a 'name', "
-                "e.g. {'name': 'step', 'step_size': 10}"
-            )
+            why = "a spec dict needs a 'name', e.g. {'name': 'step', 'step_size': 10}"
+            raise not_allowed(field, dict(spec), why, ConfigError)
         return _build_named(dict(spec), optimizer, options, context)
     if isinstance(spec, type):
-        raise TypeError(
-            f"{field}={spec!r} is not allowed: pass a scheduler name, an instance or a factory "
-            "(e.g. lambda opt, epochs, steps: StepLR(opt, 10)), not a class"
-        )
+        why = "pass a scheduler name, an instance or a factory "
+        why += "(e.g. lambda opt, epochs, steps: StepLR(opt, 10)), not a class"
+        raise not_allowed(field, spec, why, TypeError)
     if callable(spec) and not isinstance(spec, _SCHEDULER_TYPES):
         spec = _call_factory(spec, optimizer, context, field)
         if isinstance(spec, Schedule):
@@ -325,10 +313,9 @@ def _build_named(spec: dict, optimizer: Any, options: BuildOptions, context: dic
     name = canonical_schedule_name(spec.pop("name"), field=field)
     shape = SHAPES[name]
     if name == "cyclic_momentum" and options.param_name != "momentum":
-        raise ConfigError(
-            f"{field}='cyclic_momentum' is not allowed: it schedules momentum (use it as "
-            "momentum_scheduler); for the learning rate use 'onecycle'"
-        )
+        why = "it schedules momentum (use it as momentum_scheduler); "
+        why += "for the learning rate use 'onecycle'"
+        raise not_allowed(field, name, why, ConfigError)
     unit = check_unit(spec.pop("unit", options.unit) or shape.unit, shape.units, field, name)
     warmup = check_int(spec.pop("warmup_steps", options.warmup_steps), "warmup_steps", 0)
     start_factor = check_factor(spec.pop("warmup_start_factor", options.warmup_start_factor))
@@ -411,11 +398,10 @@ def _call_factory(factory: Callable, optimizer: Any, context: Mapping[str, int],
         except TypeError:
             continue
         return factory(*args)
-    raise TypeError(
-        f"{field}={factory!r} is not allowed: a scheduler factory takes the optimizer as its "
-        f"one positional argument, optimizer -> scheduler (e.g. functools.partial(StepLR, "
-        f"step_size=7, gamma=0.1)); got signature {signature}"
-    )
+    why = "a scheduler factory takes the optimizer as its one positional argument, optimizer -> "
+    why += "scheduler (e.g. functools.partial(StepLR, step_size=7, gamma=0.1)); got signature "
+    why += str(signature)
+    raise not_allowed(field, factory, why, TypeError)
 
 
 def _wrap_object(obj: Any, optimizer: Any, options: BuildOptions) -> Schedule:
@@ -424,10 +410,9 @@ def _wrap_object(obj: Any, optimizer: Any, options: BuildOptions) -> Schedule:
     if isinstance(obj, torch_sched.LRScheduler):  # ReduceLROnPlateau included
         _check_bound(obj.optimizer, optimizer, field)
         if param_name != "lr":
-            raise ConfigError(
-                f"{field}={obj!r} is not allowed: a torch LR scheduler schedules lr, not "
-                f"{param_name}; use a schedule name or an Ignite ParamScheduler"
-            )
+            why = f"a torch LR scheduler schedules lr, not {param_name}; "
+            why += "use a schedule name or an Ignite ParamScheduler"
+            raise not_allowed(field, obj, why, ConfigError)
         per_iteration = isinstance(obj, _PER_ITERATION_TORCH)
         driver: Any = (
             PlateauDriver(obj, owns_optimizer=False)
@@ -437,24 +422,21 @@ def _wrap_object(obj: Any, optimizer: Any, options: BuildOptions) -> Schedule:
     elif isinstance(obj, (ParamScheduler, ParamGroupScheduler)):
         names = scheduler_param_names(obj)
         if set(names) != {param_name}:
-            raise ConfigError(
-                f"{field}={obj!r} is not allowed: it schedules {names}, expected {param_name!r}"
-            )
+            why = f"it schedules {names}, expected {param_name!r}"
+            raise not_allowed(field, obj, why, ConfigError)
         if param_name == "momentum" and any("betas" in g for g in optimizer.param_groups):
-            raise ConfigError(
-                f"{field}={obj!r} is not allowed: Ignite schedulers set plain keys, but "
-                f"{type(optimizer).__name__} keeps momentum in betas[0]; use a schedule name"
-            )
+            why = f"Ignite schedulers set plain keys, but {type(optimizer).__name__} keeps "
+            why += "momentum in betas[0]; use a schedule name"
+            raise not_allowed(field, obj, why, ConfigError)
         if isinstance(getattr(obj, "optimizer", None), torch.optim.Optimizer):
             _check_bound(obj.optimizer, optimizer, field)
         per_iteration = True
         driver = IgniteDriver(obj, target=optimizer, key=param_name, owns_optimizer=False)
     else:
-        raise TypeError(
-            f"{field}={obj!r} is not allowed: expected None, a schedule name, a spec dict, a "
-            "factory (optimizer, num_epochs, steps_per_epoch) -> scheduler, a torch LRScheduler, "
-            "ReduceLROnPlateau or an Ignite ParamScheduler"
-        )
+        why = "expected None, a schedule name, a spec dict, a factory (optimizer, num_epochs, "
+        why += "steps_per_epoch) -> scheduler, a torch LRScheduler, ReduceLROnPlateau or an "
+        why += "Ignite ParamScheduler"
+        raise not_allowed(field, obj, why, TypeError)
     default = "metric" if plateau else "iteration" if per_iteration else "epoch"
     allowed = ("metric",) if plateau else ("iteration", "epoch")
     name = type(obj).__name__
