@@ -18,7 +18,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 from ignite.handlers.param_scheduler import ParamGroupScheduler, ParamScheduler
 
-from ignitrain.errors import suggest
+from ignitrain.errors import not_allowed, suggest
 from ignitrain.handlers.schedules.build import check_int
 from ignitrain.handlers.schedules.drivers import scheduler_param_names
 from ignitrain.handlers.schedules.schedule import Schedule
@@ -137,12 +137,10 @@ def attach_schedule(
     """
     accumulation_steps = check_int(accumulation_steps, "accumulation_steps", 1)
     if not isinstance(engine, Engine):
-        raise TypeError(f"Argument engine={engine!r} is not allowed: expected an ignite Engine")
+        raise not_allowed("Argument engine", engine, "expected an ignite Engine", TypeError)
     if not isinstance(schedule, Schedule):
-        raise TypeError(
-            f"Argument schedule={schedule!r} is not allowed: expected a Schedule "
-            "from build_schedule"
-        )
+        why = "expected a Schedule from build_schedule"
+        raise not_allowed("Argument schedule", schedule, why, TypeError)
     if schedule.unit == "metric":
         if not isinstance(evaluator, Engine) or not isinstance(metric, str):
             raise ValueError(

@@ -224,11 +224,5 @@ class Schedule:
         remaining = max(1, new - done)
         self._driver = self.plan.replan(remaining)
         self._values = self._driver.start()  # step 0 of the new plan: the current value
-        logger.info(
-            "%s: re-planned, %s continues from %.6g to its end value over the remaining %d %ss",
-            change,
-            self.param_name,
-            self._values[0],
-            remaining,
-            unit,
-        )
+        what = f"{self.param_name} continues from {self._values[0]:.6g} to its end value"
+        logger.info("%s: re-planned, %s over the remaining %d %ss", change, what, remaining, unit)
