@@ -342,13 +342,9 @@ def _build_named(spec: dict, optimizer: Any, options: BuildOptions, context: dic
     else:
         limit = None if shape.limit is None else int(params[shape.limit])
         driver = IgniteDriver(scheduler, target=shadow, key=shape.key, limit=limit)
-    replan = None
-    if shape.replan is not None:
-
-        def replan(remaining: int) -> IgniteDriver:
-            scheduler = shape.replan(shadow, params, base, remaining)
-            return IgniteDriver(scheduler, target=shadow, key=shape.key)
-
+    replan = (
+        None if shape.replan is None else functools.partial(_replanned, shape, shadow, params, base)
+    )
     return Schedule(
         optimizer,
         driver,
@@ -359,6 +355,10 @@ def _build_named(spec: dict, optimizer: Any, options: BuildOptions, context: dic
         name=name,
         plan=Plan(length, replan),
     )
+
+
+def _replanned(shape: Any, shadow: Any, params: dict, base: list[float], remaining: int) -> Any:
+    return IgniteDriver(shape.replan(shadow, params, base, remaining), target=shadow, key=shape.key)
 
 
 def _check_params(name: str, params: Mapping[str, Any], shape: Any, accepted: list, field):
