@@ -147,7 +147,7 @@ def attach_schedule(
                 f"Schedule {schedule.name!r} steps on a validation metric: pass evaluator=<Engine> "
                 f"and metric=<name> (got evaluator={evaluator!r}, metric={metric!r})"
             )
-        schedule.configure_mode(metric, mode)
+        schedule.configure_metric(metric, mode)
     return ScheduleHandler(engine, schedule, evaluator, metric, accumulation_steps)
 
 

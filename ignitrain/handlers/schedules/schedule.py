@@ -100,7 +100,7 @@ class Schedule:
         """Direction of a torch plateau schedule (``"min"``/``"max"``), else ``None``."""
         return getattr(self._driver, "mode", None)
 
-    def configure_mode(self, metric: str, mode: str | None = None) -> None:
+    def configure_metric(self, metric: str, mode: str | None = None) -> None:
         """Set the direction of a torch ``plateau`` schedule before it sees a metric.
 
         ``mode=None`` keeps a mode given by the spec or the user's torch scheduler, else
