@@ -109,9 +109,11 @@ Ignite underneath, and what is kept custom (each with the test showing why):
   length. ``plateau`` steps torch's ``ReduceLROnPlateau`` itself: Ignite's
   ``ReduceLROnPlateauScheduler`` needs the metric name at construction
   (``test_ignite_plateau_needs_the_metric_at_construction``), known here only at
-  :func:`attach_schedule`. Ignite defect worked around in :mod:`.drivers`:
+  :func:`attach_schedule`. Ignite defects worked around in :mod:`.drivers`:
   ``LRScheduler(CosineAnnealingWarmRestarts).state_dict()`` holds a private object that
-  ``torch.load(weights_only=True)`` refuses (``test_ignite_lr_scheduler_state_of_warm_restarts``).
+  ``torch.load(weights_only=True)`` refuses (``test_ignite_lr_scheduler_state_of_warm_restarts``);
+  ``LRScheduler``'s first call writes a chainable torch scheduler's *second* value
+  (``test_ignite_lr_scheduler_is_one_step_ahead_at_its_first_call``).
 """
 
 from ignitrain.handlers.schedules.build import (
