@@ -11,7 +11,15 @@ import difflib
 import numbers
 from typing import Any
 
-__all__ = ["CheckpointError", "ConfigError", "JobError", "is_count", "is_number", "suggest"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "JobError",
+    "is_count",
+    "is_number",
+    "not_allowed",
+    "suggest",
+]
 
 
 class ConfigError(ValueError):
@@ -40,3 +48,14 @@ def is_number(value: Any) -> bool:
 def is_count(value: Any) -> bool:
     """An integer that is not a ``bool``."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def not_allowed(what: str, value: Any, why: str, exc: type[Exception] = ValueError) -> Exception:
+    """The one phrasing of a refused value: ``exc(f"{what}={value!r} is not allowed: {why}")``.
+
+    Example:
+        >>> raise not_allowed("Argument num_iter", 1, "expected an integer >= 2")
+        Traceback (most recent call last):
+        ValueError: Argument num_iter=1 is not allowed: expected an integer >= 2
+    """
+    return exc(f"{what}={value!r} is not allowed: {why}")

@@ -11,8 +11,8 @@ Kept around Ignite, each for a defect of ``FastaiLRFinder``:
 * Restoring: ``FastaiLRFinder.attach`` restores ``to_save`` only when its ``with``
   block exits normally -- a step that raises leaves the model and optimizer trained
   at a huge LR. Here the ``state_dict``s, the gradients, the train/eval flags and the
-  RNG states (torch, CUDA, NumPy, Python) are copied first and restored in a
-  ``finally``.
+  RNG states (torch, CUDA, NumPy, Python; with the checkpoints' RNG helpers) are copied
+  first and restored in a ``finally``.
 * A NaN/inf loss: Ignite's divergence test ``loss > diverge_th * best`` is ``False`` for
   NaN, so the sweep went on training NaN weights; here a non-finite loss stops it.
 * The raw losses and the suggestion (:func:`suggest_lr`, computed on Ignite's
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -41,7 +40,8 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import FastaiLRFinder
 
-from ignitrain.errors import is_count, is_number, suggest
+from ignitrain.errors import is_count, is_number, not_allowed, suggest
+from ignitrain.handlers.checkpoint import capture_rng_state, restore_rng_state
 
 __all__ = ["LRFinderResult", "RangeTestOptions", "find_lr", "suggest_lr"]
 
@@ -85,16 +85,9 @@ class LRFinderResult:
             ax.plot(self.lrs, self.raw_losses, alpha=0.3, label="loss")
             ax.plot(self.lrs, self.losses, label="smoothed loss")
             if self.suggestion is not None:
-                ax.axvline(
-                    self.suggestion,
-                    color="red",
-                    linestyle="--",
-                    label=f"suggested lr = {self.suggestion:.2e}",
-                )
-            ax.set_xscale("log")
-            ax.set_xlabel("learning rate")
-            ax.set_ylabel("loss")
-            ax.set_title(title)
+                label = f"suggested lr = {self.suggestion:.2e}"
+                ax.axvline(self.suggestion, color="red", linestyle="--", label=label)
+            ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title=title)
             ax.legend()
             fig.tight_layout()
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,10 +176,7 @@ class _Snapshot:
             None if p.grad is None else p.grad.detach().clone() for p in model.parameters()
         ]
         self.training = [m.training for m in model.modules()]
-        self.torch_rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        self.numpy_rng = np.random.get_state()
-        self.python_rng = random.getstate()
+        self.rng = capture_rng_state()  # torch, CUDA, NumPy, Python
 
     def restore(self) -> None:
         self.model.load_state_dict(self.weights)
@@ -195,11 +185,7 @@ class _Snapshot:
             param.grad = grad
         for module, training in zip(self.model.modules(), self.training):
             module.training = training
-        torch.set_rng_state(self.torch_rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state_all(self.cuda_rng)
-        np.random.set_state(self.numpy_rng)
-        random.setstate(self.python_rng)
+        restore_rng_state(self.rng)
 
 
 @dataclass(frozen=True)
@@ -225,28 +211,23 @@ class RangeTestOptions:
     diverge_threshold: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("start_lr", "end_lr"):
+        for name, (ok, expected) in _RULES.items():
             value = getattr(self, name)
-            if not is_number(value) or not value > 0:
-                raise ValueError(f"Argument {name}={value!r} is not allowed: expected a number > 0")
-        if not self.end_lr > self.start_lr:
-            raise ValueError(
-                f"Argument end_lr={self.end_lr!r} is not allowed: expected a value > "
-                f"start_lr={self.start_lr!r}"
-            )
-        if not is_count(self.num_iter) or self.num_iter < 2:
-            raise ValueError(
-                f"Argument num_iter={self.num_iter!r} is not allowed: expected an integer >= 2"
-            )
-        if not is_number(self.smooth) or not 0 < self.smooth <= 1:
-            raise ValueError(
-                f"Argument smooth={self.smooth!r} is not allowed: expected a number in (0, 1]"
-            )
-        if not is_number(self.diverge_threshold) or not self.diverge_threshold > 1:
-            raise ValueError(
-                f"Argument diverge_threshold={self.diverge_threshold!r} is not allowed: "
-                "expected a number > 1"
-            )
+            if not ok(value):
+                raise not_allowed(f"Argument {name}", value, f"expected {expected}")
+            if name == "end_lr" and not value > self.start_lr:
+                why = f"expected a value > start_lr={self.start_lr!r}"
+                raise not_allowed("Argument end_lr", value, why)
+
+
+#: field -> (accepts the value, what is allowed); checked in this order.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "start_lr": (lambda v: is_number(v) and v > 0, "a number > 0"),
+    "end_lr": (lambda v: is_number(v) and v > 0, "a number > 0"),
+    "num_iter": (lambda v: is_count(v) and v >= 2, "an integer >= 2"),
+    "smooth": (lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "diverge_threshold": (lambda v: is_number(v) and v > 1, "a number > 1"),
+}
 
 
 def find_lr(
@@ -287,16 +268,14 @@ def find_lr(
         ValueError: Bad arguments or empty ``data``.
     """
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"Argument model={model!r} is not allowed: expected a torch.nn.Module")
+        raise not_allowed("Argument model", model, "expected a torch.nn.Module", TypeError)
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
-            f"Argument optimizer={optimizer!r} is not allowed: expected a torch.optim.Optimizer"
-        )
+        why = "expected a torch.optim.Optimizer"
+        raise not_allowed("Argument optimizer", optimizer, why, TypeError)
     if not callable(train_step):
-        raise TypeError(f"Argument train_step={train_step!r} is not allowed: expected a callable")
+        raise not_allowed("Argument train_step", train_step, "expected a callable", TypeError)
     options = _options(options, overrides)
     start_lr, end_lr, num_iter = options.start_lr, options.end_lr, options.num_iter
-    smooth, diverge_threshold = options.smooth, options.diverge_threshold
 
     result = LRFinderResult()
     engine = Engine(train_step)  # private: nothing of the training run is attached
@@ -327,7 +306,10 @@ def find_lr(
     try:
         with finder.attach(
             engine,
-            to_save={"model": model, "optimizer": optimizer},
+            # Ignite saves and restores to_save on a normal exit only; the snapshot does
+            # it always, so the finder gets only the optimizer it requires (no copy of
+            # the model's weights to a temporary file).
+            to_save={"optimizer": optimizer},
             output_transform=_loss_of,
             num_iter=num_iter,
             start_lr=float(start_lr),
@@ -335,8 +317,8 @@ def find_lr(
             # makes iteration i use start * (end / start) ** (i / (num_iter - 1)).
             end_lr=float(start_lr * (end_lr / start_lr) ** (num_iter / (num_iter - 1))),
             step_mode="exp",
-            smooth_f=float(smooth) if smooth < 1 else 0.0,  # Ignite: 0 = no smoothing
-            diverge_th=float(diverge_threshold),
+            smooth_f=float(options.smooth) if options.smooth < 1 else 0.0,  # Ignite: 0 = none
+            diverge_th=float(options.diverge_threshold),
         ) as running:
             running.add_event_handler(Events.STARTED, _first_lr)  # after the finder's
             with warnings.catch_warnings():
@@ -356,7 +338,7 @@ def find_lr(
 def _options(options: RangeTestOptions | None, overrides: dict[str, Any]) -> RangeTestOptions:
     options = RangeTestOptions() if options is None else options
     if not isinstance(options, RangeTestOptions):
-        raise TypeError(f"Argument options={options!r} is not allowed: expected a RangeTestOptions")
+        raise not_allowed("Argument options", options, "expected a RangeTestOptions", TypeError)
     unknown = sorted(set(overrides) - set(RangeTestOptions.__dataclass_fields__))
     if unknown:
         fields = list(RangeTestOptions.__dataclass_fields__)

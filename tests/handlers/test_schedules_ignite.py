@@ -27,8 +27,8 @@ from torch.optim import lr_scheduler as torch_sched
 from ignitrain import registry
 from ignitrain.config import ConfigError, TrainConfig
 from ignitrain.handlers.schedules import attach_schedule, build_schedule, named
+from ignitrain.handlers.schedules.build import BuildOptions, check_int, check_unit
 from ignitrain.handlers.schedules.drivers import IgniteDriver
-from ignitrain.handlers.schedules.options import BuildOptions, check_int, check_unit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -37,8 +37,8 @@ cyclic_momentum     iteration  base_momentum=0.85, max_momentum=0.95,
 
 Each gives the values of the torch scheduler of the same name (``StepLR``,
 ``CosineAnnealingLR``, ``CosineAnnealingWarmRestarts``, ``LinearLR``, ``PolynomialLR``,
-``OneCycleLR``, ``ReduceLROnPlateau``), computed by Ignite (:mod:`.named`): Ignite's
-``CosineAnnealingScheduler`` (``cosine``, ``cosine_restarts``; ``T_0`` at least 2) and
+``OneCycleLR``, ``ReduceLROnPlateau``), computed by Ignite (:mod:`.named`; built in :mod:`.build`):
+Ignite's ``CosineAnnealingScheduler`` (``cosine``, ``cosine_restarts``; ``T_0`` at least 2) and
 ``PiecewiseLinear`` (``linear``, ``piecewise_linear``), the others torch's scheduler in
 Ignite's ``LRScheduler``; ``plateau`` is torch's ``ReduceLROnPlateau`` (:mod:`.drivers`).
 
@@ -109,12 +109,22 @@ Ignite underneath, and what is kept custom (each with the test showing why):
   length. ``plateau`` steps torch's ``ReduceLROnPlateau`` itself: Ignite's
   ``ReduceLROnPlateauScheduler`` needs the metric name at construction
   (``test_ignite_plateau_needs_the_metric_at_construction``), known here only at
-  :func:`attach_schedule`. Ignite defect worked around in :mod:`.drivers`:
+  :func:`attach_schedule`. Ignite defects worked around in :mod:`.drivers`:
   ``LRScheduler(CosineAnnealingWarmRestarts).state_dict()`` holds a private object that
-  ``torch.load(weights_only=True)`` refuses (``test_ignite_lr_scheduler_state_of_warm_restarts``).
+  ``torch.load(weights_only=True)`` refuses (``test_ignite_lr_scheduler_state_of_warm_restarts``);
+  ``LRScheduler``'s first call writes a chainable torch scheduler's *second* value
+  (``test_ignite_lr_scheduler_is_one_step_ahead_at_its_first_call``).
 """
 
-from ignitrain.handlers.schedules.build import build_schedule
+from ignitrain.handlers.schedules.build import (
+    PLACEHOLDERS,
+    UNITS,
+    BuildOptions,
+    Placeholder,
+    build_schedule,
+    resolve_placeholders,
+)
+from ignitrain.handlers.schedules.drivers import param_values, set_param_values
 from ignitrain.handlers.schedules.handler import (
     LRWriterGuard,
     ScheduleHandler,
@@ -122,14 +132,7 @@ from ignitrain.handlers.schedules.handler import (
     attach_schedule,
 )
 from ignitrain.handlers.schedules.named import SCHEDULE_NAMES, canonical_schedule_name
-from ignitrain.handlers.schedules.options import UNITS, BuildOptions
-from ignitrain.handlers.schedules.placeholders import (
-    PLACEHOLDERS,
-    Placeholder,
-    resolve_placeholders,
-)
 from ignitrain.handlers.schedules.schedule import Plan, Schedule
-from ignitrain.handlers.schedules.values import param_values, set_param_values
 
 __all__ = [
     "PLACEHOLDERS",

@@ -18,9 +18,9 @@ from typing import Any
 from ignite.engine import Engine, Events
 from ignite.handlers.param_scheduler import ParamGroupScheduler, ParamScheduler
 
-from ignitrain.errors import suggest
-from ignitrain.handlers.modes import resolve_mode
-from ignitrain.handlers.schedules.options import check_int
+from ignitrain.errors import not_allowed, suggest
+from ignitrain.handlers.schedules.build import check_int
+from ignitrain.handlers.schedules.drivers import scheduler_param_names
 from ignitrain.handlers.schedules.schedule import Schedule
 from ignitrain.handlers.stop_limits import optimizer_steps
 
@@ -137,28 +137,18 @@ def attach_schedule(
     """
     accumulation_steps = check_int(accumulation_steps, "accumulation_steps", 1)
     if not isinstance(engine, Engine):
-        raise TypeError(f"Argument engine={engine!r} is not allowed: expected an ignite Engine")
+        raise not_allowed("Argument engine", engine, "expected an ignite Engine", TypeError)
     if not isinstance(schedule, Schedule):
-        raise TypeError(
-            f"Argument schedule={schedule!r} is not allowed: expected a Schedule "
-            "from build_schedule"
-        )
+        why = "expected a Schedule from build_schedule"
+        raise not_allowed("Argument schedule", schedule, why, TypeError)
     if schedule.unit == "metric":
         if not isinstance(evaluator, Engine) or not isinstance(metric, str):
             raise ValueError(
                 f"Schedule {schedule.name!r} steps on a validation metric: pass evaluator=<Engine> "
                 f"and metric=<name> (got evaluator={evaluator!r}, metric={metric!r})"
             )
-        _configure_metric_mode(schedule, metric, mode)
+        schedule.configure_metric(metric, mode)
     return ScheduleHandler(engine, schedule, evaluator, metric, accumulation_steps)
-
-
-def _configure_metric_mode(schedule: Schedule, metric: str, mode: str | None) -> None:
-    if schedule.mode is None:  # Ignite's plateau scheduler keeps its own configuration
-        return
-    if mode is None and schedule.mode_fixed:
-        return  # the spec or the user's torch scheduler chose it
-    schedule.configure_mode(resolve_mode(metric, mode))
 
 
 class LRWriterGuard:
@@ -222,19 +212,13 @@ def _writes(scheduler: Any, optimizer: Any, param: str) -> bool:
         return any(_writes(s, optimizer, param) for s in scheduler.schedulers)
     if not isinstance(scheduler, ParamScheduler):
         return False
-    names = (
-        scheduler.param_name if isinstance(scheduler.param_name, list) else [scheduler.param_name]
-    )
+    names = scheduler_param_names(scheduler)
     return getattr(scheduler, "optimizer", None) is optimizer and param in names
 
 
-def attach_lr_writer_guard(
-    engine: Engine, guarded: list[tuple[Any, str]], *, checkpoints: bool = True
-) -> LRWriterGuard | None:
+def attach_lr_writer_guard(engine: Engine, guarded: list[tuple[Any, str]]) -> LRWriterGuard:
     """Attach :class:`LRWriterGuard` for ``(optimizer, "lr"|"momentum")`` pairs.
 
-    Returns ``None`` (nothing to guard) without schedules and without checkpoints.
+    Attached even without schedules: ``FastaiLRFinder`` on the run's engine is refused.
     """
-    if not guarded and not checkpoints:
-        return None
     return LRWriterGuard(engine, guarded)

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine
 
-from ignitrain.handlers.schedules.values import set_param_values
+from ignitrain.handlers.modes import resolve_mode
+from ignitrain.handlers.schedules.drivers import set_param_values
 
 __all__ = ["Plan", "Schedule"]
 
@@ -99,22 +100,19 @@ class Schedule:
         """Direction of a torch plateau schedule (``"min"``/``"max"``), else ``None``."""
         return getattr(self._driver, "mode", None)
 
-    @property
-    def mode_fixed(self) -> bool:
-        """Whether :attr:`mode` was given explicitly (never inferred from the metric)."""
-        return getattr(self._driver, "mode_fixed", True)
+    def configure_metric(self, metric: str, mode: str | None = None) -> None:
+        """Set the direction of a torch ``plateau`` schedule before it sees a metric.
 
-    def configure_mode(self, mode: str) -> None:
-        """Set the direction of a ``plateau`` schedule before it sees a metric.
+        ``mode=None`` keeps a mode given by the spec or the user's torch scheduler, else
+        infers it from the metric name (``"loss"`` -> min); Ignite's plateau scheduler
+        keeps its own configuration.
 
         Raises:
             ValueError: The mode was fixed explicitly to the other direction.
         """
-        self._driver.configure_mode(mode)
-
-    def current(self) -> list[float] | None:
-        """Values last written into the optimizer (one per group), ``None`` before."""
-        return None if self._written is None else list(self._written)
+        fixed = getattr(self._driver, "mode_fixed", True)
+        if self.mode is not None and (mode is not None or not fixed):
+            self._driver.configure_mode(resolve_mode(metric, mode))
 
     def iteration_started(self, epoch: int | None = None) -> list[float]:
         """Write this iteration's values (warm-up or schedule); returns them.
@@ -226,11 +224,5 @@ class Schedule:
         remaining = max(1, new - done)
         self._driver = self.plan.replan(remaining)
         self._values = self._driver.start()  # step 0 of the new plan: the current value
-        logger.info(
-            "%s: re-planned, %s continues from %.6g to its end value over the remaining %d %ss",
-            change,
-            self.param_name,
-            self._values[0],
-            remaining,
-            unit,
-        )
+        what = f"{self.param_name} continues from {self._values[0]:.6g} to its end value"
+        logger.info("%s: re-planned, %s over the remaining %d %ss", change, what, remaining, unit)
