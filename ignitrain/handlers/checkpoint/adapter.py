@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,6 +27,7 @@ from ignitrain.handlers.checkpoint.saver import (
 from ignitrain.handlers.checkpoint.store import CheckpointStore, best_tag, safe_tag_part
 from ignitrain.handlers.checkpoint.weights import non_finite, signature, weight_modules
 from ignitrain.handlers.modes import resolve_mode
+from ignitrain.handlers.stop_limits import optimizer_steps
 
 __all__ = ["CheckpointHandler"]
 
@@ -234,10 +236,6 @@ class CheckpointHandler:
             # save now, so the file holds the evaluated weights
             self._save_best()
 
-    def _at_epoch_end(self) -> bool:
-        length = self.engine.state.epoch_length
-        return bool(length) and self.engine.state.iteration % length == 0
-
     def _iteration_completed(self, engine: Engine) -> None:
         # Runs every iteration (issue 16: it cost ~21 us/step going through
         # ``_save_point`` when saving per epoch): return at once unless a periodic
@@ -261,20 +259,10 @@ class CheckpointHandler:
     def _steps_due(self) -> bool:
         """Whether this iteration ends an optimizer step whose count is a multiple of
         ``save_every`` (accumulation groups restart each epoch, as in ``OptimizerStep``)."""
-        every, k = self.save_every, self.options.accumulation_steps
-        if every <= 0:
-            return False
-        state = self.engine.state
-        if k == 1:
-            return state.iteration % every == 0
-        length = state.epoch_length
-        if not length:  # unknown epoch length: groups by global iteration
-            return state.iteration % k == 0 and (state.iteration // k) % every == 0
-        epochs, pos = divmod(state.iteration, length)
-        if pos % k:
-            return False
-        steps = epochs * -(-length // k) + pos // k
-        return steps % every == 0
+        state, k = self.engine.state, self.options.accumulation_steps
+        steps = optimizer_steps(state.iteration, state.epoch_length, k)
+        ended = steps != optimizer_steps(state.iteration - 1, state.epoch_length, k)
+        return self.save_every > 0 and ended and steps % self.save_every == 0
 
     def _completed(self, engine: Engine) -> None:
         try:
@@ -378,13 +366,17 @@ class CheckpointHandler:
         Args:
             kind: ``"periodic"``, ``"last"`` or ``"preempt"`` (best needs a score).
             tag: Only ``iter{iteration:08d}`` (the default) goes through Ignite's
-                ``Checkpoint``; another tag is written by the store directly.
+                ``Checkpoint``; another tag is written by the store directly, as a file
+                that Ignite's ``Checkpoint`` does not know (nor evict).
 
         Returns:
             The checkpoint's path.
         """
-        if kind == "best":
-            raise ValueError("Argument kind='best' is not allowed here: best needs a score")
+        if kind not in self.checkpoints or kind == "best":
+            raise ValueError(
+                f"Argument kind={kind!r} is not allowed here: expected 'periodic', 'last' or "
+                "'preempt' (best needs a score)"
+            )
         default = f"iter{self.engine.state.iteration:08d}"
         if kind == "periodic" and self.save_every == -1:
             default = None
@@ -397,11 +389,21 @@ class CheckpointHandler:
                 f"Argument tag={tag!r} is not allowed under FSDP: sharded checkpoints take "
                 f"the default tag {default!r}"
             )
-        else:
-            path = self.store.save(self.payload(), kind, tag)
+        elif not _is_tag(tag):
+            raise ValueError(
+                f"Argument tag={tag!r} is not allowed: expected a non-empty file name part "
+                "without path separators"
+            )
+        else:  # a file of its own, beside the ones Ignite's Checkpoint keeps: never evicted
+            name = f"{self.store.prefix}_{kind}_{tag}.pt"
+            path = self.store.write(self.payload(), name, kind, remove=[])
         self.store.wait()
         self.last_path = path
         return path
 
 
 _SAVE_EVENTS = (Events.ITERATION_COMPLETED, Events.EPOCH_COMPLETED, Events.COMPLETED)
+
+
+def _is_tag(tag: object) -> bool:
+    return isinstance(tag, str) and bool(re.fullmatch(r"[^./\\\x00][^/\\\x00]*", tag))
