@@ -1341,7 +1341,7 @@ def test_non_finite_weights_never_become_best(tmp_path):
 
 
 def test_finiteness_check_is_exact_when_a_half_precision_sum_overflows():
-    from ignitrain.handlers.checkpoint.weights import non_finite as _non_finite
+    from ignitrain.handlers.checkpoint.adapter import non_finite as _non_finite
 
     layer = nn.Linear(512, 512).half()
     with torch.no_grad():
