@@ -15,8 +15,8 @@ from torch import nn
 
 from ignitrain.describe import unwrap
 from ignitrain.handlers.checkpoint.format import CheckpointError, as_payload, saved_states
-from ignitrain.handlers.checkpoint.payload import check_objects, engine_state_back
-from ignitrain.handlers.checkpoint.rng import RNGState, rng_problems
+from ignitrain.handlers.checkpoint.payload import check_objects
+from ignitrain.handlers.checkpoint.rng import RNGState, engine_state_from_safe, rng_problems
 
 __all__ = ["load_objects"]
 
@@ -252,7 +252,7 @@ def load_objects(
             problems += found or _trial_load_problems(name, obj, stored)
         elif isinstance(obj, Engine):
             problems += _engine_problems(name, obj, stored)
-            stored = engine_state_back(stored) if isinstance(stored, Mapping) else stored
+            stored = engine_state_from_safe(stored) if isinstance(stored, Mapping) else stored
         elif isinstance(obj, RNGState):
             problems += [f"{name!r}: {p}" for p in rng_problems(stored)]
         plan.append((name, obj, stored))
