@@ -28,6 +28,7 @@ from ignitrain.handlers.modes import is_reached, resolve_mode
 from ignitrain.handlers.stop_reasons import (
     STOP_EARLY,
     STOP_TARGET,
+    Attached,
     check_engine,
     check_number,
     record_stop_reasons,
@@ -60,14 +61,14 @@ def _missing_metric(metric: str, metrics: Mapping[str, Any], purpose: str) -> Ke
     )
 
 
-class _OnEvaluator:
+class _OnEvaluator(Attached):
     """Glue shared by the rules: called at the evaluator's ``COMPLETED``, once per
     training iteration, and detached by :meth:`remove`."""
 
     def _listen(self, trainer: Engine, evaluator: Engine) -> None:
         record_stop_reasons(trainer)
         self.last_iteration: int | None = None
-        self._handle = evaluator.add_event_handler(Events.COMPLETED, self)
+        self._on(evaluator, Events.COMPLETED, self)
 
     def _new_evaluation(self, trainer: Engine) -> bool:
         # A run of the evaluator outside training (a final test, ``trainer.evaluate``)
@@ -78,10 +79,6 @@ class _OnEvaluator:
             return False
         self.last_iteration = trainer.state.iteration
         return True
-
-    def remove(self) -> None:
-        """Detach from the evaluator."""
-        self._handle.remove()
 
 
 class TargetChecker:

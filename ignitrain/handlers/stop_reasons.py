@@ -28,6 +28,7 @@ __all__ = [
     "STOP_SIGNAL",
     "STOP_REASONS",
     "STATE_ATTRIBUTE",
+    "Attached",
     "check_engine",
     "check_number",
     "record_stop_reasons",
@@ -64,6 +65,18 @@ STOP_REASONS: tuple[str, ...] = (
 
 #: The ``engine.state`` attribute holding the stop reason (see :func:`record_stop_reasons`).
 STATE_ATTRIBUTE = "stop_reason"
+
+
+class Attached:
+    """An Ignite adapter: keeps the handles of what it attached so ``remove()`` detaches it."""
+
+    def _on(self, engine: Engine, event: Any, handler: Any) -> None:
+        self.__dict__.setdefault("_handles", []).append(engine.add_event_handler(event, handler))
+
+    def remove(self) -> None:
+        """Detach every handler this adapter added."""
+        for handle in self.__dict__.pop("_handles", []):
+            handle.remove()
 
 
 # -- argument checks every rule makes ------------------------------------------------
