@@ -100,15 +100,9 @@ class CheckpointHandler:
         self.options, self.evaluator, self.extra_fn = options, evaluator, extra_fn
         self.sharded = options.sharded  # issue 14: FSDP, folders by sharded_run
         self.save_every = options.save_every
-        self.best_metric = options.best_metric
-        self.best_enabled = bool(
-            options.save_best and evaluator is not None and options.best_metric is not None
-        )
-        self.best_mode = (
-            resolve_mode(options.best_metric, options.best_mode)
-            if options.best_metric is not None
-            else None
-        )
+        self.best_metric = metric = options.best_metric
+        self.best_enabled = bool(options.save_best and evaluator is not None and metric is not None)
+        self.best_mode = None if metric is None else resolve_mode(metric, options.best_mode)
         self.metrics: dict[str, Any] = {}
         self.last_path: Path | None = None
         self._running = False

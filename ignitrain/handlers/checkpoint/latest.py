@@ -85,7 +85,7 @@ def load_checkpoint(
         found = Path(path) if is_sharded_checkpoint(path) else latest_checkpoint(path)
         if found is not None and is_sharded_checkpoint(found):
             return load_trainer_sharded(found, targets, strict=strict)
-        path = latest_in(path)
+        path = found or latest_in(path)  # latest_in raises the error naming the directory
     payload = safe_load(path)
     if targets:
         load_objects(targets, payload, strict=strict, source=str(path))
