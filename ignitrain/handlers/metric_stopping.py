@@ -28,7 +28,7 @@ from ignitrain.handlers.modes import is_reached, resolve_mode
 from ignitrain.handlers.stop_reasons import (
     STOP_EARLY,
     STOP_TARGET,
-    Attached,
+    _Attached,
     check_engine,
     check_number,
     record_stop_reasons,
@@ -61,7 +61,7 @@ def _missing_metric(metric: str, metrics: Mapping[str, Any], purpose: str) -> Ke
     )
 
 
-class _OnEvaluator(Attached):
+class _OnEvaluator(_Attached):
     """Glue shared by the rules: called at the evaluator's ``COMPLETED``, once per
     training iteration, and detached by :meth:`remove`."""
 

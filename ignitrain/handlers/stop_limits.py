@@ -20,7 +20,7 @@ from ignitrain.errors import is_number
 from ignitrain.handlers.stop_reasons import (
     STOP_MAX_STEPS,
     STOP_TIME,
-    Attached,
+    _Attached,
     check_engine,
     check_number,
     record_stop_reasons,
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-class TimeLimitHandler(Attached):
+class TimeLimitHandler(_Attached):
     """Stops training after ``seconds`` of accumulated run time (see :func:`attach_time_limit`).
 
     Time is accumulated while the engine runs (from each ``STARTED`` on, handlers and
@@ -100,7 +100,7 @@ def optimizer_steps(iteration: int, epoch_length: int | None, accumulation_steps
     return epochs * -(-epoch_length // k) + pos // k
 
 
-class MaxStepsHandler(Attached):
+class MaxStepsHandler(_Attached):
     """Stops training once ``max_steps`` optimizer steps are done.
 
     Without gradient accumulation an optimizer step is an engine iteration; with

@@ -28,7 +28,6 @@ __all__ = [
     "STOP_SIGNAL",
     "STOP_REASONS",
     "STATE_ATTRIBUTE",
-    "Attached",
     "check_engine",
     "check_number",
     "record_stop_reasons",
@@ -67,7 +66,7 @@ STOP_REASONS: tuple[str, ...] = (
 STATE_ATTRIBUTE = "stop_reason"
 
 
-class Attached:
+class _Attached:
     """An Ignite adapter: keeps the handles of what it attached so ``remove()`` detaches it."""
 
     def _on(self, engine: Engine, event: Any, handler: Any) -> None:
