@@ -14,6 +14,7 @@ from typing import Any
 import ignite.distributed as idist
 
 from ignitrain._files import BackgroundWriter, commit_temp, remove_quietly, temp_path, write_atomic
+from ignitrain.errors import is_count
 from ignitrain.handlers.checkpoint.files import (
     IN_MEMORY_LIMIT,
     serialize,
@@ -101,9 +102,7 @@ class CheckpointStore(CheckpointDir):
     ):
         if not isinstance(dirname, (str, os.PathLike)):
             raise TypeError(f"Argument dirname={dirname!r} is not allowed: expected a path")
-        if n_saved is not None and (
-            isinstance(n_saved, bool) or not isinstance(n_saved, int) or n_saved < 1
-        ):
+        if n_saved is not None and (not is_count(n_saved) or n_saved < 1):
             raise ValueError(
                 f"Argument n_saved={n_saved!r} is not allowed: expected an integer >= 1 or None"
             )
