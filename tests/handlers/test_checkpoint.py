@@ -27,10 +27,8 @@ from torch import nn
 from ignitrain.handlers.checkpoint import (
     CheckpointError,
     CheckpointStore,
-    DurableSaver,
     RNGState,
     attach_checkpoints,
-    best_tag,
     build_payload,
     capture_rng_state,
     infer_mode,
@@ -70,34 +68,15 @@ def write(store: CheckpointStore, model: nn.Module, it: int, kind="periodic", **
     return store.write(payload_of(model, it), f"checkpoint_{kind}_iter{it:08d}.pt", kind, **kw)
 
 
-def ignite_checkpoint(store: CheckpointStore, model: nn.Module, kind="periodic", metric=None):
-    """Ignite's ``Checkpoint`` writing through ``DurableSaver``, as ``attach_checkpoints``
-    builds it (Ignite decides what to keep): ``save(iteration[, value])`` -> its file."""
-    engine, kind = Engine(lambda e, b: None), "best" if metric else kind
-    saver = DurableSaver(
-        store, kind, ["model"], extra_fn=lambda: {"iteration": engine.state.iteration, "epoch": 1}
-    )
-    step = lambda e, _: e.state.iteration  # noqa: E731
-    pattern, score = f"{{filename_prefix}}_{kind}_iter{{global_step:08d}}.{{ext}}", None
-    if metric is not None:
-        value = lambda e: e.state.metrics[metric]  # noqa: E731
-        step = lambda e, _: best_tag(metric, value(e), e.state.iteration)  # noqa: E731
-        pattern, score = "{filename_prefix}_best_{global_step}.{ext}", nan_safe_score(value, 1.0)
-    checkpoint = Checkpoint(
-        {"model": model},
-        saver,
-        filename_prefix=store.prefix,
-        score_function=score,
-        n_saved=store.n_saved,
-        global_step_transform=step,
-        filename_pattern=pattern,
-    )
+def saving(store: CheckpointStore, model: nn.Module, kind: str = "periodic"):
+    """``save(iteration)`` -> the file: ``save_now`` of ``attach_checkpoints``' Ignite
+    ``Checkpoint`` (Ignite decides what to keep; DurableSaver defers the removal)."""
+    engine = Engine(lambda e, b: None)
+    handler = attach_checkpoints(engine, {"model": model}, store, save_every=0)
 
-    def save(iteration: int, value: float | None = None) -> Path | None:
-        engine.state.iteration, engine.state.metrics = iteration, {metric: value}
-        saver.last_path = None
-        checkpoint(engine)
-        return saver.last_path
+    def save(iteration: int) -> Path:
+        engine.state.iteration, engine.state.epoch = iteration, 1
+        return handler.save_now(kind)
 
     return save
 
@@ -217,7 +196,7 @@ def test_disk_full_on_second_save_keeps_previous_checkpoint_and_latest(
 ):
     model = tiny()
     store = CheckpointStore(tmp_path, n_saved=1)
-    save = ignite_checkpoint(store, model)
+    save = saving(store, model)
     first = save(1)
 
     if failing == "torch.save":
@@ -252,7 +231,7 @@ def test_disk_full_on_second_save_keeps_previous_checkpoint_and_latest(
 def test_eviction_keeps_n_saved_newest_and_only_after_a_successful_write(tmp_path, monkeypatch):
     model = tiny()
     store = CheckpointStore(tmp_path, n_saved=2)
-    save = ignite_checkpoint(store, model)
+    save = saving(store, model)
     for it in (1, 2, 3):
         save(it)
     assert names(tmp_path) == [
@@ -265,7 +244,7 @@ def test_eviction_keeps_n_saved_newest_and_only_after_a_successful_write(tmp_pat
     monkeypatch.undo()
     assert len(names(tmp_path)) == 2
     # Kinds are evicted separately: a "last" file does not push out periodic ones.
-    ignite_checkpoint(store, model, "last")(5)
+    saving(store, model, "last")(5)
     assert len(names(tmp_path, "periodic")) == 2
     pointer = json.loads(store.pointer_path.read_text())
     assert pointer == {
@@ -277,15 +256,9 @@ def test_eviction_keeps_n_saved_newest_and_only_after_a_successful_write(tmp_pat
 
 
 def test_store_keeps_the_n_best_scores(tmp_path):
-    model = tiny()
-    store = CheckpointStore(tmp_path, n_saved=2)
-    save = ignite_checkpoint(store, model, metric="accuracy")
-    for it, score in enumerate([0.5, 0.7, 0.6, 0.9], start=1):
-        save(it, score)
-    assert store.best_scores() == [0.9, 0.7]
-    kept = names(tmp_path)
-    assert save(5, 0.65) is None and save(6, math.nan) is None and names(tmp_path) == kept
-    # A new store over the same directory (a resumed run) knows the scores on disk.
+    values = [0.5, 0.7, 0.6, 0.9, 0.65, math.nan]
+    run_training(tmp_path, epochs=6, save_every=0, n_saved=2, values=values, metric="accuracy")
+    # a new store over the same directory (a resumed run) knows the scores on disk
     assert CheckpointStore(tmp_path, n_saved=2).best_scores() == [0.9, 0.7]
 
 
@@ -955,7 +928,7 @@ def test_load_checkpoint_from_a_run_directory_takes_the_newest_valid(tmp_path):
 
 
 def _ignite_periodic(dirname: Path, model: nn.Module):
-    from ignite.handlers import Checkpoint, DiskSaver
+    from ignite.handlers import DiskSaver
 
     saver = DiskSaver(dirname, create_dir=True, require_empty=False)
     return Checkpoint({"model": model}, saver, n_saved=1)
@@ -982,7 +955,6 @@ def test_ignite_disk_saver_evicts_before_writing_and_ours_keeps_the_old_file(tmp
     handler = attach_checkpoints(
         trainer, {"model": model}, CheckpointStore(ours_dir, n_saved=1), save_every=1
     )
-    from ignite.handlers import Checkpoint
     from ignite.handlers.checkpoint import BaseSaveHandler
 
     assert all(isinstance(c, Checkpoint) for c in handler.checkpoints.values())
@@ -1001,9 +973,7 @@ def test_ignite_disk_saver_evicts_before_writing_and_ours_keeps_the_old_file(tmp
 def test_ignite_checkpoint_takes_nan_as_best_and_ours_does_not(tmp_path):
     # Ignite's defect: a NaN first score is kept, and `new > nan` is always False, so
     # with n_saved=1 no later (better) score replaces it.
-    from ignite.handlers import Checkpoint, DiskSaver
-
-    from ignitrain.handlers.checkpoint import nan_safe_score
+    from ignite.handlers import DiskSaver
 
     scores = iter([math.nan, 0.9, 0.95])
     saver = DiskSaver(tmp_path / "ignite", require_empty=False)
@@ -1021,7 +991,6 @@ def test_ignite_checkpoint_takes_nan_as_best_and_ours_does_not(tmp_path):
 
 
 def test_ignite_load_objects_reads_an_ignitrain_checkpoint(tmp_path):
-    from ignite.handlers import Checkpoint
 
     trainer, _, store, handler = run_training(tmp_path, epochs=2, save_every=-1)
     path = tmp_path / "checkpoint_periodic_epoch0002.pt"
