@@ -80,6 +80,19 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def rolling_write(store: CheckpointStore):
+    """``write(payload, tag)``: a periodic file evicting the previous one once it is
+    durable (``n_saved=1``, the ``remove`` list ``DurableSaver`` passes)."""
+    written: list[str] = []
+
+    def write(payload: dict, tag: str) -> None:
+        name = f"{store.prefix}_periodic_{tag}.pt"
+        store.write(payload, name, "periodic", remove=written[-1:])
+        written.append(name)
+
+    return write
+
+
 def by_size(sizes_mib: list[float], rounds: int, where: str | None) -> None:
     """The ``--sizes`` table: each write mode of a store, size by size (interleaved)."""
     default = store_module.IN_MEMORY_LIMIT
@@ -99,6 +112,7 @@ def by_size(sizes_mib: list[float], rounds: int, where: str | None) -> None:
                 name: CheckpointStore(Path(tmp) / f"{size}-{i}", n_saved=1, background=bg)
                 for i, (name, (bg, _)) in enumerate(modes.items())
             }
+            writes = {name: rolling_write(store) for name, store in stores.items()}
             results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in modes}
             order = list(modes)
             for step in range(rounds):
@@ -107,7 +121,7 @@ def by_size(sizes_mib: list[float], rounds: int, where: str | None) -> None:
                     store_module.IN_MEMORY_LIMIT = modes[name][1]
                     os.sync()
                     wall, cpu = time.perf_counter(), time.thread_time()
-                    stores[name].save(payload, "periodic", f"iter{step:08d}")
+                    writes[name](payload, f"iter{step:08d}")
                     caller = (time.perf_counter() - wall, time.thread_time() - cpu)
                     stores[name].wait()
                     results[name].append((*caller, time.perf_counter() - wall))
@@ -145,6 +159,7 @@ def main() -> None:
         inline = CheckpointStore(root / "inline", n_saved=1)
         background = CheckpointStore(root / "background", n_saved=1, background=True)
         counter = iter(range(1, 10**6))
+        write_inline, write_background = rolling_write(inline), rolling_write(background)
         ignite_store = CheckpointStore(root / "ignite", n_saved=1, background=True)
         handler = attach_checkpoints(
             engine, objects, ignite_store, save_every=1, extra_fn=lambda: dict(extra)
@@ -160,10 +175,10 @@ def main() -> None:
             save_atomic(build_payload({"model": model, "optimizer": opt}), root / "atomic.pt")
 
         def store_inline() -> None:
-            inline.save(build_payload(objects, extra), "periodic", f"epoch{next(counter):04d}")
+            write_inline(build_payload(objects, extra), f"epoch{next(counter):04d}")
 
         def store_background() -> None:
-            background.save(build_payload(objects, extra), "periodic", f"epoch{next(counter):04d}")
+            write_background(build_payload(objects, extra), f"epoch{next(counter):04d}")
 
         def ignite_checkpoint() -> None:
             engine.state.iteration = next(counter)

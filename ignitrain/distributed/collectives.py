@@ -9,7 +9,6 @@ in the next collective; objects travel with :func:`broadcast_object` and
 
 from __future__ import annotations
 
-import functools
 import pickle
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -48,8 +47,7 @@ def is_rank_zero() -> bool:
 
 def barrier() -> None:
     """Wait until every process reaches this point (no-op on a single process)."""
-    if idist.get_world_size() > 1:
-        idist.barrier()
+    idist.barrier()  # Ignite's serial model does nothing
 
 
 def rank_zero_only(fn: Callable[..., _T]) -> Callable[..., _T | None]:
@@ -67,12 +65,7 @@ def rank_zero_only(fn: Callable[..., _T]) -> Callable[..., _T | None]:
     """
     if not callable(fn):
         raise TypeError(f"rank_zero_only needs a callable, got {fn!r}.")
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> _T | None:
-        return fn(*args, **kwargs) if is_rank_zero() else None
-
-    return wrapper
+    return idist.one_rank_only(rank=0)(fn)  # reads the rank at each call
 
 
 def _as_bool(flag: Any) -> bool:

@@ -28,6 +28,7 @@ from ignitrain.handlers.modes import is_reached, resolve_mode
 from ignitrain.handlers.stop_reasons import (
     STOP_EARLY,
     STOP_TARGET,
+    _Attached,
     check_engine,
     check_number,
     record_stop_reasons,
@@ -60,11 +61,24 @@ def _missing_metric(metric: str, metrics: Mapping[str, Any], purpose: str) -> Ke
     )
 
 
-def _is_new_evaluation(trainer: Engine, last: int | None) -> bool:
-    # A run of the evaluator outside training (a final test, ``trainer.evaluate``)
-    # happens while the training engine stays at the same iteration: it does not count.
-    # An evaluator reused on several data sets is split with ignitrain.stack.SplitView.
-    return trainer.state.iteration != last
+class _OnEvaluator(_Attached):
+    """Glue shared by the rules: called at the evaluator's ``COMPLETED``, once per
+    training iteration, and detached by :meth:`remove`."""
+
+    def _listen(self, trainer: Engine, evaluator: Engine) -> None:
+        record_stop_reasons(trainer)
+        self.last_iteration: int | None = None
+        self._on(evaluator, Events.COMPLETED, self)
+
+    def _new_evaluation(self, trainer: Engine) -> bool:
+        # A run of the evaluator outside training (a final test, ``trainer.evaluate``)
+        # happens while the training engine stays at the same iteration: it does not
+        # count. An evaluator reused on several data sets is split with
+        # ignitrain.stack.SplitView.
+        if trainer.state.iteration == self.last_iteration:
+            return False
+        self.last_iteration = trainer.state.iteration
+        return True
 
 
 class TargetChecker:
@@ -134,7 +148,7 @@ class TargetChecker:
         self.reached = bool(state["reached"])
 
 
-class EarlyStoppingHandler(EarlyStopping):
+class EarlyStoppingHandler(_OnEvaluator, EarlyStopping):
     """Ignite's ``EarlyStopping`` with a NaN-safe score, resumable and split-aware.
 
     Ignite decides (``patience``, ``threshold`` = ``min_delta``, ``mode``,
@@ -170,7 +184,6 @@ class EarlyStoppingHandler(EarlyStopping):
         check_engine("evaluator", evaluator)
         check_number("patience", patience, minimum=1, integer=True)
         check_number("min_delta", min_delta, minimum=0.0)
-        record_stop_reasons(trainer)
         worst = -math.inf if mode == "max" else math.inf
 
         def score(engine: Engine) -> float:
@@ -187,8 +200,7 @@ class EarlyStoppingHandler(EarlyStopping):
             mode=mode,
         )
         self.metric = metric
-        self.last_iteration: int | None = None
-        self._handle = evaluator.add_event_handler(Events.COMPLETED, self)
+        self._listen(trainer, evaluator)
 
     @property
     def best(self) -> float | None:
@@ -196,9 +208,8 @@ class EarlyStoppingHandler(EarlyStopping):
         return None if self.best_score is None else float(self.best_score)
 
     def __call__(self, evaluator: Engine) -> None:
-        if not _is_new_evaluation(self.trainer, self.last_iteration):
+        if not self._new_evaluation(self.trainer):
             return
-        self.last_iteration = self.trainer.state.iteration
         super().__call__(evaluator)
         if self.counter >= self.patience:
             logger.info(
@@ -208,10 +219,6 @@ class EarlyStoppingHandler(EarlyStopping):
                 self.best,
                 self.counter,
             )
-
-    def remove(self) -> None:
-        """Detach from the evaluator."""
-        self._handle.remove()
 
     def state_dict(self) -> OrderedDict:
         """Ignite's ``counter``/``best_score`` plus the last evaluated iteration."""
@@ -225,7 +232,7 @@ class EarlyStoppingHandler(EarlyStopping):
         self.last_iteration = state_dict.get("last_iteration")
 
 
-class StopWhenHandler:
+class StopWhenHandler(_OnEvaluator):
     """Adapter of :class:`TargetChecker` to an evaluator (see :func:`attach_stop_when`).
 
     Decides after each validation run (``COMPLETED``), once per training iteration
@@ -237,24 +244,12 @@ class StopWhenHandler:
     def __init__(self, engine: Engine, evaluator: Engine, checker: TargetChecker):
         check_engine("engine", engine)
         check_engine("evaluator", evaluator)
-        record_stop_reasons(engine)
         self.engine = engine
         self.checker = checker
-        self.last_iteration: int | None = None
-        self._handle = evaluator.add_event_handler(Events.COMPLETED, self)
+        self._listen(engine, evaluator)
 
     def __call__(self, evaluator: Engine) -> None:
-        if not _is_new_evaluation(self.engine, self.last_iteration):
-            return
-        self.last_iteration = self.engine.state.iteration
-        self._decide(evaluator)
-
-    def remove(self) -> None:
-        """Detach from the evaluator."""
-        self._handle.remove()
-
-    def _decide(self, evaluator: Engine) -> None:
-        if self.checker.update(evaluator.state.metrics):
+        if self._new_evaluation(self.engine) and self.checker.update(evaluator.state.metrics):
             detail = ", ".join(
                 f"{name}={float(evaluator.state.metrics[name]):.6g} (target {target:g})"
                 for name, target in self.checker.targets.items()

@@ -20,6 +20,7 @@ from ignitrain.errors import is_number
 from ignitrain.handlers.stop_reasons import (
     STOP_MAX_STEPS,
     STOP_TIME,
+    _Attached,
     check_engine,
     check_number,
     record_stop_reasons,
@@ -33,19 +34,6 @@ __all__ = [
     "attach_time_limit",
     "optimizer_steps",
 ]
-
-
-class _Attached:
-    """An Ignite adapter: keeps its event handles so ``remove()`` detaches it."""
-
-    def __init__(self) -> None:
-        self._handles: list[Any] = []
-
-    def remove(self) -> None:
-        """Detach every handler this adapter added."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
 
 class TimeLimitHandler(_Attached):
@@ -64,7 +52,6 @@ class TimeLimitHandler(_Attached):
     stop_reason = STOP_TIME
 
     def __init__(self, engine: Engine, seconds: float):
-        super().__init__()
         check_engine("engine", engine)
         if not is_number(seconds) or not seconds > 0:
             raise ValueError(f"Argument seconds={seconds!r} is not allowed: expected a number > 0")
@@ -73,8 +60,8 @@ class TimeLimitHandler(_Attached):
         self.seconds = float(seconds)
         self.elapsed = 0.0
         self._last: float | None = None
-        self._handles.append(engine.add_event_handler(Events.STARTED, self._started))
-        self._handles.append(engine.add_event_handler(Events.ITERATION_COMPLETED, self._check))
+        self._on(engine, Events.STARTED, self._started)
+        self._on(engine, Events.ITERATION_COMPLETED, self._check)
 
     def _started(self, engine: Engine) -> None:
         self._last = time.monotonic()
@@ -124,7 +111,6 @@ class MaxStepsHandler(_Attached):
     stop_reason = STOP_MAX_STEPS
 
     def __init__(self, engine: Engine, max_steps: int, accumulation_steps: int = 1):
-        super().__init__()
         check_engine("engine", engine)
         check_number("max_steps", max_steps, minimum=1, integer=True)
         check_number("accumulation_steps", accumulation_steps, minimum=1, integer=True)
@@ -132,8 +118,8 @@ class MaxStepsHandler(_Attached):
         self.max_steps = int(max_steps)
         self.accumulation_steps = int(accumulation_steps)
         # STARTED too: a run resumed at or past the limit stops before another step.
-        self._handles.append(engine.add_event_handler(Events.STARTED, self._check))
-        self._handles.append(engine.add_event_handler(Events.ITERATION_COMPLETED, self._check))
+        self._on(engine, Events.STARTED, self._check)
+        self._on(engine, Events.ITERATION_COMPLETED, self._check)
 
     def _check(self, engine: Engine) -> None:
         state = engine.state

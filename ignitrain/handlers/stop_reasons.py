@@ -66,6 +66,18 @@ STOP_REASONS: tuple[str, ...] = (
 STATE_ATTRIBUTE = "stop_reason"
 
 
+class _Attached:
+    """An Ignite adapter: keeps the handles of what it attached so ``remove()`` detaches it."""
+
+    def _on(self, engine: Engine, event: Any, handler: Any) -> None:
+        self.__dict__.setdefault("_handles", []).append(engine.add_event_handler(event, handler))
+
+    def remove(self) -> None:
+        """Detach every handler this adapter added."""
+        for handle in self.__dict__.pop("_handles", []):
+            handle.remove()
+
+
 # -- argument checks every rule makes ------------------------------------------------
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import DeterministicEngine, Engine, Events
+from ignite.handlers import Checkpoint
 from torch import nn
 
 from ignitrain.handlers.checkpoint import (
@@ -28,12 +29,12 @@ from ignitrain.handlers.checkpoint import (
     CheckpointStore,
     RNGState,
     attach_checkpoints,
-    best_tag,
     build_payload,
     capture_rng_state,
     infer_mode,
     load_checkpoint,
     load_objects,
+    nan_safe_score,
     restore_rng_state,
     safe_load,
     save_atomic,
@@ -60,6 +61,24 @@ def stepped_adam(model: nn.Module) -> torch.optim.Adam:
 
 def payload_of(model: nn.Module, iteration: int = 1, **objects) -> dict:
     return build_payload({"model": model, **objects}, {"iteration": iteration, "epoch": 1})
+
+
+def write(store: CheckpointStore, model: nn.Module, it: int, kind="periodic", **kw) -> Path:
+    """One file through the store's primitive (what ``DurableSaver`` calls)."""
+    return store.write(payload_of(model, it), f"checkpoint_{kind}_iter{it:08d}.pt", kind, **kw)
+
+
+def saving(store: CheckpointStore, model: nn.Module, kind: str = "periodic"):
+    """``save(iteration)`` -> the file: ``save_now`` of ``attach_checkpoints``' Ignite
+    ``Checkpoint`` (Ignite decides what to keep; DurableSaver defers the removal)."""
+    engine = Engine(lambda e, b: None)
+    handler = attach_checkpoints(engine, {"model": model}, store, save_every=0)
+
+    def save(iteration: int) -> Path:
+        engine.state.iteration, engine.state.epoch = iteration, 1
+        return handler.save_now(kind)
+
+    return save
 
 
 def clone_params(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -177,7 +196,8 @@ def test_disk_full_on_second_save_keeps_previous_checkpoint_and_latest(
 ):
     model = tiny()
     store = CheckpointStore(tmp_path, n_saved=1)
-    first = store.save(payload_of(model, 1), "periodic", "iter00000001")
+    save = saving(store, model)
+    first = save(1)
 
     if failing == "torch.save":
         monkeypatch.setattr(torch, "save", enospc)
@@ -191,7 +211,7 @@ def test_disk_full_on_second_save_keeps_previous_checkpoint_and_latest(
 
         monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError) as info:
-        store.save(payload_of(model, 2), "periodic", "iter00000002")
+        save(2)  # Ignite's Checkpoint calls remove(first) before this write
     assert info.value.errno == errno.ENOSPC
     monkeypatch.undo()
 
@@ -202,7 +222,7 @@ def test_disk_full_on_second_save_keeps_previous_checkpoint_and_latest(
 
     # A crash in the middle of a save leaves a temp file; the next good save removes it.
     (tmp_path / ".checkpoint_periodic_iter00000002.pt.dead.tmp").write_bytes(b"partial")
-    third = store.save(payload_of(model, 3), "periodic", "iter00000003")
+    third = write(store, model, 3, remove=[first.name])
     assert temps(tmp_path) == []
     assert names(tmp_path) == [third.name]
     assert store.latest_path() == third
@@ -211,19 +231,20 @@ def test_disk_full_on_second_save_keeps_previous_checkpoint_and_latest(
 def test_eviction_keeps_n_saved_newest_and_only_after_a_successful_write(tmp_path, monkeypatch):
     model = tiny()
     store = CheckpointStore(tmp_path, n_saved=2)
+    save = saving(store, model)
     for it in (1, 2, 3):
-        store.save(payload_of(model, it), "periodic", f"iter{it:08d}")
+        save(it)
     assert names(tmp_path) == [
         "checkpoint_periodic_iter00000002.pt",
         "checkpoint_periodic_iter00000003.pt",
     ]
     monkeypatch.setattr(torch, "save", enospc)
     with pytest.raises(OSError):
-        store.save(payload_of(model, 4), "periodic", "iter00000004")
+        save(4)
     monkeypatch.undo()
     assert len(names(tmp_path)) == 2
     # Kinds are evicted separately: a "last" file does not push out periodic ones.
-    store.save(payload_of(model, 5), "last", "iter00000005")
+    saving(store, model, "last")(5)
     assert len(names(tmp_path, "periodic")) == 2
     pointer = json.loads(store.pointer_path.read_text())
     assert pointer == {
@@ -235,15 +256,9 @@ def test_eviction_keeps_n_saved_newest_and_only_after_a_successful_write(tmp_pat
 
 
 def test_store_keeps_the_n_best_scores(tmp_path):
-    model = tiny()
-    store = CheckpointStore(tmp_path, n_saved=2)
-    for it, score in enumerate([0.5, 0.7, 0.6, 0.9], start=1):
-        if store.would_keep_best(score):
-            store.save(payload_of(model, it), "best", best_tag("accuracy", score, it), score)
-    assert store.best_scores() == [0.9, 0.7]
-    assert not store.would_keep_best(0.65)
-    assert not store.would_keep_best(math.nan)
-    # A new store over the same directory (a resumed run) knows the scores on disk.
+    values = [0.5, 0.7, 0.6, 0.9, 0.65, math.nan]
+    run_training(tmp_path, epochs=6, save_every=0, n_saved=2, values=values, metric="accuracy")
+    # a new store over the same directory (a resumed run) knows the scores on disk
     assert CheckpointStore(tmp_path, n_saved=2).best_scores() == [0.9, 0.7]
 
 
@@ -264,7 +279,7 @@ def corrupt(path: Path, how: str) -> None:
 def test_latest_skips_a_corrupt_newest_checkpoint_with_a_warning(tmp_path, how):
     model = tiny()
     store = CheckpointStore(tmp_path, n_saved=3)
-    saved = [store.save(payload_of(model, it), "periodic", f"iter{it:08d}") for it in (1, 2, 3)]
+    saved = [write(store, model, it) for it in (1, 2, 3)]
     corrupt(saved[-1], how)
     with pytest.warns(UserWarning, match="unusable"):
         assert store.latest_path() == saved[1]
@@ -278,7 +293,7 @@ def test_latest_falls_back_by_iteration_with_a_broken_pointer_and_none_when_noth
     store = CheckpointStore(tmp_path, n_saved=3)
     assert store.latest_path() is None  # empty directory
     for it in (3, 1, 2):  # written out of order: iteration decides, not write time
-        store.save(payload_of(model, it), "periodic", f"iter{it:08d}")
+        write(store, model, it)
     store.pointer_path.write_text("{not json")
     with pytest.warns(UserWarning, match="pointer"):
         assert store.latest_path().name == "checkpoint_periodic_iter00000003.pt"
@@ -291,7 +306,7 @@ def test_latest_falls_back_by_iteration_with_a_broken_pointer_and_none_when_noth
 def test_background_store_commits_later_and_reports_failures_at_wait(tmp_path, monkeypatch):
     model = tiny()
     store = CheckpointStore(tmp_path, n_saved=1, background=True)
-    first = store.save(payload_of(model, 1), "periodic", "iter00000001")
+    first = write(store, model, 1)
     store.wait()
     assert safe_load(first)["iteration"] == 1
 
@@ -303,7 +318,7 @@ def test_background_store_commits_later_and_reports_failures_at_wait(tmp_path, m
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    store.save(payload_of(model, 2), "periodic", "iter00000002")  # serialised; commit fails later
+    write(store, model, 2, remove=[first.name])  # serialised; commit fails later
     with pytest.raises(OSError):
         store.wait()
     monkeypatch.undo()
@@ -342,7 +357,7 @@ def test_background_store_disk_full_while_writing_keeps_the_previous_checkpoint(
 
     model = tiny()
     store = CheckpointStore(tmp_path, n_saved=1, background=True)
-    first = store.save(payload_of(model, 1), "periodic", "iter00000001")
+    first = write(store, model, 1)
     store.wait()
     if not in_memory:
         monkeypatch.setattr(ckpt, "IN_MEMORY_LIMIT", 0)
@@ -354,14 +369,14 @@ def test_background_store_disk_full_while_writing_keeps_the_previous_checkpoint(
 
     monkeypatch.setattr(builtins, "open", open_)
     with pytest.raises(OSError) as info:
-        store.save(payload_of(model, 2), "periodic", "iter00000002")
-        assert in_memory, "a state written by the caller fails in save() itself"
+        write(store, model, 2, remove=[first.name])
+        assert in_memory, "a state written by the caller fails in write() itself"
         store.wait()
     assert info.value.errno == errno.ENOSPC
     monkeypatch.undo()
     assert store.latest_path() == first
     assert names(tmp_path) == [first.name] and temps(tmp_path) == []
-    third = store.save(payload_of(model, 3), "periodic", "iter00000003")
+    third = write(store, model, 3, remove=[first.name])
     store.wait()
     assert safe_load(third)["iteration"] == 3 and names(tmp_path) == [third.name]
 
@@ -819,14 +834,13 @@ def test_argument_validation(tmp_path):
         CheckpointStore(tmp_path, n_saved=0)
     with pytest.raises(ValueError, match="prefix='my_run' is not allowed"):
         CheckpointStore(tmp_path, prefix="my_run")
+    handler = attach_checkpoints(Engine(lambda e, b: None), {"model": model}, store)
     with pytest.raises(ValueError, match="kind='weekly' is not allowed"):
-        store.save(payload_of(model), "weekly", "x")
+        handler.save_now("weekly")
+    with pytest.raises(ValueError, match="kind='best' is not allowed"):
+        handler.save_now("best")
     with pytest.raises(ValueError, match="tag='../x' is not allowed"):
-        store.save(payload_of(model), "periodic", "../x")
-    with pytest.raises(ValueError, match="score=nan is not allowed"):
-        store.save(payload_of(model), "best", "x", math.nan)
-    with pytest.raises(ValueError, match="save_every=-2 is not allowed"):
-        attach_checkpoints(engine, {"model": model}, store, save_every=-2)
+        handler.save_now("periodic", "../x")
     with pytest.raises(TypeError, match="expected an Ignite Engine"):
         attach_checkpoints(model, {"model": model}, store)
     with pytest.raises(TypeError, match="expected a CheckpointStore or a directory"):
@@ -835,8 +849,6 @@ def test_argument_validation(tmp_path):
         attach_checkpoints(engine, {"x": 3}, store)
     with pytest.raises(ValueError, match="best_metric=None is not allowed"):
         attach_checkpoints(engine, {"model": model}, store, evaluator=Engine(lambda e, b: None))
-    with pytest.raises(ValueError, match="best_mode='down' is not allowed"):
-        attach_checkpoints(engine, {"model": model}, store, best_mode="down")
     with pytest.raises(ValueError, match="reserved key"):
         build_payload({"model": model}, {"ignitrain_objects": 1})
     with pytest.raises(TypeError, match="expected a dict"):
@@ -844,6 +856,20 @@ def test_argument_validation(tmp_path):
     assert [
         infer_mode(n) for n in ("val_loss", "Error_rate", "rmse", "val/mae", "accuracy", "f1")
     ] == ["min", "min", "min", "min", "max", "max"]
+
+
+def test_save_now_with_a_tag_of_its_own_writes_a_file_ignite_does_not_evict(tmp_path):
+    engine = Engine(lambda e, b: None)
+    objects = {"model": tiny(), "trainer": engine}
+    handler = attach_checkpoints(engine, objects, tmp_path, save_every=0, save_last=False)
+    engine.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: handler.save_now("preempt", f"manual{e.state.iteration}"),
+    )
+    engine.run(range(2), max_epochs=1)
+    assert names(tmp_path) == ["checkpoint_preempt_manual1.pt", "checkpoint_preempt_manual2.pt"]
+    assert CheckpointStore(tmp_path).latest_path() == handler.last_path
+    assert safe_load(handler.last_path)["trainer"]["iteration"] == 2
 
 
 def test_a_best_metric_the_evaluator_does_not_compute_is_an_error(tmp_path):
@@ -868,7 +894,7 @@ def test_a_best_metric_the_evaluator_does_not_compute_is_an_error(tmp_path):
 def _rank0_worker(local_rank: int, dirname: str) -> None:
     store = CheckpointStore(dirname)
     model = tiny()
-    path = store.save(payload_of(model, 1), "periodic", "iter00000001")
+    path = write(store, model, 1)
     Path(dirname, f"rank{idist.get_rank()}.txt").write_text(f"{store.writes} {path.name}")
 
 
@@ -902,7 +928,7 @@ def test_load_checkpoint_from_a_run_directory_takes_the_newest_valid(tmp_path):
 
 
 def _ignite_periodic(dirname: Path, model: nn.Module):
-    from ignite.handlers import Checkpoint, DiskSaver
+    from ignite.handlers import DiskSaver
 
     saver = DiskSaver(dirname, create_dir=True, require_empty=False)
     return Checkpoint({"model": model}, saver, n_saved=1)
@@ -929,7 +955,6 @@ def test_ignite_disk_saver_evicts_before_writing_and_ours_keeps_the_old_file(tmp
     handler = attach_checkpoints(
         trainer, {"model": model}, CheckpointStore(ours_dir, n_saved=1), save_every=1
     )
-    from ignite.handlers import Checkpoint
     from ignite.handlers.checkpoint import BaseSaveHandler
 
     assert all(isinstance(c, Checkpoint) for c in handler.checkpoints.values())
@@ -948,9 +973,7 @@ def test_ignite_disk_saver_evicts_before_writing_and_ours_keeps_the_old_file(tmp
 def test_ignite_checkpoint_takes_nan_as_best_and_ours_does_not(tmp_path):
     # Ignite's defect: a NaN first score is kept, and `new > nan` is always False, so
     # with n_saved=1 no later (better) score replaces it.
-    from ignite.handlers import Checkpoint, DiskSaver
-
-    from ignitrain.handlers.checkpoint import nan_safe_score
+    from ignite.handlers import DiskSaver
 
     scores = iter([math.nan, 0.9, 0.95])
     saver = DiskSaver(tmp_path / "ignite", require_empty=False)
@@ -968,7 +991,6 @@ def test_ignite_checkpoint_takes_nan_as_best_and_ours_does_not(tmp_path):
 
 
 def test_ignite_load_objects_reads_an_ignitrain_checkpoint(tmp_path):
-    from ignite.handlers import Checkpoint
 
     trainer, _, store, handler = run_training(tmp_path, epochs=2, save_every=-1)
     path = tmp_path / "checkpoint_periodic_epoch0002.pt"
@@ -1133,7 +1155,7 @@ def test_optimizer_states_are_checked_before_anything_is_loaded(tmp_path):
 
 def test_latest_skips_symlinks_out_of_the_run_dir_and_unreadable_files(tmp_path):
     store = CheckpointStore(tmp_path, n_saved=None)
-    good = store.save(payload_of(tiny(), 1), "periodic", "iter00000001")
+    good = write(store, tiny(), 1)
     evil = tmp_path / "checkpoint_periodic_iter00000009.pt"
     evil.symlink_to("/etc/passwd")
     (tmp_path / "checkpoint_periodic_iter00000008.pt").write_bytes(b"(.")
@@ -1193,7 +1215,7 @@ def test_attached_handlers_are_listed_and_a_removed_one_stays_removed(tmp_path):
 def test_files_beyond_n_saved_from_an_earlier_run_go_after_the_next_durable_save(tmp_path):
     store = CheckpointStore(tmp_path, n_saved=None)
     for it in (1, 2, 3):
-        store.save(payload_of(tiny(), it), "periodic", f"iter{it:08d}")
+        write(store, tiny(), it)
     engine = Engine(lambda e, b: None)
     engine.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "iteration", 3))
     attach_checkpoints(
@@ -1254,7 +1276,7 @@ def test_inline_write_failure_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", enospc)
     with pytest.raises(OSError, match=r"No space left on device \(writing the checkpoint\): "
                        r"'.*checkpoint_last_x\.pt'") as info:  # fmt: skip
-        store.save(payload_of(tiny(), 1), "last", "x")
+        store.write(payload_of(tiny(), 1), "checkpoint_last_x.pt", "last")
     assert info.value.errno == errno.ENOSPC and info.value.filename.endswith("last_x.pt")
 
 
@@ -1284,7 +1306,7 @@ def test_non_finite_weights_never_become_best(tmp_path):
 
 
 def test_finiteness_check_is_exact_when_a_half_precision_sum_overflows():
-    from ignitrain.handlers.checkpoint.weights import non_finite as _non_finite
+    from ignitrain.handlers.checkpoint.adapter import non_finite as _non_finite
 
     layer = nn.Linear(512, 512).half()
     with torch.no_grad():

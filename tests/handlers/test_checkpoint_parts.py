@@ -50,8 +50,8 @@ def test_checkpoint_options_are_checked_naming_the_field():
 def test_a_checkpoint_directory_is_read_without_a_store_and_without_writing(tmp_path):
     model = nn.Linear(3, 2)
     store = CheckpointStore(tmp_path / "ck", n_saved=None)
-    first = store.save(payload_of(model, 1), "periodic", "iter00000001")
-    second = store.save(payload_of(model, 2), "last", "iter00000002")
+    first = store.write(payload_of(model, 1), "checkpoint_periodic_iter00000001.pt", "periodic")
+    second = store.write(payload_of(model, 2), "checkpoint_last_iter00000002.pt", "last")
     reader = CheckpointDir(tmp_path / "ck")
     assert reader.latest_path() == second
     assert set(reader.checkpoints()) == {first, second}

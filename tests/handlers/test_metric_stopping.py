@@ -1,18 +1,13 @@
 """Early stopping and stop_when on real Ignite engines (an evaluator with a metric)."""
 
-import math
-
-import pytest
 from ignite.engine import Engine, Events
 from ignite.metrics import Average
 
 from ignitrain.handlers.metric_stopping import (
-    EarlyStoppingHandler,
-    TargetChecker,
     attach_early_stopping,
     attach_stop_when,
 )
-from ignitrain.handlers.stop_reasons import STOP_EARLY, STOP_TARGET, stop_reason
+from ignitrain.handlers.stop_reasons import STOP_TARGET, stop_reason
 
 
 def _pair(scores):
@@ -29,15 +24,7 @@ def _pair(scores):
     return trainer, evaluator
 
 
-def test_a_nan_score_is_the_worst_not_an_improvement():
-    # Ignite's EarlyStopping takes NaN as an improvement (``nan <= best`` is False):
-    # it would reset the counter and become the best score, and training never stops
-    trainer, evaluator = _pair([0.5, math.nan, math.nan, 0.9, 0.9])
-    handler = attach_early_stopping(trainer, evaluator, "score", patience=2, mode="max")
-    assert isinstance(handler, EarlyStoppingHandler)
-    trainer.run(range(2), max_epochs=5)
-    assert trainer.state.epoch == 3 and stop_reason(trainer) == STOP_EARLY
-    assert handler.best == 0.5 and handler.counter == 2
+# The NaN-safe score, the arguments and a missing metric: tests/handlers/test_stopping.py
 
 
 def test_an_evaluation_after_training_does_not_count_and_state_round_trips():
@@ -61,18 +48,3 @@ def test_stop_when_stops_at_the_first_evaluation_reaching_every_target():
     handler.remove()
     trainer.run(range(2), max_epochs=3)  # detached: the run completes
     assert trainer.state.epoch == 3
-
-
-def test_missing_metrics_and_bad_arguments_raise_clearly():
-    trainer, evaluator = _pair([0.5])
-    attach_early_stopping(trainer, evaluator, "scor", patience=1)
-    with pytest.raises(KeyError, match="Did you mean 'score'"):
-        trainer.run(range(2), max_epochs=1)
-    with pytest.raises(TypeError, match="metric=3 is not allowed"):
-        attach_early_stopping(trainer, evaluator, 3, patience=1)
-    with pytest.raises(ValueError, match="patience=0 is not allowed"):
-        attach_early_stopping(trainer, evaluator, "score", patience=0)
-    with pytest.raises(TypeError, match="expected metric names mapped to numbers"):
-        TargetChecker({"accuracy": "high"})
-    with pytest.raises(ValueError, match="modes names metrics without a target"):
-        TargetChecker({"accuracy": 0.9}, {"loss": "min"})

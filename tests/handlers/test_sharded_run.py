@@ -116,13 +116,19 @@ def test_a_resumed_handler_knows_the_folders_and_continues_exactly(tmp_path):
 def test_latest_checkpoint_is_the_newest_of_files_and_folders(tmp_path):
     model = nn.Linear(4, 2)
     store = CheckpointStore(tmp_path)
-    file = store.save(build_payload({"model": model}, {"iteration": 5}), "periodic", "iter00000005")
+    file = store.write(
+        build_payload({"model": model}, {"iteration": 5}),
+        "checkpoint_periodic_iter00000005.pt",
+        "periodic",
+    )
     folder = save_sharded(
         {"model": model}, tmp_path / "checkpoint_periodic_iter00000009", meta={"iteration": 9}
     )
     assert latest_checkpoint(tmp_path) == folder
-    later = store.save(
-        build_payload({"model": model}, {"iteration": 12}), "periodic", "iter00000012"
+    later = store.write(
+        build_payload({"model": model}, {"iteration": 12}),
+        "checkpoint_periodic_iter00000012.pt",
+        "periodic",
     )
     assert latest_checkpoint(tmp_path) == later != file
     assert latest_checkpoint(tmp_path / "nothing") is None

@@ -64,7 +64,7 @@ reads it without widening torch's safe globals. RNG states are stored as tensors
 lists (:class:`RNGState`), never as numpy objects.
 """
 
-from ignitrain.handlers.checkpoint.adapter import CheckpointHandler
+from ignitrain.handlers.checkpoint.adapter import CheckpointHandler, CheckpointOptions
 from ignitrain.handlers.checkpoint.attach import attach_checkpoints
 from ignitrain.handlers.checkpoint.files import IN_MEMORY_LIMIT, save_atomic
 from ignitrain.handlers.checkpoint.format import (
@@ -79,7 +79,6 @@ from ignitrain.handlers.checkpoint.format import (
 from ignitrain.handlers.checkpoint.latest import latest_checkpoint, latest_in, load_checkpoint
 from ignitrain.handlers.checkpoint.listing import CheckpointDir
 from ignitrain.handlers.checkpoint.loading import safe_load
-from ignitrain.handlers.checkpoint.options import CheckpointOptions
 from ignitrain.handlers.checkpoint.payload import build_payload, payload_from_states, safe_state
 from ignitrain.handlers.checkpoint.restore import load_objects
 from ignitrain.handlers.checkpoint.rng import RNGState, capture_rng_state, restore_rng_state

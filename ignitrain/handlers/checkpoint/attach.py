@@ -8,8 +8,7 @@ from typing import Any
 
 from ignite.engine import Engine
 
-from ignitrain.handlers.checkpoint.adapter import CheckpointHandler
-from ignitrain.handlers.checkpoint.options import CheckpointOptions
+from ignitrain.handlers.checkpoint.adapter import CheckpointHandler, CheckpointOptions
 from ignitrain.handlers.checkpoint.payload import check_objects
 from ignitrain.handlers.checkpoint.store import CheckpointStore
 

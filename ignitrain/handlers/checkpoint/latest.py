@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ignitrain.handlers.checkpoint.format import CheckpointError, as_payload
+from ignitrain.handlers.checkpoint.format import CheckpointError
 from ignitrain.handlers.checkpoint.listing import CheckpointDir
 from ignitrain.handlers.checkpoint.loading import safe_load
 from ignitrain.handlers.checkpoint.restore import load_objects
@@ -27,16 +27,14 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     """The newest complete resume point of a run directory (or its ``checkpoints/``):
     a checkpoint file or a sharded folder, whichever has the higher iteration (a run
     trained with and then without FSDP holds both); ``None`` when there is none."""
-    directory = Path(directory)
-    base = directory / "checkpoints" if (directory / "checkpoints").is_dir() else directory
-    folder = latest_sharded(base)
-    file = CheckpointDir(base).latest_path()
-    if folder is None or file is None:
-        return folder or file
-    payload = as_payload(torch.load(file, map_location="cpu", weights_only=True, mmap=True), file)
-    file_iteration = payload.get("iteration", -1)
-    file_iteration = file_iteration if isinstance(file_iteration, int) else -1
-    return folder if folder_iteration(folder) >= file_iteration else file
+    base = _checkpoints_dir(directory)
+    folder, found = latest_sharded(base), CheckpointDir(base).load_latest()
+    if folder is None or found is None:
+        return folder if found is None else found[0]
+    file, payload = found
+    iteration = payload.get("iteration")
+    iteration = iteration if isinstance(iteration, int) else -1
+    return folder if folder_iteration(folder) >= iteration else file
 
 
 def load_checkpoint(
@@ -87,7 +85,7 @@ def load_checkpoint(
         found = Path(path) if is_sharded_checkpoint(path) else latest_checkpoint(path)
         if found is not None and is_sharded_checkpoint(found):
             return load_trainer_sharded(found, targets, strict=strict)
-        path = latest_in(path)
+        path = found or latest_in(path)  # latest_in raises the error naming the directory
     payload = safe_load(path)
     if targets:
         load_objects(targets, payload, strict=strict, source=str(path))
@@ -100,9 +98,14 @@ def latest_in(directory: str | os.PathLike) -> Path:
     Raises:
         CheckpointError: The directory holds no valid checkpoint.
     """
-    directory = Path(directory)
-    ckpt_dir = directory / "checkpoints" if (directory / "checkpoints").is_dir() else directory
+    ckpt_dir = _checkpoints_dir(directory)
     found = CheckpointDir(ckpt_dir).latest_path()
     if found is None:
         raise CheckpointError(f"No valid checkpoint in {str(ckpt_dir)!r}")
     return found
+
+
+def _checkpoints_dir(directory: str | os.PathLike) -> Path:
+    """A run directory's ``checkpoints/``, or ``directory`` itself when it has none."""
+    directory = Path(directory)
+    return directory / "checkpoints" if (directory / "checkpoints").is_dir() else directory

@@ -67,20 +67,23 @@ class CheckpointDir:
         """``(path, kind)`` of the checkpoint files, symlinks out of the directory skipped."""
         if not self.dirname.is_dir():
             return []
-        root, out = self.dirname.resolve(), []
+        out = []
         for path in self.dirname.glob(f"{self.prefix}_*.pt"):
             kind = path.name[len(self.prefix) + 1 :].split("_", 1)[0]
-            if kind not in KINDS:
-                continue
-            if path.is_symlink() and root not in path.resolve().parents:
-                warnings.warn(
-                    f"Skipping checkpoint {path}: a symlink pointing out of {self.dirname} "
-                    f"(to {os.path.realpath(path)})",
-                    stacklevel=3,
-                )
-                continue
-            out.append((path, kind))
+            if kind in KINDS and self._inside(path):
+                out.append((path, kind))
         return out
+
+    def _inside(self, path: Path) -> bool:
+        """``False``, with a warning, for a symlink pointing out of the directory."""
+        if path.is_symlink() and self.dirname.resolve() not in path.resolve().parents:
+            warnings.warn(
+                f"Skipping checkpoint {path}: a symlink pointing out of {self.dirname} "
+                f"(to {os.path.realpath(path)})",
+                stacklevel=4,
+            )
+            return False
+        return True
 
     def remember(self, entry: Entry) -> None:
         """Record the marks of a file just written (no need to read it back)."""
@@ -150,13 +153,7 @@ class CheckpointDir:
         if not isinstance(name, str) or "/" in name or "\\" in name:
             return None
         path = self.dirname / name
-        if path.is_symlink() and self.dirname.resolve() not in path.resolve().parents:
-            warnings.warn(
-                f"Skipping checkpoint {path}: a symlink pointing out of {self.dirname}",
-                stacklevel=3,
-            )
-            return None
-        return path
+        return path if self._inside(path) else None
 
     def load_latest(self, validate: bool = True) -> tuple[Path, dict | None] | None:
         """The newest valid checkpoint and its payload (``None`` payload without validation).

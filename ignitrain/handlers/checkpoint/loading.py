@@ -57,16 +57,6 @@ def _explain_unpickling(path: Path, error: Exception) -> CheckpointError:
 
 
 def safe_load(path: str | os.PathLike, *, foreign: bool = False) -> dict:
-    try:
-        return _safe_load(Path(path), foreign)
-    except OSError as e:  # unreadable (permissions, a vanished file, a FIFO...)
-        raise CheckpointError(f"Checkpoint {path} cannot be read: {e}") from e
-
-
-safe_load.__doc__ = None  # set below, after _safe_load
-
-
-def _safe_load(path: Path, foreign: bool) -> dict:
     """Read an ignitrain checkpoint with ``torch.load(weights_only=True)`` and check it.
 
     Besides the format, every zip record's CRC-32 is verified, because ``torch.load``
@@ -85,35 +75,36 @@ def _safe_load(path: Path, foreign: bool) -> dict:
             corrupted, not a torch file, refused as unsafe (a pickle that would run
             code), or not an ignitrain checkpoint.
     """
-    if not path.exists():
-        raise CheckpointError(f"Checkpoint {path} does not exist")
-    if path.is_dir():
-        raise CheckpointError(f"Checkpoint {path} is a directory, not a checkpoint file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(
-            f"Checkpoint {path} is empty (0 bytes): the write that produced it did not finish"
-        )
-    if zipfile.is_zipfile(path):
-        _verify_zip(path)
-    else:
-        with open(path, "rb") as f:
-            if f.read(4) == b"PK\x03\x04":
-                raise CheckpointError(
-                    f"Checkpoint {path} is truncated: its zip archive has no end record "
-                    "(the write did not finish, or the file was cut short)"
-                )
+    path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise _explain_unpickling(path, e) from e
-    except Exception as e:
-        # torch's unpickler lets IndexError, KeyError, AttributeError... escape on
-        # garbage such as b"(." or /etc/passwd: every one of them is a bad file.
-        raise CheckpointError(
-            f"Checkpoint {path} is truncated or corrupted: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
-    return as_payload(obj, str(path), foreign=foreign)
-
-
-safe_load.__doc__ = _safe_load.__doc__
+        if not path.exists():
+            raise CheckpointError(f"Checkpoint {path} does not exist")
+        if path.is_dir():
+            raise CheckpointError(f"Checkpoint {path} is a directory, not a checkpoint file")
+        if path.stat().st_size == 0:
+            raise CheckpointError(
+                f"Checkpoint {path} is empty (0 bytes): the write that produced it did not finish"
+            )
+        if zipfile.is_zipfile(path):
+            _verify_zip(path)
+        else:
+            with open(path, "rb") as f:
+                if f.read(4) == b"PK\x03\x04":
+                    raise CheckpointError(
+                        f"Checkpoint {path} is truncated: its zip archive has no end record "
+                        "(the write did not finish, or the file was cut short)"
+                    )
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise _explain_unpickling(path, e) from e
+        except Exception as e:
+            # torch's unpickler lets IndexError, KeyError, AttributeError... escape on
+            # garbage such as b"(." or /etc/passwd: every one of them is a bad file.
+            raise CheckpointError(
+                f"Checkpoint {path} is truncated or corrupted: {type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}"
+            ) from e
+        return as_payload(obj, str(path), foreign=foreign)
+    except OSError as e:  # unreadable (permissions, a vanished file, a FIFO...)
+        raise CheckpointError(f"Checkpoint {path} cannot be read: {e}") from e

@@ -19,18 +19,12 @@ from ignitrain.handlers.checkpoint.format import (
     RESERVED_KEYS,
     CheckpointError,
 )
-from ignitrain.handlers.checkpoint.rng import (
-    numpy_rng_from_safe,
-    numpy_rng_to_safe,
-    python_rng_from_safe,
-    python_rng_to_safe,
-)
+from ignitrain.handlers.checkpoint.rng import engine_state_to_safe
 
 __all__ = [
     "PLAIN_LEAVES",
     "build_payload",
     "check_objects",
-    "engine_state_back",
     "make_safe",
     "payload_from_states",
     "safe_state",
@@ -92,36 +86,11 @@ def make_safe(obj: Any, where: str, *, arrays_to_tensors: bool) -> Any:
     )
 
 
-def _engine_state(engine: Engine) -> dict:
-    state = dict(engine.state_dict())
-    # DeterministicEngine keeps [python, torch, numpy] RNG states; numpy's is an ndarray.
-    rng = state.get("rng_states")
-    if isinstance(rng, (list, tuple)) and len(rng) == 3:
-        state["rng_states"] = {
-            "python": python_rng_to_safe(rng[0]),
-            "torch": rng[1].cpu(),
-            "numpy": numpy_rng_to_safe(rng[2]),
-        }
-    return state
-
-
-def engine_state_back(state: Mapping[str, Any]) -> dict:
-    state = dict(state)
-    rng = state.get("rng_states")
-    if isinstance(rng, Mapping) and {"python", "torch", "numpy"} <= set(rng):
-        state["rng_states"] = [
-            python_rng_from_safe(rng["python"]),
-            rng["torch"],
-            numpy_rng_from_safe(rng["numpy"]),
-        ]
-    return state
-
-
 def _state_of(obj: Any) -> Any:
     if isinstance(obj, nn.Module):
         return unwrap(obj).state_dict()
     if isinstance(obj, Engine):
-        return _engine_state(obj)
+        return engine_state_to_safe(obj.state_dict())
     return obj.state_dict()
 
 

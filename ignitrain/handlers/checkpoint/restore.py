@@ -12,11 +12,12 @@ from typing import Any
 import torch
 from ignite.engine import Engine
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ignitrain.describe import unwrap
 from ignitrain.handlers.checkpoint.format import CheckpointError, as_payload, saved_states
-from ignitrain.handlers.checkpoint.payload import check_objects, engine_state_back
-from ignitrain.handlers.checkpoint.rng import RNGState, rng_problems
+from ignitrain.handlers.checkpoint.payload import check_objects
+from ignitrain.handlers.checkpoint.rng import RNGState, engine_state_from_safe, rng_problems
 
 __all__ = ["load_objects"]
 
@@ -32,15 +33,12 @@ def _listing(items: list[str], limit: int = 20) -> str:
 
 
 def _strip_prefix(state: Mapping[str, Any], prefix: str) -> OrderedDict:
-    out = OrderedDict((k[len(prefix) :], v) for k, v in state.items())
-    metadata = getattr(state, "_metadata", None)
-    if metadata is not None:
-        # Module-path keys: "module" -> "", "module.fc" -> "fc".
-        head = prefix[:-1]
-        out._metadata = OrderedDict(  # type: ignore[attr-defined]
-            ("" if k == head else k[len(prefix) :] if k.startswith(prefix) else k, v)
-            for k, v in metadata.items()
-        )
+    # torch's helper strips in place, the module-path keys of _metadata too ("module" ->
+    # "", "module.fc" -> "fc"): on a copy, so the checkpoint's state stays as it was
+    out = OrderedDict(state)
+    if hasattr(state, "_metadata"):
+        out._metadata = OrderedDict(state._metadata)  # type: ignore[attr-defined]
+    consume_prefix_in_state_dict_if_present(out, prefix)
     return out
 
 
@@ -252,7 +250,7 @@ def load_objects(
             problems += found or _trial_load_problems(name, obj, stored)
         elif isinstance(obj, Engine):
             problems += _engine_problems(name, obj, stored)
-            stored = engine_state_back(stored) if isinstance(stored, Mapping) else stored
+            stored = engine_state_from_safe(stored) if isinstance(stored, Mapping) else stored
         elif isinstance(obj, RNGState):
             problems += [f"{name!r}: {p}" for p in rng_problems(stored)]
         plan.append((name, obj, stored))

@@ -15,28 +15,26 @@ from ignitrain.handlers.checkpoint.format import CheckpointError
 __all__ = [
     "RNGState",
     "capture_rng_state",
-    "numpy_rng_from_safe",
-    "numpy_rng_to_safe",
-    "python_rng_from_safe",
-    "python_rng_to_safe",
+    "engine_state_from_safe",
+    "engine_state_to_safe",
     "restore_rng_state",
     "rng_problems",
 ]
 
 
-def python_rng_to_safe(state: tuple) -> list:
+def _python_to_safe(state: tuple) -> list:
     """``random.getstate()`` as plain lists."""
     version, internal, gauss = state
     return [int(version), [int(x) for x in internal], gauss]
 
 
-def python_rng_from_safe(state: list) -> tuple:
-    """What ``random.setstate`` takes, from :func:`python_rng_to_safe`'s output."""
+def _python_from_safe(state: list) -> tuple:
+    """What ``random.setstate`` takes, from :func:`_python_to_safe`'s output."""
     version, internal, gauss = state
     return (int(version), tuple(int(x) for x in internal), gauss)
 
 
-def numpy_rng_to_safe(state: tuple) -> dict:
+def _numpy_to_safe(state: tuple) -> dict:
     """numpy's legacy RNG state with its key as a tensor (no ndarray)."""
     name, keys, pos, has_gauss, cached = state[:5]
     return {
@@ -48,8 +46,8 @@ def numpy_rng_to_safe(state: tuple) -> dict:
     }
 
 
-def numpy_rng_from_safe(state: Mapping[str, Any]) -> tuple:
-    """What ``np.random.set_state`` takes, from :func:`numpy_rng_to_safe`'s output."""
+def _numpy_from_safe(state: Mapping[str, Any]) -> tuple:
+    """What ``np.random.set_state`` takes, from :func:`_numpy_to_safe`'s output."""
     keys = np.asarray(state["key"].numpy(), dtype=np.uint32)
     return (
         state["bit_generator"],
@@ -58,6 +56,32 @@ def numpy_rng_from_safe(state: Mapping[str, Any]) -> tuple:
         int(state["has_gauss"]),
         float(state["cached_gaussian"]),
     )
+
+
+def engine_state_to_safe(state: Mapping[str, Any]) -> dict:
+    """An Ignite engine's ``state_dict`` with ``DeterministicEngine``'s
+    ``[python, torch, numpy]`` RNG states as ``{"python": ..., "torch": ..., "numpy": ...}``
+    of tensors and lists (numpy's is an ndarray, which weights_only loading refuses)."""
+    state, rng = dict(state), state.get("rng_states")
+    if isinstance(rng, (list, tuple)) and len(rng) == 3:
+        state["rng_states"] = {
+            "python": _python_to_safe(rng[0]),
+            "torch": rng[1].cpu(),
+            "numpy": _numpy_to_safe(rng[2]),
+        }
+    return state
+
+
+def engine_state_from_safe(state: Mapping[str, Any]) -> dict:
+    """What ``Engine.load_state_dict`` takes, from :func:`engine_state_to_safe`'s output."""
+    state, rng = dict(state), state.get("rng_states")
+    if isinstance(rng, Mapping) and {"python", "torch", "numpy"} <= set(rng):
+        state["rng_states"] = [
+            _python_from_safe(rng["python"]),
+            rng["torch"],
+            _numpy_from_safe(rng["numpy"]),
+        ]
+    return state
 
 
 def capture_rng_state() -> dict:
@@ -69,8 +93,8 @@ def capture_rng_state() -> dict:
         initialised), so ``torch.load(weights_only=True)`` reads it.
     """
     state = {
-        "python": python_rng_to_safe(random.getstate()),
-        "numpy": numpy_rng_to_safe(np.random.get_state()),
+        "python": _python_to_safe(random.getstate()),
+        "numpy": _numpy_to_safe(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
     # Only when CUDA is already in use: asking earlier would initialise it.
@@ -110,8 +134,8 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     problems = rng_problems(state)
     if problems:
         raise CheckpointError("; ".join(problems))
-    random.setstate(python_rng_from_safe(state["python"]))
-    np.random.set_state(numpy_rng_from_safe(state["numpy"]))
+    random.setstate(_python_from_safe(state["python"]))
+    np.random.set_state(_numpy_from_safe(state["numpy"]))
     torch.set_rng_state(state["torch"].cpu())
     cuda = state.get("cuda")
     if cuda and torch.cuda.is_available():

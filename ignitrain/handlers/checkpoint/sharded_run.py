@@ -118,14 +118,14 @@ def trainer_saver(
     """The save handler of one Ignite ``Checkpoint`` (called on every rank)."""
 
     def meta() -> dict[str, int]:
-        state = engine.state
-        return {
-            "iteration": int(state.iteration),
-            "epoch": int(state.epoch),
-            "world_size": idist.get_world_size(),
-        }
+        return _progress(engine.state.iteration, engine.state.epoch)
 
     return ShardedSaver(dirname, sharded=sharded_names(to_save), meta_fn=meta)
+
+
+def _progress(iteration: Any, epoch: Any) -> dict[str, int]:
+    """A folder's ``ignitrain_sharded.json`` progress: iteration, epoch, world size."""
+    return {"iteration": int(iteration), "epoch": int(epoch), "world_size": idist.get_world_size()}
 
 
 def save_trainer_sharded(
@@ -137,12 +137,7 @@ def save_trainer_sharded(
     to_save = trainer_to_save(objects, SavedState, lambda: extra)
     # state_dict() may be a collective (FSDP, the RNG states of every rank): every rank
     states = {name: obj.state_dict() for name, obj in to_save.items()}
-    meta = {
-        "iteration": int(extra.get("iteration", -1)),
-        "epoch": int(extra.get("epoch", -1)),
-        "world_size": idist.get_world_size(),
-        "resumable": True,
-    }
+    meta = {**_progress(extra.get("iteration", -1), extra.get("epoch", -1)), "resumable": True}
     return write_sharded(states, folder, sharded=sharded_names(to_save), meta=meta)
 
 
@@ -261,8 +256,8 @@ def load_file_into_sharded(
                 set_model_state_dict(inner, saved[name], options=options)
         for name, optimizer in optimizers.items():
             if name in saved:
-                inner = getattr(models[owner_of(name, optimizer, models)], "_orig_mod", None)
-                inner = inner or models[owner_of(name, optimizer, models)]
+                owner = models[owner_of(name, optimizer, models)]
+                inner = getattr(owner, "_orig_mod", owner)
                 state = _by_parameter_name(inner, optimizer, saved[name], source, name)
                 set_optimizer_state_dict(inner, optimizer, state, options=options)
     except (RuntimeError, KeyError, ValueError) as exc:

@@ -1,9 +1,8 @@
-"""A directory of checkpoints: names, background commit, eviction, ``latest`` pointer."""
+"""A directory of checkpoints written: background commit, deferred eviction, ``latest`` pointer."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -15,13 +14,14 @@ from typing import Any
 import ignite.distributed as idist
 
 from ignitrain._files import BackgroundWriter, commit_temp, remove_quietly, temp_path, write_atomic
+from ignitrain.errors import is_count
 from ignitrain.handlers.checkpoint.files import (
     IN_MEMORY_LIMIT,
     snapshot,
     tensor_bytes,
     write_temp,
 )
-from ignitrain.handlers.checkpoint.format import KINDS, as_payload
+from ignitrain.handlers.checkpoint.format import as_payload
 from ignitrain.handlers.checkpoint.listing import CheckpointDir, Entry, as_int
 
 __all__ = ["CheckpointStore", "best_tag", "safe_tag_part"]
@@ -58,11 +58,11 @@ class CheckpointStore(CheckpointDir):
     (``ignite.distributed.get_rank() == 0``) writes, the others get the path it writes.
     See the module docstring for the file names.
 
-    A save (1) writes the file atomically (temp file, fsync, rename), (2) points
-    ``{prefix}_latest.json`` at it, (3) evicts files of the same kind beyond
-    ``n_saved``: the oldest ones, or for ``"best"`` the lowest scores, never the new
-    file, and (4) removes temp files a crashed save left behind. Pointing before
-    evicting means a crash between steps never leaves the pointer naming a deleted file.
+    A write (1) writes the file atomically (temp file, fsync, rename), (2) points
+    ``{prefix}_latest.json`` at it, (3) removes the files it was told to evict (Ignite's
+    ``Checkpoint`` decides which, through :class:`DurableSaver`), never the new file,
+    and (4) removes temp files a crashed save left behind. Pointing before evicting
+    means a crash between steps never leaves the pointer naming a deleted file.
 
     With ``background=True`` only a copy of the state runs in the caller (up to
     :data:`IN_MEMORY_LIMIT` bytes of tensors; beyond, the serialisation into the temp
@@ -70,7 +70,7 @@ class CheckpointStore(CheckpointDir):
     worker thread, so training
     goes on while the disk catches up. The previous checkpoint stays the latest until
     the new one is committed; errors from the worker are raised by the next
-    :meth:`save`, :meth:`wait` or :meth:`latest_path` (and, under
+    :meth:`write`, :meth:`wait` or :meth:`latest_path` (and, under
     :func:`attach_checkpoints`, at the next iteration: see :attr:`failed`). A failed
     write raises ``OSError`` with the failing errno and a message naming the
     checkpoint file. The worker is not a daemon: an
@@ -78,7 +78,8 @@ class CheckpointStore(CheckpointDir):
 
     Args:
         dirname: Directory (created on the first save).
-        n_saved: Files kept per kind; ``None`` keeps all.
+        n_saved: Files kept per kind (the ``n_saved`` of the Ignite ``Checkpoint``
+            objects of :func:`attach_checkpoints`); ``None`` keeps all.
         prefix: File name prefix.
         rank0_only: Only rank 0 writes. With ``False`` every rank writes: give each
             rank its own ``dirname`` or ``prefix``.
@@ -86,8 +87,8 @@ class CheckpointStore(CheckpointDir):
 
     Example:
         >>> store = CheckpointStore("runs/x/checkpoints", n_saved=2)  # doctest: +SKIP
-        >>> store.save(build_payload({"model": net}, {"iteration": 100}),
-        ...            "periodic", "iter00000100")  # doctest: +SKIP
+        >>> store.write(build_payload({"model": net}, {"iteration": 100}),
+        ...             "checkpoint_periodic_iter00000100.pt", "periodic")  # doctest: +SKIP
         >>> store.latest_path()  # doctest: +SKIP
     """
 
@@ -102,9 +103,7 @@ class CheckpointStore(CheckpointDir):
     ):
         if not isinstance(dirname, (str, os.PathLike)):
             raise TypeError(f"Argument dirname={dirname!r} is not allowed: expected a path")
-        if n_saved is not None and (
-            isinstance(n_saved, bool) or not isinstance(n_saved, int) or n_saved < 1
-        ):
+        if n_saved is not None and (not is_count(n_saved) or n_saved < 1):
             raise ValueError(
                 f"Argument n_saved={n_saved!r} is not allowed: expected an integer >= 1 or None"
             )
@@ -125,42 +124,6 @@ class CheckpointStore(CheckpointDir):
     def writes(self) -> bool:
         """Whether this process writes (rank 0, or every rank without ``rank0_only``)."""
         return not self.rank0_only or idist.get_rank() == 0
-
-    def path_for(self, kind: str, tag: str) -> Path:
-        """``{dirname}/{prefix}_{kind}_{tag}.pt``, after checking ``kind`` and ``tag``."""
-        if kind not in KINDS:
-            raise ValueError(f"Argument kind={kind!r} is not allowed: expected one of {KINDS}")
-        if not isinstance(tag, str) or not tag or re.search(r"[/\\\x00]", tag) or tag[0] == ".":
-            raise ValueError(
-                f"Argument tag={tag!r} is not allowed: expected a non-empty file name part "
-                "without path separators"
-            )
-        return self.dirname / f"{self.prefix}_{kind}_{tag}.pt"
-
-    # -- saving -------------------------------------------------------------------
-
-    def save(
-        self, payload: Mapping[str, Any], kind: str, tag: str, score: float | None = None
-    ) -> Path:
-        """Write ``payload`` as ``{prefix}_{kind}_{tag}.pt``; then point, evict, clean up.
-
-        Args:
-            payload: From :func:`build_payload`; its ``"iteration"`` and ``"epoch"``
-                go into the pointer.
-            kind: One of :data:`KINDS`.
-            tag: Name part (see the module docstring).
-            score: For ``"best"`` (required there): larger is better, so pass the
-                negated value of a minimised metric. The n_saved largest are kept; call
-                :meth:`would_keep_best` first, the new file itself is never evicted.
-
-        Returns:
-            The checkpoint's path (also on ranks that do not write).
-
-        Raises:
-            OSError: Writing failed; earlier checkpoints and the pointer are untouched.
-        """
-        path = self.path_for(kind, tag)
-        return self.write(payload, path.name, kind, score=self._check_score(kind, score))
 
     def write(
         self,
@@ -261,16 +224,6 @@ class CheckpointStore(CheckpointDir):
         finally:
             self._failed = None
 
-    def _check_score(self, kind: str, score: Any) -> float | None:
-        if kind != "best":
-            return None if score is None else float(score)
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
-            raise ValueError(
-                f"Argument score={score!r} is not allowed for kind 'best': expected a number "
-                "(larger is better), not NaN"
-            )
-        return float(score)
-
     @property
     def failed(self) -> BaseException | None:
         """The error of a background commit that failed and was not raised yet.
@@ -326,12 +279,9 @@ class CheckpointStore(CheckpointDir):
             pointer = {"file": path.name, "kind": entry.kind, "iteration": entry.iteration,
                        "epoch": entry.epoch}  # fmt: skip
             write_atomic(self.pointer_path, json.dumps(pointer))
-        if evict is None:
-            self._evict(entry.kind, keep=path)
-        else:
-            for name in evict:
-                if name != path.name:
-                    remove_quietly(self.dirname / name)
+        for name in evict or ():  # Ignite's Checkpoint decides what goes (DurableSaver)
+            if name != path.name:
+                remove_quietly(self.dirname / name)
         self.remove_stale_temps()
 
     def remove_stale_temps(self) -> None:
@@ -339,27 +289,6 @@ class CheckpointStore(CheckpointDir):
         if self.writes and self.dirname.is_dir():
             for tmp in self.dirname.glob(f".{self.prefix}_*.tmp"):
                 remove_quietly(tmp)
-
-    def _evict(self, kind: str, keep: Path) -> None:
-        if self.n_saved is None:
-            return
-        others = [e for e in self.entries() if e.kind == kind and e.path != keep]
-        if kind == "best":
-            # Highest scores survive; among equal scores, the newer.
-            others.sort(key=lambda e: (e.score if e.score is not None else -math.inf, e.mtime_ns))
-        else:
-            others.sort(key=lambda e: (e.mtime_ns, e.path.name))
-        for entry in others[: max(0, len(others) - (self.n_saved - 1))]:
-            remove_quietly(entry.path)
-
-    def would_keep_best(self, score: float) -> bool:
-        """Whether a best checkpoint with ``score`` (larger is better) would be kept."""
-        if isinstance(score, float) and math.isnan(score):
-            return False
-        if not self.writes:
-            return True
-        scores = self.best_scores()
-        return self.n_saved is None or len(scores) < self.n_saved or score > scores[-1]
 
 
 def _tag_of(filename: str, prefix: str, kind: str) -> str:
