@@ -153,7 +153,7 @@ def finish_interrupted_run(trainer: Any) -> None:
     store = handler.store
     state = trainer.engine.state
     tag = f"iter{state.iteration:08d}"
-    last = store.path_for("last", tag)
+    last = store.dirname / f"{store.prefix}_last_{tag}.pt"  # the name Ignite's Checkpoint gives
     if handler.sharded:  # issue 14: a folder (the name without .pt), or a file of a
         # run on one process; every rank looks (they all write the folder, or none)
         if is_sharded_checkpoint(last.with_suffix("")) or last.is_file():

@@ -137,9 +137,9 @@ class CheckpointStore(CheckpointDir):
     ) -> Path:
         """Write ``payload`` as ``filename``; then point at it and remove ``remove``.
 
-        The primitive under :meth:`save` and the Ignite save handler
-        (:class:`DurableSaver`): ``remove`` lists the files evicted in favour of this
-        one, deleted only once it is durable (``None``: evict by kind and ``n_saved``).
+        What the Ignite save handler (:class:`DurableSaver`) calls: ``remove`` lists
+        the files Ignite's ``Checkpoint`` evicted in favour of this one, deleted only
+        once it is durable (``None``: nothing is removed).
         A file that is not ``resumable`` (a best checkpoint taken between two save
         points) never becomes the ``latest`` one.
         """
