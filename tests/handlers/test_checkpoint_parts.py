@@ -108,6 +108,35 @@ def test_a_best_file_of_the_periodic_moment_takes_no_state_and_keeps_the_pointer
     assert safe_load(best)["counted"] == {"calls": 3}
 
 
+@pytest.mark.parametrize("changed_after_the_epoch", [False, True])
+def test_the_last_file_links_to_the_periodic_one_of_its_moment_unless_the_weights_changed(
+    tmp_path, changed_after_the_epoch
+):
+    # issue 16: the run's end is the last epoch's periodic moment: the last file takes no
+    # second state (teardown waits for no second serialisation and fsync). A handler
+    # that changed the weights after the epoch's save point gets a file of its own.
+    model = nn.Linear(4, 2)
+    trainer = Engine(lambda e, b: None)
+    if changed_after_the_epoch:
+
+        @trainer.on(Events.COMPLETED)
+        def nudge(_):
+            with torch.no_grad():
+                model.bias.add_(1.0)
+
+    counted = Counted()
+    store = CheckpointStore(tmp_path, n_saved=1, background=True)
+    attach_checkpoints(trainer, {"model": model, "counted": counted}, store, save_last=True)
+    trainer.run([0, 1], max_epochs=2)
+    store.wait()
+    last = tmp_path / "checkpoint_last_iter00000004.pt"
+    periodic = tmp_path / "checkpoint_periodic_epoch0002.pt"
+    assert (last.stat().st_ino == periodic.stat().st_ino) is not changed_after_the_epoch
+    assert counted.calls == 2 + changed_after_the_epoch
+    assert json.loads(store.pointer_path.read_text())["file"] == last.name
+    assert torch.equal(safe_load(last)["model"]["bias"], model.bias.detach())
+
+
 def test_a_link_is_queued_behind_a_running_commit_without_waiting(tmp_path, monkeypatch):
     model = nn.Linear(4, 2)
     store = CheckpointStore(tmp_path, n_saved=None, background=True)

@@ -123,9 +123,9 @@ class CheckpointHandler:
             to_save = sharded_run.trainer_to_save(self.objects, SavedState, self.payload_extra)
             saver = sharded_run.trainer_saver(self.store.dirname, to_save, self.engine)
         else:
-            # a best file linked to this moment's periodic one needs no state at all
-            # (issue 16: one payload for both; Ignite asks every object first)
-            linking = self._linking if kind == "best" else None
+            # a best or last file linked to this moment's periodic one needs no state
+            # at all (issue 16: one payload for both; Ignite asks every object first)
+            linking = self._linking if kind in _LINKED else None
             to_save = {name: SavedState(name, obj, linking) for name, obj in self.objects.items()}
             saver = DurableSaver(self.store, kind, list(self.objects), extra_fn=self.payload_extra)
         step, score = self._iteration_step, None
@@ -140,9 +140,9 @@ class CheckpointHandler:
             # the metric's value: the "global step" part is the whole tag.
             step, pattern = self._best_step, "{filename_prefix}_best_{global_step}.{ext}"
             score = nan_safe_score(self._best_score, 1.0 if self.best_mode == "max" else -1.0)
-            if not self.sharded:  # a folder is written again, never linked
-                saver.link_fn = lambda: self._link
             saver.resumable_fn = lambda: self._in_point
+        if kind in _LINKED and not self.sharded:  # a folder is written again, never linked
+            saver.link_fn = lambda: self._link
         return Checkpoint(
             to_save,
             saver,
@@ -170,6 +170,14 @@ class CheckpointHandler:
 
     def _linking(self) -> bool:
         return self._link is not None
+
+    def _periodic_of_this_moment(self, weights: tuple | None = None) -> Path | None:
+        """The periodic file written at this iteration with these very weights, if any."""
+        written = self._written
+        if written is None or written[0] != self.engine.state.iteration:
+            return None
+        same = written[1] == (weights if weights is not None else signature(self._modules))
+        return written[2] if same else None
 
     def _rebuild_saved(self) -> None:
         """Tell each Ignite ``Checkpoint`` the files already on disk (a resumed run)."""
@@ -368,8 +376,7 @@ class CheckpointHandler:
                 stacklevel=2,
             )
             return
-        written = self._written
-        self._link = written[2] if written and written[:2] == (iteration, weights) else None
+        self._link = self._periodic_of_this_moment(weights)
         self._value = value
         best = self.checkpoints["best"]
         before = best.save_handler.last_path
@@ -421,7 +428,12 @@ class CheckpointHandler:
             default = None
         if tag is None or tag == default:
             checkpoint = self.checkpoints[kind]
-            checkpoint(self.engine)
+            if kind == "last":  # the run's end is often this epoch's periodic moment
+                self._link = self._periodic_of_this_moment()
+            try:
+                checkpoint(self.engine)
+            finally:
+                self._link = None
             path = checkpoint.save_handler.last_path
         elif self.sharded:  # issue 14: a single file would hold rank 0's shard only
             raise ValueError(
@@ -441,6 +453,7 @@ class CheckpointHandler:
         return path
 
 
+_LINKED = ("best", "last")  # kinds that link to the periodic file of the same moment
 _SAVE_EVENTS = (Events.ITERATION_COMPLETED, Events.EPOCH_COMPLETED, Events.COMPLETED)
 
 

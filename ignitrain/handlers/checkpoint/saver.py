@@ -56,7 +56,7 @@ class DurableSaver(BaseSaveHandler):
         names: The saved objects' names (Ignite unwraps a single object's state).
         extra_fn: Returns the metadata merged into each file.
         link_fn: Returns a file already holding this very state, to link instead of
-            serialising again (a periodic and a best checkpoint of the same moment).
+            serialising again (a periodic and a best or last file of one moment).
         resumable_fn: Whether the file may become the ``latest`` resume point.
     """
 
@@ -82,8 +82,9 @@ class DurableSaver(BaseSaveHandler):
         source = self.link_fn() if self.link_fn is not None else None
         if source is not None:
             self.last_path = self.store.link(
-                source, filename, self.kind, score=score, remove=evicted
-            )
+                source, filename, self.kind, score=score, remove=evicted,
+                point=self.kind == "last",
+            )  # fmt: skip
             return
         extra = dict(self.extra_fn()) if self.extra_fn is not None else {}
         payload = payload_from_states(states, extra)

@@ -180,12 +180,14 @@ class CheckpointStore(CheckpointDir):
         *,
         score: float | None = None,
         remove: list[str] | None = None,
+        point: bool = False,
     ) -> Path:
         """Give an already saved checkpoint a second name (another kind), without rewriting.
 
         A hard link when the filesystem has them, else a copy; either way atomic. Used
-        when a periodic and a best checkpoint fall on the same moment. ``remove`` as
-        in :meth:`write`; the ``latest`` pointer keeps naming ``source``.
+        when a periodic checkpoint and a best or last one fall on the same moment.
+        ``remove`` as in :meth:`write`; the ``latest`` pointer keeps naming ``source``
+        unless ``point`` (a run's last file: the one a resume or ``"last"`` names).
 
         Returns:
             The new path.
@@ -209,9 +211,9 @@ class CheckpointStore(CheckpointDir):
                     remove_quietly(tmp)
                     raise
             iteration, epoch = (meta.iteration, meta.epoch) if meta else (-1, -1)
-            # the pointer names the source already (the same moment): not written again
+            # without point, the pointer names the source already (the same moment)
             entry = Entry(path, kind, score, iteration, epoch)
-            self._finish(tmp, entry, synced=linked, evict=remove, point=False)
+            self._finish(tmp, entry, synced=linked, evict=remove, point=point)
 
         self._submit(link, path)
         return path
