@@ -2,12 +2,12 @@
 
 The temp-file/fsync/rename steps are :mod:`ignitrain._files`'; what is particular to a
 checkpoint is the content: ``torch.save`` to a Python file object (a full disk then
-surfaces as ``OSError(ENOSPC)``), and for a background store the :func:`snapshot` of the
-state that the writer thread saves.
+surfaces as ``OSError(ENOSPC)``), or bytes serialised before (a background store).
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,16 +18,20 @@ import torch
 from ignitrain._files import commit_temp, remove_quietly, temp_path
 from ignitrain.handlers.checkpoint.payload import PLAIN_LEAVES
 
-__all__ = ["IN_MEMORY_LIMIT", "save_atomic", "snapshot", "tensor_bytes", "write_temp"]
+__all__ = ["IN_MEMORY_LIMIT", "save_atomic", "serialize", "tensor_bytes", "write_temp"]
 
-#: A background store copies checkpoints holding up to this many bytes of tensor data
-#: (:func:`snapshot`) and leaves ``torch.save`` and the file write to its worker; a
-#: larger state is written into the temp file by the caller, so a big model never needs
-#: a second copy of its state in RAM (issue 16, ``benchmarks/checkpoint_cost.py
-#: --sizes``: serialising to memory on the caller's thread cost 1 MiB 4.2/1.8 ms wall/CPU
-#: against 4.7/2.1 into the file, 16 MiB 64/15 against 86/17, 32 MiB 199/43 against
-#: 157/33). Writing inline (no worker) is never cheaper for the training thread: it
-#: waits for the fsync (44 ms at 0.1 MiB there).
+#: A background store serialises checkpoints holding up to this many bytes of tensor
+#: data to memory and leaves the file write to its worker; a larger state is written
+#: into the temp file by the caller (issue 16, ``benchmarks/checkpoint_cost.py
+#: --sizes``, loaded machine, the training thread's wall / CPU ms): 1 MiB 4.2/1.8 in
+#: memory against 4.7/2.1 into the file, 16 MiB 64/15 against 86/17, but 32 MiB
+#: 199/43 against 157/33 (the growing buffer copies itself) -- and a big model then
+#: needs no second copy of its state in RAM. Writing inline (no worker) is never
+#: cheaper for the training thread: it waits for the fsync (44 ms at 0.1 MiB there).
+#: Copying the state instead and running ``torch.save`` on the worker was tried and
+#: measured no faster on 2 CPU cores (25-step epochs, width 128: 1.43 against 1.34 of
+#: a hand loop, medians of 3 interleaved runs): ``torch.save`` pickles holding the GIL,
+#: which the training thread then waits for.
 IN_MEMORY_LIMIT = 16 * 2**20
 
 
@@ -43,30 +47,11 @@ def tensor_bytes(obj: Any) -> int:
     return 0
 
 
-def snapshot(obj: Any) -> Any:
-    """A copy of ``obj`` that later training steps cannot change: tensors cloned,
-    dicts (with a module state's ``_metadata``), lists, tuples and sets copied.
-
-    What the training thread pays for a background checkpoint (issue 16): at MLP width
-    128 (340 KB of state) 0.1 ms, against 2.4 ms for ``torch.save`` to memory, which
-    now runs on the writer thread. A tensor on an accelerator is cloned there (at most
-    :data:`IN_MEMORY_LIMIT` bytes in all) and the file keeps its device, as before.
-    """
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        copy = type(obj)((k, snapshot(v)) for k, v in obj.items())
-        if hasattr(obj, "_metadata"):
-            copy._metadata = obj._metadata  # read only by load_state_dict
-        return copy
-    if type(obj) in (list, tuple, set):
-        if all(type(v) in _IMMUTABLE for v in obj):  # RNG states, History series: one pass
-            return obj if type(obj) is tuple else type(obj)(obj)
-        return type(obj)(snapshot(v) for v in obj)
-    return obj  # plain leaves (str, int, float, None, dtype, ...): immutable
-
-
-_IMMUTABLE = frozenset({str, bytes, bool, int, float, complex, type(None)})
+def serialize(obj: Any) -> memoryview:
+    """``torch.save`` ``obj`` to memory."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer()
 
 
 def write_temp(content: Any, path: Path) -> Path:
