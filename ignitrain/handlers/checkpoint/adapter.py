@@ -306,10 +306,12 @@ class CheckpointHandler:
     def _steps_due(self) -> bool:
         """Whether this iteration ends an optimizer step whose count is a multiple of
         ``save_every`` (accumulation groups restart each epoch, as in ``OptimizerStep``)."""
+        if self.save_every <= 0:
+            return False
         state, k = self.engine.state, self.options.accumulation_steps
         steps = optimizer_steps(state.iteration, state.epoch_length, k)
         ended = steps != optimizer_steps(state.iteration - 1, state.epoch_length, k)
-        return self.save_every > 0 and ended and steps % self.save_every == 0
+        return ended and steps % self.save_every == 0
 
     def _completed(self, engine: Engine) -> None:
         try:
