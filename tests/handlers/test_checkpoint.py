@@ -587,6 +587,20 @@ def test_rng_capture_and_restore_reproduce_draws_after_a_weights_only_round_trip
         restore_rng_state({"python": [], "torch": torch.get_rng_state()})
 
 
+def test_python_rng_words_are_one_tensor_and_the_older_list_form_still_restores():
+    # issue 16: 625 ints pickled one by one were 44% of torch.save's calls for a small
+    # checkpoint; files written before hold the list, which must restore the same draws
+    random.seed(7)
+    state = capture_rng_state()
+    assert isinstance(state["python"][1], torch.Tensor) and state["python"][1].numel() == 625
+    expected = [random.random() for _ in range(4)]
+    older = {**state, "python": [state["python"][0], state["python"][1].tolist(), None]}
+    for form in (state, older):
+        random.random()
+        restore_rng_state(form)
+        assert [random.random() for _ in range(4)] == expected
+
+
 def test_payload_with_deterministic_engine_scheduler_and_metadata_loads_weights_only(tmp_path):
     model = tiny(out=10)
     model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 10))

@@ -107,6 +107,57 @@ def test_a_best_file_of_the_periodic_moment_takes_no_state_and_keeps_the_pointer
     assert safe_load(best)["counted"] == {"calls": 3}
 
 
+def test_a_save_point_fsyncs_its_directory_once_and_evicts_only_after_that(tmp_path, monkeypatch):
+    # issue 16: the periodic file's rename, the best file linked to it and the pointer
+    # share one directory fsync (three before); the evicted files go after it, so a
+    # power loss never takes the old files before the new ones are durable
+    import stat
+
+    model = nn.Linear(4, 2)
+    trainer = Engine(lambda e, b: None)
+    evaluator = Engine(lambda e, b: None)
+    losses = iter([0.5, 0.4])
+
+    @evaluator.on(Events.COMPLETED)
+    def publish(engine):
+        engine.state.metrics["val_loss"] = next(losses)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run([0]))
+    store = CheckpointStore(tmp_path, n_saved=1, background=True)
+    attach_checkpoints(trainer, {"model": model}, store, evaluator=evaluator,
+                       best_metric="val_loss", save_last=False)  # fmt: skip
+    trainer.run([0, 1], max_epochs=1)
+    store.wait()
+    log, real_fsync, real_unlink = [], os.fsync, os.unlink
+
+    def fsync(fd):
+        log.append("dir fsync" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file fsync")
+        real_fsync(fd)
+
+    def unlink(path, *args, **kwargs):
+        if str(path).endswith(".pt"):
+            log.append(f"unlink {os.path.basename(path)}")
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "unlink", unlink)
+    trainer.run([0, 1], max_epochs=2)  # epoch 2: a new periodic and a new best file
+    store.wait()
+    monkeypatch.undo()
+    assert log == [
+        "file fsync",  # the periodic file's data (the best file is a link to it)
+        "dir fsync",
+        "unlink checkpoint_periodic_epoch0001.pt",
+        "unlink checkpoint_best_val_loss=0.5_iter00000002.pt",
+    ]
+    names = {p.name for p in tmp_path.glob("*.pt")}
+    assert names == {
+        "checkpoint_periodic_epoch0002.pt",
+        "checkpoint_best_val_loss=0.4_iter00000004.pt",
+    }
+    assert json.loads(store.pointer_path.read_text())["file"] == "checkpoint_periodic_epoch0002.pt"
+
+
 @pytest.mark.parametrize("changed_after_the_epoch", [False, True])
 def test_the_last_file_links_to_the_periodic_one_of_its_moment_unless_the_weights_changed(
     tmp_path, changed_after_the_epoch

@@ -13,7 +13,14 @@ from typing import Any
 
 import ignite.distributed as idist
 
-from ignitrain._files import BackgroundWriter, commit_temp, remove_quietly, temp_path, write_atomic
+from ignitrain._files import (
+    BackgroundWriter,
+    fsync_dir,
+    fsync_file,
+    remove_quietly,
+    temp_path,
+    write_atomic,
+)
 from ignitrain.errors import is_count
 from ignitrain.handlers.checkpoint.files import (
     IN_MEMORY_LIMIT,
@@ -59,10 +66,12 @@ class CheckpointStore(CheckpointDir):
     See the module docstring for the file names.
 
     A write (1) writes the file atomically (temp file, fsync, rename), (2) points
-    ``{prefix}_latest.json`` at it, (3) removes the files it was told to evict (Ignite's
-    ``Checkpoint`` decides which, through :class:`DurableSaver`), never the new file,
-    and (4) removes temp files a crashed save left behind. Pointing before evicting
-    means a crash between steps never leaves the pointer naming a deleted file.
+    ``{prefix}_latest.json`` at it, (3) fsyncs the directory (once for the renames of
+    every write queued together: a best or last file linked to it, the pointer),
+    (4) removes the files it was told to evict (Ignite's ``Checkpoint`` decides which,
+    through :class:`DurableSaver`), never the new file, and (5) removes temp files a
+    crashed save left behind. Pointing before evicting means a crash between steps
+    never leaves the pointer naming a deleted file.
 
     With ``background=True`` only step (1)'s serialisation runs in the caller (to
     memory, up to :data:`IN_MEMORY_LIMIT` bytes of tensors; to the temp file beyond);
@@ -118,6 +127,8 @@ class CheckpointStore(CheckpointDir):
         self._writer = BackgroundWriter() if self.background else None
         self._jobs: deque[Callable[[], None]] = deque()
         self._failed: BaseException | None = None
+        self._renamed = False  # a rename since the directory's last fsync (_settle)
+        self._evict: list[str] = []  # removed once the directory is fsynced
 
     @property
     def writes(self) -> bool:
@@ -241,24 +252,44 @@ class CheckpointStore(CheckpointDir):
             except OSError as err:
                 raise _named(err, path) from err
 
-        if self._writer is None:
-            named()
-            return
         # Queued without waiting for the commit before it (a best file linked to the
         # periodic one just submitted must not block training until that one is on disk).
         self._jobs.append(named)
-        self._writer.submit_coalesced(self._drain)
+        if self._writer is None:
+            self._drain(background=False)
+        else:
+            self._writer.submit_coalesced(self._drain)
 
-    def _drain(self) -> None:
-        """Run the queued commits in order, on the writer thread."""
-        while self._jobs:
-            job = self._jobs.popleft()
-            try:
-                job()
-            except BaseException as err:
-                self._jobs.clear()  # a commit never follows a failed one: its source may be gone
-                self._failed = err  # read by the training thread (failed)
-                raise
+    def _drain(self, background: bool = True) -> None:
+        """Run the queued commits in order (on the writer thread), then settle them."""
+        try:
+            while self._jobs:
+                job = self._jobs.popleft()
+                try:
+                    job()
+                except BaseException as err:
+                    self._jobs.clear()  # never a commit after a failed one: its source may be gone
+                    if background:
+                        self._failed = err  # read by the training thread (failed)
+                    raise
+        finally:
+            self._settle()
+
+    def _settle(self) -> None:
+        """One directory fsync for every rename of this drain, then the evictions.
+
+        Issue 16: one ``fsync`` of the directory covers the checkpoint's rename, a best
+        or last file linked to it and the pointer's rename (three before); on a 2-core
+        machine each fsync cost the training thread ~0.3 ms even on the writer thread.
+        Files are removed only after it: the new ones are durable by then.
+        """
+        if self._renamed:
+            self._renamed = False
+            fsync_dir(self.dirname)
+        evict, self._evict = self._evict, []
+        for name in evict:  # Ignite's Checkpoint decided what goes (DurableSaver)
+            remove_quietly(self.dirname / name)
+        self.remove_stale_temps()
 
     def _finish(
         self,
@@ -269,20 +300,27 @@ class CheckpointStore(CheckpointDir):
         evict: list[str] | None = None,
         point: bool = True,
     ) -> None:
-        # Order: durable file, pointer, then eviction: a crash between steps never
-        # leaves the pointer naming a deleted file, nor deletes before the new one is safe
-        # (Ignite's Checkpoint calls remove() before writing; DurableSaver defers it here).
+        # Order: durable file, pointer, then (in _settle, after the directory's fsync)
+        # eviction: a crash between steps never leaves the pointer naming a deleted
+        # file, nor deletes before the new one is safe (Ignite's Checkpoint calls
+        # remove() before writing; DurableSaver defers it to here).
         path = entry.path
-        commit_temp(tmp, path, synced=synced)
+        try:
+            if not synced:
+                fsync_file(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            remove_quietly(tmp)
+            raise
+        self._renamed = True
         self.remember(entry)
         if entry.resumable and point:
             pointer = {"file": path.name, "kind": entry.kind, "iteration": entry.iteration,
                        "epoch": entry.epoch}  # fmt: skip
-            write_atomic(self.pointer_path, json.dumps(pointer))
-        for name in evict or ():  # Ignite's Checkpoint decides what goes (DurableSaver)
-            if name != path.name:
-                remove_quietly(self.dirname / name)
-        self.remove_stale_temps()
+            # No fsync of its own: a pointer lost or garbled by a power loss is read as
+            # missing, and the reader falls back to the newest valid file (listing.py).
+            write_atomic(self.pointer_path, json.dumps(pointer), durable=False)
+        self._evict += [name for name in evict or () if name != path.name]
 
     def remove_stale_temps(self) -> None:
         """Remove temp files a killed run left in the directory (and a failed save)."""
