@@ -28,6 +28,7 @@ __all__ = [
     "bf16_training_worker",
     "collectives_worker",
     "exit_after",
+    "nan_on_rank_one_worker",
     "raise_on_rank_one",
     "setup_worker",
 ]
@@ -103,6 +104,38 @@ def raise_on_rank_one(local_rank: int, out_dir: str | None = None) -> None:
             (Path(out_dir) / "fault_time").write_text(repr(time.time()))
         raise ValueError("deliberate failure on rank 1")
     idist.barrier()
+
+
+def nan_on_rank_one_worker(local_rank: int, out_dir: str) -> None:
+    """Train with OptimizerStep under DDP; rank 1's loss is NaN at iteration 3 only.
+
+    Records where each rank stopped and whether its weights moved at that step.
+    """
+    from ignite.engine import Engine
+
+    from ignitrain.steps import OptimizerStep, StepOptions
+
+    torch.manual_seed(0)
+    model = idist.auto_model(torch.nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt_step = OptimizerStep(opt, model, StepOptions())
+    weights: dict[int, list[float]] = {}
+
+    def update(engine: Engine, batch: torch.Tensor) -> float:
+        opt_step.zero_grad(engine)
+        loss = model(batch).pow(2).mean()
+        if idist.get_rank() == 1 and engine.state.iteration == 3:
+            loss = loss * float("nan")
+        value = loss.item()
+        opt_step.backward(engine, loss, value=value)
+        weights[engine.state.iteration] = model.module.weight.detach().flatten().tolist()
+        return value
+
+    engine = Engine(update)
+    engine.run([torch.ones(2, 4)] * 6, max_epochs=1)
+    _write(out_dir, {"iteration": engine.state.iteration,
+                     "stop_reason": getattr(engine.state, "stop_reason", None),
+                     "moved_at_3": weights[3] != weights[2]})  # fmt: skip
 
 
 def setup_worker(local_rank: int, out_dir: str, config: object = None) -> None:

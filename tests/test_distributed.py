@@ -270,6 +270,18 @@ def test_two_spawned_jobs_at_once_run_collectives_on_their_own_ports(clean_env, 
     assert len(set(ports)) == 2 and "2222" not in ports
 
 
+@pytest.mark.slow
+def test_a_nan_loss_on_one_rank_stops_every_rank_at_that_step_without_a_hang(clean_env, tmp_path):
+    # The NaN guard agrees over the group (all_reduce MIN): rank 0, whose loss is
+    # finite, must skip the backward too, or DDP's all-reduce waits for rank 1 forever.
+    # The world size is read at the first backward (issue 16), inside the group.
+    launch(workers.nan_on_rank_one_worker, str(tmp_path), nproc_per_node=2, timeout=60)
+    records = _records(tmp_path)
+    assert [r["iteration"] for r in records] == [3, 3]
+    assert [r["moved_at_3"] for r in records] == [False, False]
+    assert all(r["stop_reason"] for r in records)
+
+
 def _seconds_since_fault(out_dir: Path) -> float:
     return time.time() - float((out_dir / "fault_time").read_text())
 

@@ -234,6 +234,12 @@ def test_to_device_keeps_tensors_already_there():
     x = torch.randn(3, 2)
     batch = to_device({"x": x, "y": [x, 1]}, torch.device("cpu"))
     assert batch["x"] is x and batch["y"][0] is x and batch["y"][1] == 1
+    # issue 16: a tuple with nothing to move is returned itself, not rebuilt per step
+    pair = (x, torch.arange(3))
+    assert to_device(pair, torch.device("cpu")) is pair
+    moved = to_device(pair, torch.device("meta"))
+    assert isinstance(moved, tuple) and all(t.device.type == "meta" for t in moved)
+    assert moved[0].shape == x.shape and pair[0].device.type == "cpu"
 
 
 def test_evaluate_leaves_an_eval_model_alone():
