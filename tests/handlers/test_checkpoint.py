@@ -294,9 +294,12 @@ def test_latest_falls_back_by_iteration_with_a_broken_pointer_and_none_when_noth
     assert store.latest_path() is None  # empty directory
     for it in (3, 1, 2):  # written out of order: iteration decides, not write time
         write(store, model, it)
-    store.pointer_path.write_text("{not json")
-    with pytest.warns(UserWarning, match="pointer"):
-        assert store.latest_path().name == "checkpoint_periodic_iter00000003.pt"
+    # garbled, or empty as a power loss leaves a pointer renamed before its data reached
+    # the disk (issue 16: the pointer has no fsync of its own)
+    for broken in ("{not json", ""):
+        store.pointer_path.write_text(broken)
+        with pytest.warns(UserWarning, match="pointer"):
+            assert store.latest_path().name == "checkpoint_periodic_iter00000003.pt"
     for path in tmp_path.glob("*.pt"):
         corrupt(path, "truncated")
     with pytest.warns(UserWarning):
