@@ -79,12 +79,14 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def commit_temp(tmp: Path, path: Path, *, synced: bool = False) -> None:
+def commit_temp(tmp: Path, path: Path, *, synced: bool = False, sync_dir: bool = True) -> None:
     """Make a finished temp file durable, rename it onto ``path``, make the rename durable.
 
     Kept apart from the write so a background writer can run it off the training
     thread. ``synced``: the temp file's data is already on disk (a hard link to a
-    committed file). On error the temp file is removed and the error re-raised.
+    committed file). ``sync_dir=False``: the caller fsyncs the directory once for
+    several renames (a checkpoint store's save point). On error the temp file is
+    removed and the error re-raised.
     """
     try:
         if not synced:
@@ -93,7 +95,8 @@ def commit_temp(tmp: Path, path: Path, *, synced: bool = False) -> None:
     except BaseException:
         remove_quietly(tmp)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str, *, durable: bool = True) -> Path:

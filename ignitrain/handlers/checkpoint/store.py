@@ -15,8 +15,8 @@ import ignite.distributed as idist
 
 from ignitrain._files import (
     BackgroundWriter,
+    commit_temp,
     fsync_dir,
-    fsync_file,
     remove_quietly,
     temp_path,
     write_atomic,
@@ -305,13 +305,7 @@ class CheckpointStore(CheckpointDir):
         # file, nor deletes before the new one is safe (Ignite's Checkpoint calls
         # remove() before writing; DurableSaver defers it to here).
         path = entry.path
-        try:
-            if not synced:
-                fsync_file(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            remove_quietly(tmp)
-            raise
+        commit_temp(tmp, path, synced=synced, sync_dir=False)  # the directory: _settle
         self._renamed = True
         self.remember(entry)
         if entry.resumable and point:
