@@ -30,6 +30,7 @@ __all__ = [
     "commit_temp",
     "dump_yaml",
     "fsync_dir",
+    "fsync_existing",
     "fsync_file",
     "load_yaml",
     "read_mapping",
@@ -77,6 +78,14 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_existing(path: Path) -> None:
+    """:func:`fsync_file` when ``path`` exists (nothing to make durable otherwise)."""
+    try:
+        fsync_file(path)
+    except FileNotFoundError:
+        pass
 
 
 def commit_temp(tmp: Path, path: Path, *, synced: bool = False, sync_dir: bool = True) -> None:

@@ -449,6 +449,9 @@ def _attach_checkpoints(
     store = CheckpointStore(
         Path(config.output_dir) / "checkpoints", n_saved=config.n_saved, background=not sharded
     )
+    journal = objects["history"].journal_path  # rank 0's; the others write no checkpoint
+    if journal is not None:
+        store.depends_on.append(journal)  # its fsync orders before each checkpoint's
     val = decision.engine
     checkpoints = attach_checkpoints(
         engine,

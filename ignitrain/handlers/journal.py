@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ignitrain._files import BackgroundWriter
-
 __all__ = [
     "JOURNAL_NAME",
     "Journal",
@@ -77,7 +75,8 @@ class Journal:
 
     :meth:`add` only queues the record; :meth:`write` encodes and appends what is
     queued in one ``os.write`` (no Python buffer, so a SIGKILL after it loses
-    nothing); :meth:`sync` fsyncs on a worker thread. On first use the file is cut to
+    nothing); :meth:`sync` fsyncs (at the end; before each checkpoint, the checkpoint
+    store fsyncs the file, see ``CheckpointStore.depends_on``). On first use the file is cut to
     the length the History knows, so a stale journal of an earlier run, or the
     records a killed run wrote after its checkpoint, never replay into this one.
 
@@ -93,7 +92,6 @@ class Journal:
         self._queue: list[Record] = []
         self._meta_written = "{}"
         self._seed: bytes | None = None  # another run's journal to start from
-        self._worker = BackgroundWriter()
 
     def add(self, name: str, step: int, value: float) -> None:
         """Queue one record (written at the next :meth:`write`)."""
@@ -139,16 +137,13 @@ class Journal:
         self._queue = []
         self._meta_written = meta_text
 
-    def sync(self, *, wait: bool = False) -> None:
-        """fsync what is written on the worker thread (``wait``: block until done)."""
+    def sync(self) -> None:
+        """fsync what is written."""
         if self._fd is not None:
-            self._worker.submit_coalesced(os.fsync, self._fd)
-        if wait:
-            self._worker.wait()
+            os.fsync(self._fd)
 
     def close(self) -> None:
-        """Close the file after the pending fsync (reopened by the next write)."""
-        self._worker.wait()  # no fsync left on the descriptor
+        """Close the file (reopened by the next write)."""
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)

@@ -17,6 +17,7 @@ from ignitrain._files import (
     BackgroundWriter,
     commit_temp,
     fsync_dir,
+    fsync_existing,
     remove_quietly,
     temp_path,
     write_atomic,
@@ -129,6 +130,10 @@ class CheckpointStore(CheckpointDir):
         self._failed: BaseException | None = None
         self._renamed = False  # a rename since the directory's last fsync (_settle)
         self._evict: list[str] = []  # removed once the directory is fsynced
+        #: Files a checkpoint refers to by offset (the History journal): fsynced before
+        #: each new checkpoint file is, so a power loss never leaves a durable
+        #: checkpoint pointing past the end of a journal that was not.
+        self.depends_on: list[Path] = []
 
     @property
     def writes(self) -> bool:
@@ -305,6 +310,9 @@ class CheckpointStore(CheckpointDir):
         # file, nor deletes before the new one is safe (Ignite's Checkpoint calls
         # remove() before writing; DurableSaver defers it to here).
         path = entry.path
+        if not synced:  # a new file (a link's source had its dependencies synced)
+            for dependency in self.depends_on:
+                fsync_existing(dependency)
         commit_temp(tmp, path, synced=synced, sync_dir=False)  # the directory: _settle
         self._renamed = True
         self.remember(entry)
