@@ -159,6 +159,20 @@ def test_a_save_point_fsyncs_its_directory_once_and_evicts_only_after_that(tmp_p
     assert json.loads(store.pointer_path.read_text())["file"] == "checkpoint_periodic_epoch0002.pt"
 
 
+def test_writes_made_together_commit_when_the_block_ends_even_when_it_raises(tmp_path):
+    # a save point's periodic file is committed with the best file linked to it (one
+    # directory fsync), and still when deciding the best one fails
+    store = CheckpointStore(tmp_path, n_saved=None)  # inline: the commit runs at the end
+    model = nn.Linear(2, 2)
+    name = "checkpoint_periodic_iter00000001.pt"
+    with pytest.raises(RuntimeError, match="best decision"), store.together():
+        path = store.write(payload_of(model, 1), name, "periodic")
+        assert not path.exists()  # queued until the block ends
+        raise RuntimeError("the best decision failed")
+    assert safe_load(path)["iteration"] == 1
+    assert json.loads(store.pointer_path.read_text())["file"] == name
+
+
 @pytest.mark.parametrize("changed_after_the_epoch", [False, True])
 def test_the_last_file_links_to_the_periodic_one_of_its_moment_unless_the_weights_changed(
     tmp_path, changed_after_the_epoch

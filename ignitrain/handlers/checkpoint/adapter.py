@@ -345,17 +345,18 @@ class CheckpointHandler:
     def _save_point(self, periodic: bool) -> None:
         iteration = self.engine.state.iteration
         self._point_at = iteration
-        if periodic:
-            self.checkpoints["periodic"](self.engine)
-            path = self.checkpoints["periodic"].save_handler.last_path
-            self.last_path = path
-            self._written = (iteration, signature(self._modules), path)
-        if self._pending is not None:
-            self._in_point = True
-            try:
-                self._save_best()
-            finally:
-                self._in_point = False
+        with self.store.together():  # one directory fsync for the periodic and best files
+            if periodic:
+                self.checkpoints["periodic"](self.engine)
+                path = self.checkpoints["periodic"].save_handler.last_path
+                self.last_path = path
+                self._written = (iteration, signature(self._modules), path)
+            if self._pending is not None:
+                self._in_point = True
+                try:
+                    self._save_best()
+                finally:
+                    self._in_point = False
 
     def _save_best(self) -> None:
         value, iteration, weights = self._pending

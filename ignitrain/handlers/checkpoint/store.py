@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,7 @@ class CheckpointStore(CheckpointDir):
         #: each new checkpoint file is, so a power loss never leaves a durable
         #: checkpoint pointing past the end of a journal that was not.
         self.depends_on: list[Path] = []
+        self._batch: list[Callable[[], None]] | None = None  # inside together()
 
     @property
     def writes(self) -> bool:
@@ -259,11 +261,37 @@ class CheckpointStore(CheckpointDir):
 
         # Queued without waiting for the commit before it (a best file linked to the
         # periodic one just submitted must not block training until that one is on disk).
+        if self._batch is not None:
+            self._batch.append(named)  # committed when together() ends
+            return
         self._jobs.append(named)
+        self._kick()
+
+    def _kick(self) -> None:
         if self._writer is None:
             self._drain(background=False)
         else:
             self._writer.submit_coalesced(self._drain)
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Commit the writes and links made inside as one: their renames share one
+        directory fsync (a save point's periodic file and the best or last file linked
+        to it). Queued when the block ends, even when it raises; nested blocks commit
+        with the outermost one.
+        """
+        if self._batch is not None:
+            yield
+            return
+        self._batch = []
+        try:
+            yield
+        finally:
+            batch, self._batch = self._batch, None
+            if batch:
+                # one extend: a drain still running takes all of them or none
+                self._jobs.extend(batch)
+                self._kick()
 
     def _drain(self, background: bool = True) -> None:
         """Run the queued commits in order (on the writer thread), then settle them."""
