@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from ignite.handlers.checkpoint import BaseSaveHandler
 
-from ignitrain._files import fsync_dir, write_atomic
+from ignitrain._files import fsync_dir, fsync_existing, write_atomic
 from ignitrain.distributed import agree_all
 from ignitrain.errors import CheckpointError
 from ignitrain.handlers.sharded_state import checkpointables, plain_state, sharded_names
@@ -220,6 +220,8 @@ class ShardedSaver(BaseSaveHandler):
             which :func:`find_sharded` orders by).
         resumable_fn: Called at each save; ``False`` keeps ``sharded_latest.json`` where
             it was (a best checkpoint taken between two save points is no resume point).
+        depends_on: Files the checkpoint points into (the History journal), fsynced on
+            rank 0 before each folder is written (as ``CheckpointStore.depends_on``).
     """
 
     def __init__(
@@ -229,6 +231,7 @@ class ShardedSaver(BaseSaveHandler):
         sharded: Any,
         meta_fn: Any = None,
         resumable_fn: Any = None,
+        depends_on: list[Path] | None = None,
     ) -> None:
         if isinstance(sharded, str) or not all(isinstance(n, str) for n in sharded):
             raise TypeError(f"sharded must be a list of entry names, got {sharded!r}")
@@ -242,6 +245,7 @@ class ShardedSaver(BaseSaveHandler):
         self.sharded = list(sharded)
         self.meta_fn = meta_fn
         self.resumable_fn = resumable_fn
+        self.depends_on = depends_on if depends_on is not None else []
         self.last_path: Path | None = None
         self._evict: list[str] = []
 
@@ -258,6 +262,8 @@ class ShardedSaver(BaseSaveHandler):
         meta["resumable"] = bool(resumable)
         if idist.get_rank() == 0:
             self.dirname.mkdir(parents=True, exist_ok=True)
+            for dependency in self.depends_on:  # durable before the folder pointing into it
+                fsync_existing(dependency)
         folder = write_sharded(
             checkpoint, self.folder_of(filename), sharded=self.sharded, meta=meta
         )

@@ -236,6 +236,40 @@ def test_sharded_saver_with_ignite_checkpoint_on_one_process(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_sharded_saver_fsyncs_what_the_checkpoint_points_into_before_each_folder(
+    tmp_path, monkeypatch
+):
+    # as CheckpointStore.depends_on: the History journal is durable before a folder
+    # holding an offset into it exists (a power loss never leaves it pointing past it)
+    import os
+
+    from ignite.engine import Engine, Events
+    from ignite.handlers import Checkpoint
+
+    from ignitrain.handlers.sharded import ShardedSaver, checkpointables
+
+    model, _ = _trained()
+    journal = tmp_path / "history.jsonl"
+    journal.write_text('["train/loss", 1, 0.5]\n')
+    engine = Engine(lambda e, b: None)
+    saver = ShardedSaver(tmp_path / "ck", sharded=["model"], depends_on=[journal])
+    engine.add_event_handler(
+        Events.EPOCH_COMPLETED,
+        Checkpoint(checkpointables({"model": model, "trainer": engine}), saver),
+    )
+    seen, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}") == str(journal):
+            seen.append(sorted(p.name for p in (tmp_path / "ck").glob("checkpoint_*")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    engine.run([0], max_epochs=2)
+    monkeypatch.undo()
+    assert seen == [[], ["checkpoint_1"]]  # before folder 1, then before folder 2
+
+
 def test_sharded_saver_evicts_only_after_a_complete_write(tmp_path):
     # Ignite's Checkpoint calls remove() before the new write; with n_saved=1 a failed
     # write must still leave the previous checkpoint, and "latest" must name it.

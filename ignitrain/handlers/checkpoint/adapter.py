@@ -121,7 +121,9 @@ class CheckpointHandler:
     def _checkpoint(self, kind: str) -> Checkpoint:
         if self.sharded:  # issue 14: every rank writes its shard (sharded_run)
             to_save = sharded_run.trainer_to_save(self.objects, SavedState, self.payload_extra)
-            saver = sharded_run.trainer_saver(self.store.dirname, to_save, self.engine)
+            saver = sharded_run.trainer_saver(
+                self.store.dirname, to_save, self.engine, depends_on=self.store.depends_on
+            )
         else:
             # a best or last file linked to this moment's periodic one needs no state
             # at all (issue 16: one payload for both; Ignite asks every object first)

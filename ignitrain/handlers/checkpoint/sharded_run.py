@@ -114,13 +114,17 @@ def trainer_saver(
     dirname: str | os.PathLike,
     to_save: Mapping[str, Any],
     engine: Any,
+    depends_on: list[Path] | None = None,
 ) -> ShardedSaver:
-    """The save handler of one Ignite ``Checkpoint`` (called on every rank)."""
+    """The save handler of one Ignite ``Checkpoint`` (called on every rank); the files in
+    ``depends_on`` (the History journal) are fsynced before each folder."""
 
     def meta() -> dict[str, int]:
         return _progress(engine.state.iteration, engine.state.epoch)
 
-    return ShardedSaver(dirname, sharded=sharded_names(to_save), meta_fn=meta)
+    return ShardedSaver(
+        dirname, sharded=sharded_names(to_save), meta_fn=meta, depends_on=depends_on
+    )
 
 
 def _progress(iteration: Any, epoch: Any) -> dict[str, int]:
