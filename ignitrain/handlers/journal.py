@@ -76,9 +76,9 @@ class Journal:
     :meth:`add` only queues the record; :meth:`write` encodes and appends what is
     queued in one ``os.write`` (no Python buffer, so a SIGKILL after it loses
     nothing); :meth:`sync` fsyncs (at the end; before each checkpoint, the checkpoint
-    store fsyncs the file, see ``CheckpointStore.depends_on``). On first use the file is cut to
-    the length the History knows, so a stale journal of an earlier run, or the
-    records a killed run wrote after its checkpoint, never replay into this one.
+    store fsyncs the file, see ``CheckpointStore.depends_on``). On first use the file
+    is cut to the length the History knows, so a stale journal of an earlier run, or
+    the records a killed run wrote after its checkpoint, never replay into this one.
 
     Args:
         path: The journal file (created at the first write).

@@ -97,8 +97,8 @@ class ScalarEventWriter:
     records and writes them to the file in one call (after which a SIGKILL loses none);
     :meth:`close` fsyncs. No fsync per flush (issue 16): on a 2-core machine a
     background fsync still cost the training thread ~0.3 ms, and the event file is a
-    view of the History, whose journal is fsynced. Encoding a scalar costs ~10 us (protobuf, two
-    CRCs): paid in one batch, not between two training steps. The record format, the
+    view of the History, whose journal is fsynced. Encoding a scalar costs ~10 us
+    (protobuf, two CRCs): paid in one batch, not between two training steps. The record format, the
     file name and the purge marker are tensorboardX's and TensorBoard's own.
 
     Args:

@@ -269,7 +269,7 @@ class CheckpointStore(CheckpointDir):
 
     def _kick(self) -> None:
         if self._writer is None:
-            self._drain(background=False)
+            self._drain()
         else:
             self._writer.submit_coalesced(self._drain)
 
@@ -293,7 +293,7 @@ class CheckpointStore(CheckpointDir):
                 self._jobs.extend(batch)
                 self._kick()
 
-    def _drain(self, background: bool = True) -> None:
+    def _drain(self) -> None:
         """Run the queued commits in order (on the writer thread), then settle them."""
         try:
             while self._jobs:
@@ -302,7 +302,7 @@ class CheckpointStore(CheckpointDir):
                     job()
                 except BaseException as err:
                     self._jobs.clear()  # never a commit after a failed one: its source may be gone
-                    if background:
+                    if self._writer is not None:  # inline, the caller gets the error
                         self._failed = err  # read by the training thread (failed)
                     raise
         finally:

@@ -143,11 +143,8 @@ class IgniteDriver(_Driver):
     """An Ignite ``ParamScheduler``: calling it writes (and advances) its value.
 
     Args:
-        scheduler: The Ignite scheduler.
-        target: The optimizer it writes into (read back under ``key``).
-        key: ``"lr"`` or ``"momentum"`` (read from ``target``).
-        owns_optimizer: ``target`` is our shadow, whose groups are saved too (chainable
-            torch schedulers read them).
+        scheduler: The Ignite scheduler; ``target``, ``key``, ``owns_optimizer`` as in
+            :class:`_Driver`.
         limit: Never call past this event index (``OneCycleLR`` raises past its
             ``total_steps``; the schedule holds its final value instead).
     """
