@@ -697,8 +697,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _malloc_setting() -> str:
-    keys = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
-    found = [f"{k}={os.environ[k]}" for k in keys if k in os.environ]
+    found = [f"{k}={os.environ[k]}" for k in PINNED_MALLOC if k in os.environ]
     return ", ".join(found) or "glibc default (dynamic thresholds)"
 
 
