@@ -35,8 +35,11 @@ Sections (``--sections``, all by default), in one run:
     (training, validation and every handler that runs at its end) divided by its
     training steps; "ms/step" is the median over all timed epochs with its quartiles;
     "x hand" the median over rounds of (the runner's median epoch / ``hand``'s in the
-    same round) with its [min, max] over rounds; "cpu" the same from this process's CPU
-    time (all its threads), less sensitive to other processes on a shared machine;
+    same round) with its [min, max] over rounds and a 95% bootstrap confidence interval
+    of that median; "x hand_ckpt" the same against ``hand_ckpt``, the loop that does the
+    same work as the defaults (validation and a checkpoint each epoch); "cpu" the same
+    as "x hand" from this process's CPU time (all its threads), less sensitive to other
+    processes on a shared machine;
     "run x hand" the whole ``run()``/``train()`` call (start and completion handlers,
     e.g. the final checkpoint). Building the trainer is not timed. Wider models run
     fewer epochs per round (``--epochs`` x 128 / width, at least 1) in proportionally
@@ -77,6 +80,7 @@ import argparse
 import importlib.util
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -424,22 +428,46 @@ def _ratio_rows(label: str, results: dict[str, list[common.RunResult]]) -> list[
         laps = result.cpu_laps if cpu else result.laps
         return statistics.median(1e3 * t / s for t, s in zip(laps, result.steps) if s)
 
-    base = results.get("hand")
+    def paired(res: list[common.RunResult], base: list[common.RunResult], cpu=False):
+        # each round's median lap against the base runner's in the same round
+        return [round_median(r, cpu) / round_median(b, cpu) for r, b in zip(res, base)]
+
+    base, same_work = results.get("hand"), results.get("hand_ckpt")
     rows = []
     for name, res in results.items():
         stats = common.summarize(res)
         row = {"scenario": label, "runner": name, **stats}
         if base:
-            # paired by round: each round's median lap against hand's in the same round
-            paired = [round_median(r) / round_median(h) for r, h in zip(res, base)]
-            row["ratio"] = statistics.median(paired)
-            row["ratio_min"], row["ratio_max"] = min(paired), max(paired)
-            cpu = [round_median(r, True) / round_median(h, True) for r, h in zip(res, base)]
+            ratios = paired(res, base)
+            row["ratio"] = statistics.median(ratios)
+            row["ratio_min"], row["ratio_max"] = min(ratios), max(ratios)
+            row["ratio_ci"] = median_ci(ratios)
+            cpu = paired(res, base, cpu=True)
             row["cpu_ratio"] = statistics.median(cpu)
             row["cpu_ratio_min"], row["cpu_ratio_max"] = min(cpu), max(cpu)
             row["run_ratio"] = stats["run_ms_per_step"] / common.summarize(base)["run_ms_per_step"]
+        if same_work:
+            ratios = paired(res, same_work)
+            row["ckpt_ratio"] = statistics.median(ratios)
+            row["ckpt_ratio_ci"] = median_ci(ratios)
         rows.append(row)
     return rows
+
+
+def median_ci(values: list[float], level: float = 0.95, resamples: int = 2000) -> list[float]:
+    """A percentile-bootstrap confidence interval of the median of ``values`` (seeded).
+
+    Per-round ratios spread by +-5-10% on these shared machines, so a median alone
+    cannot tell 1.025 from 1.035: the interval says how far the run pins it down.
+    """
+    if len(values) < 3:
+        return [float("nan"), float("nan")]
+    rng = random.Random(0)
+    medians = sorted(
+        statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)
+    )
+    tail = (1 - level) / 2
+    return [medians[int(tail * resamples)], medians[int((1 - tail) * resamples) - 1]]
 
 
 def handlers_section(args: argparse.Namespace, checkpoint: bool) -> list[dict]:
@@ -652,8 +680,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             RATIO_COLUMNS,
             note="ms/step: median over epochs of (epoch wall time incl. validation and "
             "handlers / train steps); x hand: median over rounds of the same-round ratio, "
-            "[min, max]; cpu: the same with this process's CPU time (all its threads: less "
-            "sensitive to other processes); run x hand: the whole train()/run() call",
+            "[min, max] and a 95% bootstrap CI of the median; x hand_ckpt: the same against "
+            "hand_ckpt (a checkpoint each epoch, as the defaults); cpu: the same with this "
+            "process's CPU time (all its threads: less sensitive to other processes); "
+            "run x hand: the whole train()/run() call",
         )
         payload["ratios"] = rows
     if "handlers" in sections:
@@ -709,6 +739,9 @@ RATIO_COLUMNS = [
     ("ms_per_step_q3", "q3", ".3f"),
     ("ratio", "x hand", ".3f"),
     ("spread", "x hand [min, max]", ""),
+    ("ci", "x hand 95% CI", ""),
+    ("ckpt_ratio", "x hand_ckpt", ".3f"),
+    ("ckpt_ci", "x hand_ckpt 95% CI", ""),
     ("cpu_ms_per_step", "cpu ms/step", ".3f"),
     ("cpu_ratio", "cpu x hand", ".3f"),
     ("cpu_spread", "cpu [min, max]", ""),
@@ -722,6 +755,9 @@ def _with_spreads(rows: list[dict]) -> list[dict]:
         if "ratio" in row:
             row["spread"] = f"[{row['ratio_min']:.3f}, {row['ratio_max']:.3f}]"
             row["cpu_spread"] = f"[{row['cpu_ratio_min']:.3f}, {row['cpu_ratio_max']:.3f}]"
+            row["ci"] = "[{:.3f}, {:.3f}]".format(*row["ratio_ci"])
+        if "ckpt_ratio" in row:
+            row["ckpt_ci"] = "[{:.3f}, {:.3f}]".format(*row["ckpt_ratio_ci"])
     return rows
 
 
