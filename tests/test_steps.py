@@ -230,6 +230,21 @@ def test_nan_guard_reads_the_loss_float_the_step_already_has():
     assert all(p.grad is None for p in model.parameters())  # step 2's gradients dropped
 
 
+def test_the_plain_step_updates_exactly_as_the_general_one():
+    # issue 16: one micro-batch, no scaler, no clipping takes a shorter path through
+    # backward(); a clipping threshold no gradient reaches takes the general one
+    trained = []
+    for options in (StepOptions(), StepOptions(max_grad_norm=1e9)):
+        model, opt, engine = _supervised(options)
+        steps = []
+        opt.register_step_post_hook(lambda *_, steps=steps: steps.append(1))
+        engine.run(_batches(6, 5), max_epochs=2)
+        trained.append(([p.detach().clone() for p in model.parameters()], len(steps)))
+    (plain, plain_steps), (general, general_steps) = trained
+    assert plain_steps == general_steps == 12
+    assert all(torch.equal(a, b) for a, b in zip(plain, general))
+
+
 def test_to_device_keeps_tensors_already_there():
     x = torch.randn(3, 2)
     batch = to_device({"x": x, "y": [x, 1]}, torch.device("cpu"))
