@@ -6,10 +6,11 @@ temporary ``output_dir``) starts with a History that already holds ``N`` logged
 iterations (``train/batch_loss`` and ``lr`` each: ``2 N`` values, at negative steps so
 the run appends after them), as a run that has trained ``N`` iterations would.
 
-Measured per epoch: from the end of the epoch's last iteration (after every
-``ITERATION_COMPLETED`` handler) to the end of its last ``EPOCH_COMPLETED`` handler
-(validation, History, checkpoint, ...). The first epoch writes the whole journal once
-and is not counted; the median and range of the later epochs are reported, in wall
+Measured per epoch, the lengths interleaved over rounds (see :func:`measure`): from
+the end of the epoch's last iteration (after every ``ITERATION_COMPLETED`` handler) to
+the end of its last ``EPOCH_COMPLETED`` handler (validation, History, checkpoint, ...).
+The first epoch of each run writes the whole journal once and is not counted; the
+median and range of the later epochs are reported, in wall
 time and in the training thread's CPU time (``time.thread_time``: what the epoch end
 costs the training thread, without the time other processes on a shared machine take).
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import random
 import shutil
 import statistics
 import sys
@@ -154,30 +156,49 @@ def history_part_ms(logged: int, repeats: int = 200) -> list[float]:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def measure(lengths: tuple[int, ...] = DEFAULT_LENGTHS, epochs: int = 12) -> list[dict]:
-    """One row per length: epoch-end median and range (ms), and the old full cost."""
+def measure(
+    lengths: tuple[int, ...] = DEFAULT_LENGTHS, epochs: int = 12, rounds: int = 4
+) -> list[dict]:
+    """One row per length: epoch-end median and range (ms), and the old full cost.
+
+    The lengths are interleaved: ``rounds`` rounds, each running every length once in
+    a shuffled order (seeded) for ``epochs // rounds + 1`` epochs (the first one not
+    counted), so that a shared machine slowing down over the minutes this takes falls
+    on every length alike. Run one after another, a 1M-iteration run measured last
+    once read 1.21x the first while its History part stayed flat (0.99x).
+    """
     epoch_end_times(min(lengths), epochs=2)  # warm-up: imports, first calls
     history_part_ms(min(lengths), repeats=20)
+    per_run = max(1, epochs // rounds) + 1
+    ends: dict[int, list[float]] = {n: [] for n in lengths}
+    cpu: dict[int, list[float]] = {n: [] for n in lengths}
+    journal_mb: dict[int, float] = {}
+    rng = random.Random(0)
+    for _ in range(rounds):
+        order = list(lengths)
+        rng.shuffle(order)
+        for logged in order:
+            got = epoch_end_times(logged, epochs=per_run)
+            ends[logged] += [1e3 * t for t in got["epoch_end_s"]]
+            cpu[logged] += [1e3 * t for t in got["epoch_end_cpu_s"]]
+            journal_mb[logged] = got["journal_mb"]
     rows = []
     for logged in lengths:
-        got = epoch_end_times(logged, epochs=epochs)
-        ends = [1e3 * t for t in got["epoch_end_s"]]
-        cpu = [1e3 * t for t in got["epoch_end_cpu_s"]]
         part = history_part_ms(logged)
         rows.append(
             {
                 "logged": logged,
-                "epoch_end_ms": statistics.median(ends),
-                "min_ms": min(ends),
-                "max_ms": max(ends),
-                "epochs": len(ends),
-                "cpu_ms": statistics.median(cpu),
-                "cpu_min_ms": min(cpu),
-                "cpu_max_ms": max(cpu),
+                "epoch_end_ms": statistics.median(ends[logged]),
+                "min_ms": min(ends[logged]),
+                "max_ms": max(ends[logged]),
+                "epochs": len(ends[logged]),
+                "cpu_ms": statistics.median(cpu[logged]),
+                "cpu_min_ms": min(cpu[logged]),
+                "cpu_max_ms": max(cpu[logged]),
                 "history_ms": statistics.median(part),
                 "history_min_ms": min(part),
                 "history_max_ms": max(part),
-                "journal_mb": got["journal_mb"],
+                "journal_mb": journal_mb[logged],
                 "full_serialisation_ms": full_serialisation_ms(logged),
             }
         )
@@ -216,13 +237,17 @@ def format_rows(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)))
-    parser.add_argument("--epochs", type=int, default=12, help=">= 2: the first is not counted")
+    parser.add_argument(
+        "--epochs", type=int, default=12, help="counted epochs per length, over all rounds"
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="rounds over the lengths")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    if args.epochs < 2:
-        parser.error(f"--epochs must be >= 2, got {args.epochs}")
+    if args.epochs < 1 or args.rounds < 1:
+        parser.error(f"--epochs and --rounds must be >= 1, got {args.epochs}, {args.rounds}")
     common.configure(args.threads)
-    rows = measure(tuple(int(n) for n in args.lengths.split(",")), epochs=args.epochs)
+    lengths = tuple(int(n) for n in args.lengths.split(","))
+    rows = measure(lengths, epochs=args.epochs, rounds=args.rounds)
     print(format_rows(rows))
     return rows
 

@@ -563,7 +563,10 @@ def _profile_run(
 def growth_section(args: argparse.Namespace) -> list[dict]:
     import history_growth
 
-    return history_growth.measure(tuple(args.growth_list), epochs=3 if args.quick else 12)
+    quick = args.quick
+    return history_growth.measure(
+        tuple(args.growth_list), epochs=2 if quick else 12, rounds=2 if quick else 4
+    )
 
 
 def memory_section(args: argparse.Namespace) -> list[dict]:
