@@ -10,9 +10,9 @@ Measured per epoch, the lengths interleaved over rounds (see :func:`measure`): f
 the end of the epoch's last iteration (after every ``ITERATION_COMPLETED`` handler) to
 the end of its last ``EPOCH_COMPLETED`` handler (validation, History, checkpoint, ...).
 The first epoch of each run writes the whole journal once and is not counted; the
-median and range of the later epochs are reported, in wall
-time and in the training thread's CPU time (``time.thread_time``: what the epoch end
-costs the training thread, without the time other processes on a shared machine take).
+median and range of the later epochs are reported, in wall time and in the training
+thread's CPU time (``time.thread_time``: what the epoch end costs the training thread,
+without the time other processes on a shared machine take).
 
 "History part": the History's own share of the epoch end, timed alone 200 times (one
 epoch's 50 values appended to the journal, its checkpoint state ``torch.save``-d).
@@ -162,8 +162,8 @@ def measure(
     """One row per length: epoch-end median and range (ms), and the old full cost.
 
     The lengths are interleaved: ``rounds`` rounds, each running every length once in
-    a shuffled order (seeded) for ``epochs // rounds + 1`` epochs (the first one not
-    counted), so that a shared machine slowing down over the minutes this takes falls
+    a shuffled order (seeded) for ``max(1, epochs // rounds) + 1`` epochs (the first
+    one not counted), so that a shared machine slowing down over the minutes this takes falls
     on every length alike. Run one after another, a 1M-iteration run measured last
     once read 1.21x the first while its History part stayed flat (0.99x).
     """
