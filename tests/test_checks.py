@@ -236,6 +236,23 @@ def test_evaluation_check_keeps_other_losses_and_runs_on_each_first_batch():
         engine.run([bad, good], max_epochs=1)  # a new run checks its first batch
 
 
+def test_a_loader_that_passed_the_evaluation_check_is_not_checked_again():
+    # issue 16: the check costs ~0.1 ms a run; the validation loader is the same object
+    # every epoch, so only its first run pays it. New data is checked again.
+    checked = first_batch_checked_eval(lambda e, b: b, torch.nn.CrossEntropyLoss())
+    engine = ignite.engine.Engine(checked)
+    y = torch.tensor([0, 2])
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.zeros(2, 3), y), batch_size=2
+    )
+    engine.run(loader, max_epochs=1)
+    y[1] = 5  # now out of range: this loader passed already, so it is not looked at again
+    engine.run(loader, max_epochs=1)
+    again = torch.utils.data.DataLoader(loader.dataset, batch_size=2)
+    with pytest.raises(ValueError, match=r"target labels \[5\] are out of range"):
+        engine.run(again, max_epochs=1)
+
+
 def test_top_k_above_the_number_of_classes_is_named_on_the_first_batch(digits_flat):
     # before: metrics=["top50"] on 10 classes trained a whole epoch, then torch's topk
     # raised a raw "selected index k out of range" at the first validation

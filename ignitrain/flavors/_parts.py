@@ -37,6 +37,7 @@ from ignitrain.data import (
     make_train_loader,
     quiet_ignite_auto_loggers,
 )
+from ignitrain.engine import LeanEngine
 from ignitrain.errors import ConfigError, suggest
 from ignitrain.fsdp import FSDPOptions, shard_model
 from ignitrain.metric_names import is_train_metric
@@ -229,8 +230,9 @@ def make_optimizer(
 def make_engine(
     update_fn: Callable[[Engine, Any], Any], train_loader: Any, config: TrainConfig
 ) -> Engine:
-    """The training ``Engine`` with its data order tied to the epoch (registered first)."""
-    engine = Engine(update_fn)
+    """The training ``Engine`` (a :class:`~ignitrain.engine.LeanEngine`) with its data
+    order tied to the epoch (registered first)."""
+    engine = LeanEngine(update_fn)
     attach_epoch_sync(engine, train_loader, config.seed or 0)
     return engine
 
@@ -241,7 +243,7 @@ def make_evaluator_factory(
     """A callable building a fresh evaluation ``Engine`` with fresh metric objects."""
 
     def make() -> Engine:
-        evaluator = Engine(eval_fn)
+        evaluator = LeanEngine(eval_fn)
         metrics = metrics_fn()
         for name, metric in metrics.items():
             metric.attach(evaluator, name)

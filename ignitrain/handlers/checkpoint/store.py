@@ -248,7 +248,7 @@ class CheckpointStore(CheckpointDir):
 
         A plain attribute read (the worker sets it), cheap enough for every iteration:
         :class:`~ignitrain.handlers.checkpoint.CheckpointHandler` checks it at each
-        ``ITERATION_STARTED`` and raises through :meth:`wait`.
+        ``ITERATION_COMPLETED`` and raises through :meth:`wait`.
         """
         return self._failed
 
