@@ -287,7 +287,8 @@ class CheckpointHandler:
             # A background commit that failed (ENOSPC, EIO) raises here, at the end of
             # the next iteration, not at the next save many iterations later. Checked
             # here rather than in an ITERATION_STARTED handler of its own: with none
-            # there, LeanEngine does not fire that event at all (~5 us a step).
+            # there, LeanEngine does not fire that event at all (with the GET_BATCH
+            # events: 14.3 -> 12.1 us a step for the engine and handlers, issue 16).
             self.store.wait()
         state = self.engine.state
         iteration, length = state.iteration, state.epoch_length
