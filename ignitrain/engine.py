@@ -6,9 +6,10 @@ handlers, even when nothing listens and DEBUG logging is off. Each iteration fir
 four events (``GET_BATCH_STARTED``, ``GET_BATCH_COMPLETED``, ``ITERATION_STARTED``,
 ``ITERATION_COMPLETED``); on ignitrain's training engine the two ``GET_BATCH`` events
 have no handler by default, and on its evaluators only ``ITERATION_COMPLETED`` has
-one. Measured on Ignite 0.5.5 (issue 16): ~3 us per event fired with no handler, of
-which ~1.7 us is the message. :class:`LeanEngine` skips such an event and keeps
-everything else, Ignite's own dispatch included, for the events that have handlers.
+one. Measured on Ignite 0.5.5 with timeit (issue 16): an event fired with no handler
+costs 2.7 us on ``Engine`` (its message alone 1.7 us) and 0.95 us here.
+:class:`LeanEngine` skips such an event and keeps everything else, Ignite's own
+dispatch included, for the events that have handlers.
 """
 
 from __future__ import annotations
